@@ -1,0 +1,1 @@
+"""File formats: the 3DGS PLY (:mod:`splatflow.io.ply`)."""

@@ -1,0 +1,128 @@
+"""Shared test fixtures: sample data, a local S3-compatible server over HTTP, the reference SOG reader.
+
+Markers: ``slow`` tests run only with SPLATFLOW_SLOW=1 (or ``-m slow``); ``gpu`` tests need CUDA;
+``cluster`` tests need KFP_HOST or a kube context. Skips say exactly why.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    markexpr = config.getoption("-m") or ""
+    run_slow = os.environ.get("SPLATFLOW_SLOW") == "1" or "slow" in markexpr
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except Exception:  # pragma: no cover - torch is a core dependency
+        has_cuda = False
+    has_cluster = bool(os.environ.get("KFP_HOST") or os.environ.get("KUBECONFIG")
+                       or (Path.home() / ".kube" / "config").exists())
+    for item in items:
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(pytest.mark.skip(reason="slow test: set SPLATFLOW_SLOW=1 to run it"))
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+        if "cluster" in item.keywords and not has_cluster:
+            item.add_marker(pytest.mark.skip(reason="needs a cluster: set KFP_HOST or a kube context"))
+
+
+def data_file(rel: str) -> Path:
+    """A sample file: from the repo's data/ if bundled, else from ../shared/data; skip if neither has it."""
+    for base in (DATA, SHARED_DATA):
+        p = base / rel
+        if p.exists():
+            return p
+    pytest.skip(f"sample file {rel} is not in data/ or ../shared/data")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The repo's bundled sample data folder."""
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (larger real files); tests that need it skip when it is absent."""
+    if not SHARED_DATA.exists():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def splat_paths() -> dict[str, Path]:
+    """name -> path of every real splat PLY available (bundled ones always, shared ones when present)."""
+    out = {p.stem: p for p in sorted((DATA / "splats").glob("*.ply"))}
+    if (SHARED_DATA / "splats").exists():
+        out.update({p.stem: p for p in sorted((SHARED_DATA / "splats").glob("*.ply")) if p.stem not in out})
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[dict[str, str]]:
+    """A local S3-compatible server over HTTP (moto server mode), with a bucket.
+
+    Yields {"endpoint": "http://127.0.0.1:PORT", "bucket": NAME, "region": ...}; sets the standard AWS
+    environment variables (dummy credentials, AWS_ENDPOINT_URL) for the session so code under test reaches it
+    exactly as it would reach MinIO.
+    """
+    boto3 = pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing-access-key",
+        "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    bucket = "splatflow-test"
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    try:
+        yield {"endpoint": endpoint, "bucket": bucket, "region": "us-east-1", **env}
+    finally:
+        server.stop()
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def splat_transform() -> Path:
+    """Path of PlayCanvas's `splat-transform` CLI (npm, installed by `make install` / .ci/run)."""
+    found = ROOT / "node_modules" / ".bin" / "splat-transform"
+    if not found.exists():
+        which = shutil.which("splat-transform")
+        if which is None:
+            pytest.fail("splat-transform not installed: run `npm ci` (make install does it)")
+        found = Path(which)
+    out = subprocess.run([str(found), "--version"], capture_output=True, text=True, check=True)
+    assert "3.7.0" in out.stdout + out.stderr, out.stdout
+    return found
