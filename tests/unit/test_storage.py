@@ -1,0 +1,169 @@
+"""storage.py against the local S3 server over HTTP (moto server mode) and local paths."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from splatflow import storage
+from splatflow.errors import InputError, StorageError
+
+boto3 = pytest.importorskip("boto3")
+
+
+@pytest.fixture()
+def s3(s3_server: dict[str, str], request: pytest.FixtureRequest) -> str:
+    """A fresh s3:// prefix per test in the session bucket."""
+    return f"s3://{s3_server['bucket']}/{request.node.name}"
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    files = {
+        "meta.json": b'{"version": 2}',
+        "means_l.webp": os.urandom(3000),
+        "sub/dir/shN_labels.webp": os.urandom(1234),
+        "empty.bin": b"",
+    }
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return files
+
+
+def test_parse_uris() -> None:
+    loc = storage.parse("s3://bucket/a/b.sog")
+    assert (loc.scheme, loc.bucket, loc.key) == ("s3", "bucket", "a/b.sog")
+    assert storage.parse("file:///tmp/x%20y").path == Path("/tmp/x y")
+    plain = storage.parse("rel/dir")
+    assert plain.scheme == "file" and plain.plain and plain.path == Path("rel/dir")
+    assert storage.join("s3://b/out/", "/scene/", "run") == "s3://b/out/scene/run"
+    for bad in ("gs://b/k", "http://host/x", "s3:///key", "file://otherhost/x", ""):
+        with pytest.raises(InputError):
+            storage.parse(bad)
+
+
+@pytest.mark.parametrize("style", ["plain", "file"])
+def test_local_round_trip(tmp_path: Path, style: str) -> None:
+    src = tmp_path / "src"
+    files = _tree(src)
+    root = tmp_path / "store"
+    base = str(root) if style == "plain" else root.as_uri()
+    uris = storage.upload_dir(src, base + "/scene")
+    assert len(uris) == len(files)
+    listed = storage.list_uris(base + "/scene")
+    assert listed == sorted(uris)
+    assert all(u.startswith("file://") == (style == "file") for u in listed)
+    got = storage.download_prefix(base + "/scene", tmp_path / "back")
+    assert {p.relative_to(tmp_path / "back").as_posix(): p.read_bytes() for p in got} == files
+    storage.write_bytes(base + "/x/y.json", b"{}")
+    assert storage.read_bytes(base + "/x/y.json") == b"{}"
+    assert storage.exists(base + "/x/y.json")
+    storage.delete(base + "/x/y.json")
+    assert not storage.exists(base + "/x/y.json")
+    storage.delete(base + "/x/y.json")  # deleting a missing object is fine
+    assert storage.presign(base + "/scene/meta.json", 60) == (root / "scene/meta.json").resolve().as_uri()
+
+
+def test_local_errors(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="does not exist"):
+        storage.download(str(tmp_path / "missing"), tmp_path / "x")
+    with pytest.raises(StorageError, match="empty or does not exist"):
+        storage.download_prefix(str(tmp_path / "missing"), tmp_path / "x")
+    with pytest.raises(InputError, match="does not exist"):
+        storage.upload(tmp_path / "missing", str(tmp_path / "y"))
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_s3_file_round_trip(s3: str, tmp_path: Path) -> None:
+    data = os.urandom(200_000)
+    src = tmp_path / "a.sog"
+    src.write_bytes(data)
+    uri = storage.upload(src, s3 + "/a.sog")
+    assert uri == s3 + "/a.sog"
+    assert storage.exists(uri) and not storage.exists(s3 + "/nope")
+    st = storage.stat(uri)
+    assert st == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    out = storage.download(uri, tmp_path / "deep" / "b.sog")
+    assert out.read_bytes() == data
+    assert storage.read_bytes(uri) == data
+    storage.delete(uri)
+    assert not storage.exists(uri)
+
+
+def test_s3_folder_round_trip_and_listing(s3: str, tmp_path: Path) -> None:
+    files = _tree(tmp_path / "src")
+    uris = storage.upload_dir(tmp_path / "src", s3 + "/folder/")
+    assert sorted(uris) == sorted(f"{s3}/folder/{rel}" for rel in files)
+    # a sibling whose name starts with the same letters is not part of the folder
+    storage.write_bytes(s3 + "/folder-2/x", b"x")
+    assert storage.list_uris(s3 + "/folder") == sorted(uris)
+    got = storage.download_prefix(s3 + "/folder", tmp_path / "back")
+    assert {p.relative_to(tmp_path / "back").as_posix(): p.read_bytes() for p in got} == files
+    # content types let a browser open a published page straight from the bucket
+    head = boto3.client("s3").head_object(Bucket=storage.parse(s3).bucket,
+                                          Key=storage.parse(s3 + "/folder/meta.json").key)
+    assert head["ContentType"] == "application/json"
+
+
+def test_s3_bytes_and_presign(s3: str) -> None:
+    import urllib.request
+
+    uri = storage.write_bytes(s3 + "/latest.json", b'{"run": 1}', cache_control="no-cache")
+    assert storage.read_bytes(uri) == b'{"run": 1}'
+    url = storage.presign(uri, 120)
+    assert "X-Amz-Expires=120" in url and "/latest.json" in url
+    with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - loopback test server
+        assert resp.read() == b'{"run": 1}'
+    with pytest.raises(InputError, match="out of range"):
+        storage.presign(uri, 0)
+
+
+def test_s3_tampered_object_is_detected(s3: str, tmp_path: Path) -> None:
+    """An object whose bytes no longer match the recorded SHA-256 is refused after the retries."""
+    loc = storage.parse(s3 + "/t.bin")
+    boto3.client("s3").put_object(Bucket=loc.bucket, Key=loc.key, Body=b"evil",
+                                  Metadata={"sha256": hashlib.sha256(b"good").hexdigest()})
+    os.environ["SPLATFLOW_S3_TRANSFER_ATTEMPTS"] = "1"
+    try:
+        with pytest.raises(StorageError, match="SHA-256"):
+            storage.download(str(loc), tmp_path / "t.bin")
+        with pytest.raises(StorageError, match="SHA-256"):
+            storage.read_bytes(str(loc))
+    finally:
+        del os.environ["SPLATFLOW_S3_TRANSFER_ATTEMPTS"]
+    assert not (tmp_path / "t.bin").exists()
+
+
+def test_s3_clear_errors(s3_server: dict[str, str], s3: str, tmp_path: Path,
+                         monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(StorageError, match="no such object") as err:
+        storage.download(s3 + "/missing.sog", tmp_path / "m")
+    assert err.value.hint and "key" in err.value.hint
+    assert not (tmp_path / "m").exists()
+    with pytest.raises(StorageError, match="bucket 'no-such-bucket' does not exist") as err:
+        storage.download("s3://no-such-bucket/x", tmp_path / "m")
+    assert "aws s3 mb" in (err.value.hint or "")
+    with pytest.raises(StorageError, match="does not exist"):
+        storage.exists("s3://no-such-bucket/x")
+    with pytest.raises(StorageError, match="does not exist"):
+        storage.write_bytes("s3://no-such-bucket/x", b"1")
+    with pytest.raises(StorageError, match="empty or does not exist"):
+        storage.download_prefix(s3 + "/nothing-here", tmp_path / "n")
+
+
+def test_s3_bad_endpoint(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    monkeypatch.setenv("SPLATFLOW_S3_MAX_ATTEMPTS", "1")
+    with pytest.raises(StorageError, match="cannot be reached") as err:
+        storage.read_bytes("s3://b/k")
+    assert "AWS_ENDPOINT_URL" in (err.value.hint or "")
