@@ -179,7 +179,7 @@ def client(service: str = "s3") -> Any:
             return found
         config = Config(
             region_name=region,
-            retries={"mode": "standard", "max_attempts": attempts},
+            retries={"mode": "standard", "total_max_attempts": attempts},
             connect_timeout=_env_int("SPLATFLOW_S3_CONNECT_TIMEOUT", 10),
             read_timeout=_env_int("SPLATFLOW_S3_READ_TIMEOUT", 60),
             s3={"addressing_style": "path"} if endpoint else None,
