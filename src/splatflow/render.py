@@ -1,0 +1,423 @@
+"""3D Gaussian Splat rasterizer: one interface, two backends.
+
+:func:`rasterize` takes splats in gsplat's conventions (linear scales, opacities in [0, 1], SH coefficients
+``(N, (deg+1)**2, 3)``, an OpenCV world-to-camera ``viewmat``, pinhole ``K``) and returns ``(rgb (H, W, 3),
+alpha (H, W, 1))``. Backends:
+
+- ``"gsplat"``: gsplat's CUDA rasterizer (``gsplat.rasterization``); needs the ``train`` extra and a CUDA device.
+- ``"torch"``: a pure-torch implementation that runs on CPU (and CUDA) and is differentiable with respect to
+  every splat input. It follows gsplat's "classic" mode step by step: EWA projection of the 3-D covariance with
+  the 0.3-pixel low-pass dilation, the opacity-aware 3-sigma screen box, SH evaluation up to degree 3 with the
+  gsplat/INRIA constants (``colour = max(SH(dir) + 0.5, 0)``, ``dir`` from the camera centre to the splat),
+  depth-sorted front-to-back compositing per 16x16 tile with gsplat's constants (alpha clamped at 0.999, splats
+  with alpha < 1/255 skipped, a pixel stops at transmittance <= 1e-4, pixel centres at +0.5).
+- ``"auto"``: gsplat when the tensors are on CUDA and gsplat imports, else torch.
+
+Memory stays bounded: compositing walks all tiles together in chunks of splats whose size adapts so one chunk
+holds at most ``SAMPLES_PER_CHUNK`` (tile, splat, pixel) samples; tiles whose pixels are all opaque drop out early.
+
+:func:`render_cloud` renders a :class:`~splatflow.gaussians.GaussianCloud` from a
+:class:`~splatflow.cameras.Camera` into a numpy image for evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from splatflow.errors import DependencyMissing, InputError
+
+if TYPE_CHECKING:
+    from splatflow.cameras import Camera
+    from splatflow.gaussians import GaussianCloud
+
+log = logging.getLogger(__name__)
+
+TILE = 16
+"""Tile edge in pixels (gsplat's default ``tile_size``)."""
+EPS2D = 0.3
+"""Low-pass dilation added to the projected 2-D covariance (pixels squared)."""
+ALPHA_MIN = 1.0 / 255.0
+"""Splats whose alpha at a pixel is below this are skipped there."""
+ALPHA_MAX = 0.999
+"""Alpha is clamped to this (gsplat's constant; the INRIA code uses 0.99)."""
+T_MIN = 1e-4
+"""A pixel stops compositing when its transmittance would drop to this or below (that splat is excluded)."""
+SAMPLES_PER_CHUNK = 1 << 22
+"""At most this many (tile, splat, pixel) samples are evaluated at once by the torch backend (~16 MB per
+float32 buffer), which bounds its memory independently of the number of splats."""
+
+# Real spherical harmonics constants, those of gsplat and the INRIA 3DGS code (Sloan's fast evaluation).
+SH_C0 = 0.28209479177387814
+SH_C1 = 0.4886025119029199
+SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
+SH_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
+         -0.4570457994644658, 1.445305721320277, -0.5900435899266435)
+
+
+# ---------------------------------------------------------------------------------------------- building blocks
+def quat_to_rotmat(quats: Tensor) -> Tensor:
+    """(N, 4) quaternions (w, x, y, z), any norm -> (N, 3, 3) rotation matrices (a zero quaternion gives I)."""
+    q = quats / quats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    q = torch.where(quats.norm(dim=-1, keepdim=True) > 0, q, q.new_tensor([1.0, 0.0, 0.0, 0.0]))
+    w, x, y, z = q.unbind(-1)
+    r = torch.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    ], dim=-1)
+    return r.reshape(quats.shape[:-1] + (3, 3))
+
+
+def covariance_3d(quats: Tensor, scales: Tensor) -> Tensor:
+    """(N, 4) quaternions and (N, 3) linear scales -> (N, 3, 3) world covariances R S S^T R^T."""
+    m = quat_to_rotmat(quats) * scales[:, None, :]
+    return m @ m.transpose(-1, -2)
+
+
+def project(means: Tensor, covars: Tensor, viewmat: Tensor, K: Tensor, width: int, height: int, *,
+            eps2d: float = EPS2D) -> dict[str, Tensor]:
+    """EWA perspective projection of N Gaussians into one pinhole camera (gsplat's ``persp_proj``).
+
+    ``means`` (N, 3) world, ``covars`` (N, 3, 3) world, ``viewmat`` (4, 4) world-to-camera (OpenCV: x right,
+    y down, z forward), ``K`` (3, 3). Returns ``means2d`` (N, 2) pixels (pixel centres at +0.5), ``depths``
+    (N,) camera z, ``cov2d`` (N, 2, 2) including the ``eps2d`` dilation, ``conics`` (N, 3) the upper triangle
+    (a, b, c) of its inverse, and ``det`` (N,) its determinant. The Jacobian is evaluated with the camera-space
+    position clamped to 1.3x the field of view, as gsplat and the INRIA code do.
+    """
+    R, t = viewmat[:3, :3], viewmat[:3, 3]
+    mc = means @ R.T + t
+    cc = R @ covars @ R.T
+    tx, ty, tz = mc.unbind(-1)
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    tan_fovx, tan_fovy = 0.5 * width / fx, 0.5 * height / fy
+    lim_xp, lim_xn = (width - cx) / fx + 0.3 * tan_fovx, cx / fx + 0.3 * tan_fovx
+    lim_yp, lim_yn = (height - cy) / fy + 0.3 * tan_fovy, cy / fy + 0.3 * tan_fovy
+    tzs = torch.where(tz.abs() > 1e-12, tz, torch.full_like(tz, 1e-12))
+    jx = tzs * torch.clamp(tx / tzs, min=-lim_xn, max=lim_xp)
+    jy = tzs * torch.clamp(ty / tzs, min=-lim_yn, max=lim_yp)
+    zero = torch.zeros_like(tz)
+    J = torch.stack([fx / tzs, zero, -fx * jx / tzs**2, zero, fy / tzs, -fy * jy / tzs**2], -1).reshape(-1, 2, 3)
+    cov2d = J @ cc @ J.transpose(-1, -2)
+    cov2d = cov2d + eps2d * torch.eye(2, dtype=cov2d.dtype, device=cov2d.device)
+    det = cov2d[:, 0, 0] * cov2d[:, 1, 1] - cov2d[:, 0, 1] * cov2d[:, 1, 0]
+    dets = det.clamp_min(1e-10)
+    conics = torch.stack([cov2d[:, 1, 1] / dets, -0.5 * (cov2d[:, 0, 1] + cov2d[:, 1, 0]) / dets,
+                          cov2d[:, 0, 0] / dets], -1)
+    means2d = torch.stack([fx * tx / tzs + cx, fy * ty / tzs + cy], -1)
+    return {"means2d": means2d, "depths": tz, "cov2d": cov2d, "conics": conics, "det": det}
+
+
+def eval_sh(degree: int, coeffs: Tensor, dirs: Tensor) -> Tensor:
+    """SH colour: ``coeffs`` (N, K, 3) with K >= (degree+1)**2, ``dirs`` (N, 3) viewing directions (any length,
+    from the camera centre towards the splat) -> (N, 3) ``sum_k basis_k(dir) * coeffs_k`` (without the +0.5)."""
+    need = (degree + 1) ** 2
+    if coeffs.shape[1] < need:
+        raise InputError(f"SH degree {degree} needs {need} coefficients per channel, the splats have "
+                         f"{coeffs.shape[1]}", hint="pass the splats' own sh_degree (or a lower one)")
+    out = SH_C0 * coeffs[:, 0]
+    if degree == 0:
+        return out
+    d = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    x, y, z = (d[:, i : i + 1] for i in range(3))
+    out = out - SH_C1 * y * coeffs[:, 1] + SH_C1 * z * coeffs[:, 2] - SH_C1 * x * coeffs[:, 3]
+    if degree == 1:
+        return out
+    xx, yy, zz, xy, yz, xz = x * x, y * y, z * z, x * y, y * z, x * z
+    out = (out + SH_C2[0] * xy * coeffs[:, 4] + SH_C2[1] * yz * coeffs[:, 5]
+           + SH_C2[2] * (2 * zz - xx - yy) * coeffs[:, 6] + SH_C2[3] * xz * coeffs[:, 7]
+           + SH_C2[4] * (xx - yy) * coeffs[:, 8])
+    if degree == 2:
+        return out
+    return (out + SH_C3[0] * y * (3 * xx - yy) * coeffs[:, 9] + SH_C3[1] * xy * z * coeffs[:, 10]
+            + SH_C3[2] * y * (4 * zz - xx - yy) * coeffs[:, 11]
+            + SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy) * coeffs[:, 12]
+            + SH_C3[4] * x * (4 * zz - xx - yy) * coeffs[:, 13] + SH_C3[5] * z * (xx - yy) * coeffs[:, 14]
+            + SH_C3[6] * x * (xx - 3 * yy) * coeffs[:, 15])
+
+
+def camera_center(viewmat: Tensor) -> Tensor:
+    """(3,) world position of the camera of a (4, 4) world-to-camera matrix: -R^T t."""
+    return -viewmat[:3, :3].T @ viewmat[:3, 3]
+
+
+# ---------------------------------------------------------------------------------------------- the torch backend
+def _tile_intersections(means2d: Tensor, radii: Tensor, depths: Tensor, tiles_x: int, tiles_y: int
+                        ) -> tuple[Tensor, Tensor, Tensor]:
+    """Pairs (tile, splat) for M visible splats, sorted by tile then depth.
+
+    ``means2d`` (M, 2), ``radii`` (M, 2) pixel half-extents, ``depths`` (M,). Returns ``splat_ids`` (P,),
+    ``tile_start`` (T,) and ``tile_end`` (T,) offsets into it for the T = tiles_x * tiles_y tiles.
+    """
+    dev = means2d.device
+    lo = torch.floor((means2d - radii) / TILE).long()
+    hi = torch.ceil((means2d + radii) / TILE).long()
+    x0, x1 = lo[:, 0].clamp(0, tiles_x), hi[:, 0].clamp(0, tiles_x)
+    y0, y1 = lo[:, 1].clamp(0, tiles_y), hi[:, 1].clamp(0, tiles_y)
+    w = (x1 - x0).clamp_min(0)
+    counts = w * (y1 - y0).clamp_min(0)
+    order = torch.argsort(depths, stable=True)          # front to back
+    counts_o = counts[order]
+    total = int(counts_o.sum())
+    n_tiles = tiles_x * tiles_y
+    if total == 0:
+        z = torch.zeros(n_tiles, dtype=torch.long, device=dev)
+        return torch.zeros(0, dtype=torch.long, device=dev), z, z
+    sid = torch.repeat_interleave(order, counts_o)
+    first = torch.cumsum(counts_o, 0) - counts_o
+    local = torch.arange(total, device=dev) - torch.repeat_interleave(first, counts_o)
+    tx = x0[sid] + local % w[sid]
+    ty = y0[sid] + torch.div(local, w[sid], rounding_mode="floor")
+    tile = ty * tiles_x + tx
+    tile, perm = torch.sort(tile, stable=True)          # stable: keeps depth order within a tile
+    sid = sid[perm]
+    per_tile = torch.bincount(tile, minlength=n_tiles)
+    end = torch.cumsum(per_tile, 0)
+    return sid, end - per_tile, end
+
+
+def _composite(means2d: Tensor, conics: Tensor, opac: Tensor, colors: Tensor, splat_ids: Tensor,
+               tile_start: Tensor, tile_end: Tensor, tiles_x: int, tiles_y: int, width: int, height: int,
+               background: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Front-to-back compositing of every tile at once, in chunks of splats (see the module docstring).
+
+    Inputs are per visible splat (M, ...); returns rgb (H, W, 3) and alpha (H, W, 1).
+    """
+    dev, dtype = means2d.device, means2d.dtype
+    n_tiles = tiles_x * tiles_y
+    pix = torch.arange(TILE * TILE, device=dev)
+    local = torch.stack([pix % TILE, pix // TILE], -1).to(dtype) + 0.5          # (P, 2) pixel centres
+    tile_xy = torch.stack([torch.arange(n_tiles, device=dev) % tiles_x,
+                           torch.arange(n_tiles, device=dev) // tiles_x], -1).to(dtype) * TILE
+    log_tmin = math.log(T_MIN)
+    p = TILE * TILE
+    # per-tile accumulators, written back as tiles finish (list of (tile ids, rgb, logT))
+    done_rgb: list[Tensor] = []
+    done_logt: list[Tensor] = []
+    done_ids: list[Tensor] = []
+    active = torch.nonzero(tile_end > tile_start).flatten()
+    rgb = colors.new_zeros(len(active), p, colors.shape[1])
+    logt = means2d.new_zeros(len(active), p)
+    finished = torch.zeros(len(active), p, dtype=torch.bool, device=dev)
+    pos = tile_start[active].clone()
+    ends = tile_end[active]
+    while len(active):
+        chunk = max(8, min(4096, SAMPLES_PER_CHUNK // (len(active) * p)))
+        idx = pos[:, None] + torch.arange(chunk, device=dev)                   # (A, C)
+        valid = idx < ends[:, None]
+        g = splat_ids[torch.minimum(idx, ends[:, None] - 1)]                    # (A, C)
+        px = tile_xy[active][:, None, :] + local[None]                          # (A, P, 2)
+        dx = means2d[g][:, :, None, 0] - px[:, None, :, 0]                      # (A, C, P)
+        dy = means2d[g][:, :, None, 1] - px[:, None, :, 1]
+        con = conics[g]
+        sigma = 0.5 * (con[..., 0, None] * dx * dx + con[..., 2, None] * dy * dy) + con[..., 1, None] * dx * dy
+        alpha = torch.clamp_max(opac[g][..., None] * torch.exp(-sigma), ALPHA_MAX)
+        keep = (sigma >= 0) & (alpha >= ALPHA_MIN) & valid[..., None] & ~finished[:, None, :]
+        alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
+        lg = torch.log1p(-alpha)
+        after = logt[:, None, :] + torch.cumsum(lg, 1)                          # log T after each splat
+        included = after > log_tmin                                            # the first failing one is excluded
+        before = after - lg
+        weight = torch.where(included, alpha * torch.exp(before), torch.zeros_like(alpha))
+        rgb = rgb + torch.einsum("acp,acd->apd", weight, colors[g])
+        logt = logt + torch.where(included, lg, torch.zeros_like(lg)).sum(1)
+        finished = finished | ~included[:, -1, :] | (after[:, -1, :] <= log_tmin)
+        pos = pos + chunk
+        out = (pos >= ends) | finished.all(1)
+        if bool(out.any()):
+            done_ids.append(active[out])
+            done_rgb.append(rgb[out])
+            done_logt.append(logt[out])
+            stay = ~out
+            active, rgb, logt, finished, pos, ends = (active[stay], rgb[stay], logt[stay], finished[stay],
+                                                      pos[stay], ends[stay])
+    full_rgb = colors.new_zeros(n_tiles, p, colors.shape[1])
+    full_logt = means2d.new_zeros(n_tiles, p)
+    if done_ids:
+        ids = torch.cat(done_ids)
+        full_rgb = full_rgb.index_put((ids,), torch.cat(done_rgb))
+        full_logt = full_logt.index_put((ids,), torch.cat(done_logt))
+    trans = torch.exp(full_logt)
+    if background is not None:
+        full_rgb = full_rgb + trans[..., None] * background.to(dtype)
+    # (tiles_y, tiles_x, TILE, TILE, D) -> (H, W, D)
+    img = full_rgb.reshape(tiles_y, tiles_x, TILE, TILE, -1).permute(0, 2, 1, 3, 4)
+    img = img.reshape(tiles_y * TILE, tiles_x * TILE, -1)[:height, :width]
+    acc = (1 - trans).reshape(tiles_y, tiles_x, TILE, TILE).permute(0, 2, 1, 3)
+    acc = acc.reshape(tiles_y * TILE, tiles_x * TILE)[:height, :width, None]
+    return img, acc
+
+
+def _rasterize_torch(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
+                     viewmat: Tensor, K: Tensor, width: int, height: int, sh_degree: int | None,
+                     background: Tensor | None, near: float, far: float, info: dict[str, Any] | None
+                     ) -> tuple[Tensor, Tensor]:
+    proj = project(means, covariance_3d(quats, scales), viewmat, K, width, height)
+    means2d, depths, cov2d, det = proj["means2d"], proj["depths"], proj["cov2d"], proj["det"]
+    with torch.no_grad():
+        op = opacities.detach()
+        extend = torch.sqrt(2.0 * torch.log(op.clamp_min(ALPHA_MIN) / ALPHA_MIN)).clamp_max(3.33)
+        radii = torch.ceil(extend[:, None] * torch.sqrt(torch.diagonal(cov2d.detach(), dim1=-2, dim2=-1)
+                                                        .clamp_min(0)))
+        m2 = means2d.detach()
+        visible = ((depths.detach() > near) & (depths.detach() < far) & (det.detach() > 0) & (op >= ALPHA_MIN)
+                   & (m2[:, 0] + radii[:, 0] > 0) & (m2[:, 0] - radii[:, 0] < width)
+                   & (m2[:, 1] + radii[:, 1] > 0) & (m2[:, 1] - radii[:, 1] < height)
+                   & torch.isfinite(m2).all(-1) & torch.isfinite(radii).all(-1))
+        radii = torch.where(visible[:, None], radii, torch.zeros_like(radii))
+        vis = torch.nonzero(visible).flatten()
+    if info is not None:
+        info.update(means2d=means2d[None], radii=radii.int()[None], depths=depths[None], width=width,
+                    height=height, n_cameras=1, visible=visible)
+    if sh_degree is None:
+        rgb_v = colors[vis]
+    else:
+        dirs = means[vis] - camera_center(viewmat)
+        rgb_v = torch.clamp_min(eval_sh(sh_degree, colors[vis], dirs) + 0.5, 0.0)
+    tiles_x, tiles_y = -(-width // TILE), -(-height // TILE)
+    with torch.no_grad():
+        sid, start, end = _tile_intersections(means2d.detach()[vis], radii[vis], depths.detach()[vis],
+                                              tiles_x, tiles_y)
+    return _composite(means2d[vis], proj["conics"][vis], opacities[vis], rgb_v, sid, start, end,
+                      tiles_x, tiles_y, width, height, background)
+
+
+# ---------------------------------------------------------------------------------------------- gsplat backend
+def gsplat_available() -> bool:
+    """True when gsplat imports and CUDA is available (the gsplat backend can run)."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import gsplat  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _rasterize_gsplat(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
+                      viewmat: Tensor, K: Tensor, width: int, height: int, sh_degree: int | None,
+                      background: Tensor | None, near: float, far: float, info: dict[str, Any] | None
+                      ) -> tuple[Tensor, Tensor]:
+    try:
+        from gsplat import rasterization
+    except ImportError as exc:
+        raise DependencyMissing("the gsplat render backend needs gsplat",
+                                hint="pip install 'splatflow[train]' on a CUDA machine, or use backend='torch'"
+                                ) from exc
+    if means.device.type != "cuda":
+        raise InputError(f"the gsplat backend renders CUDA tensors, these are on {means.device}",
+                         hint="move the splats to a CUDA device or use backend='torch'")
+    rgb, alpha, meta = rasterization(
+        means, quats, scales, opacities, colors, viewmat[None], K[None], width, height,
+        near_plane=near, far_plane=far, sh_degree=sh_degree, packed=False,
+        backgrounds=None if background is None else background[None])
+    if info is not None:
+        info.update(meta)
+    return rgb[0], alpha[0]
+
+
+# ---------------------------------------------------------------------------------------------- public interface
+def _check_inputs(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
+                  viewmat: Tensor, K: Tensor, width: int, height: int, sh_degree: int | None) -> None:
+    n = means.shape[0]
+    shapes = {"means": (means, (n, 3)), "quats": (quats, (n, 4)), "scales": (scales, (n, 3)),
+              "opacities": (opacities, (n,)), "viewmat": (viewmat, (4, 4)), "K": (K, (3, 3))}
+    for name, (t, shape) in shapes.items():
+        if tuple(t.shape) != shape:
+            raise InputError(f"rasterize: {name} has shape {tuple(t.shape)}, expected {shape}")
+    if sh_degree is None:
+        if tuple(colors.shape) != (n, 3):
+            raise InputError(f"rasterize: colors has shape {tuple(colors.shape)}, expected ({n}, 3) RGB "
+                             "when sh_degree is None", hint="pass sh_degree for SH coefficients (N, K, 3)")
+    else:
+        if sh_degree not in (0, 1, 2, 3):
+            raise InputError(f"rasterize: sh_degree {sh_degree} is not supported", hint="use 0, 1, 2 or 3")
+        if colors.ndim != 3 or colors.shape[0] != n or colors.shape[2] != 3 or colors.shape[1] < (sh_degree + 1) ** 2:
+            raise InputError(f"rasterize: colors has shape {tuple(colors.shape)}, expected ({n}, K>="
+                             f"{(sh_degree + 1) ** 2}, 3) SH coefficients for sh_degree {sh_degree}")
+    if width <= 0 or height <= 0:
+        raise InputError(f"rasterize: image size {width}x{height} is empty", hint="give a positive width and height")
+
+
+def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
+              viewmat: Tensor, K: Tensor, width: int, height: int, *, sh_degree: int | None,
+              background: Tensor | None = None, backend: str = "auto", near: float = 0.01, far: float = 1e10,
+              info: dict[str, Any] | None = None) -> tuple[Tensor, Tensor]:
+    """Render N splats into one pinhole camera.
+
+    ``means`` (N, 3), ``quats`` (N, 4) (w, x, y, z), ``scales`` (N, 3) linear standard deviations,
+    ``opacities`` (N,) in [0, 1], ``colors`` (N, K, 3) SH coefficients with K >= (sh_degree+1)**2 (or (N, 3)
+    RGB with ``sh_degree=None``), ``viewmat`` (4, 4) world-to-camera (OpenCV), ``K`` (3, 3), ``background``
+    (3,) or None (black). Returns rgb (H, W, 3) (not clipped above 1) and alpha (H, W, 1).
+
+    ``backend``: ``"torch"``, ``"gsplat"`` or ``"auto"`` (gsplat for CUDA tensors when it imports). With
+    ``info`` (a dict) the projection is reported in gsplat's ``meta`` layout: ``means2d`` (1, N, 2), ``radii``
+    (1, N, 2), ``depths`` (1, N), ``width``, ``height``, ``n_cameras`` -- so screen-space gradients can be read
+    from ``info["means2d"]`` (call ``retain_grad()`` on it before ``backward``).
+    """
+    _check_inputs(means, quats, scales, opacities, colors, viewmat, K, width, height, sh_degree)
+    if backend == "auto":
+        backend = "gsplat" if means.device.type == "cuda" and gsplat_available() else "torch"
+    dtype = means.dtype
+    viewmat = viewmat.to(device=means.device, dtype=dtype)
+    K = K.to(device=means.device, dtype=dtype)
+    if background is not None:
+        background = torch.as_tensor(background, device=means.device, dtype=dtype).reshape(3)
+    if backend == "torch":
+        return _rasterize_torch(means, quats, scales, opacities, colors, viewmat, K, width, height, sh_degree,
+                                background, near, far, info)
+    if backend == "gsplat":
+        return _rasterize_gsplat(means, quats, scales, opacities, colors, viewmat, K, width, height, sh_degree,
+                                 background, near, far, info)
+    raise InputError(f"unknown render backend {backend!r}", hint="use 'auto', 'torch' or 'gsplat'")
+
+
+def cloud_tensors(cloud: GaussianCloud, device: str | torch.device = "cpu") -> dict[str, Tensor]:
+    """The cloud in :func:`rasterize`'s conventions on ``device``: ``means``, ``quats``, ``scales`` (linear),
+    ``opacities`` (in [0, 1]), ``colors`` (N, (deg+1)**2, 3) and ``sh_degree`` (an int, not a tensor)."""
+    t = cloud.to_torch(device)
+    return {
+        "means": t["means"], "quats": t["quats"], "scales": torch.exp(t["scales"]),
+        "opacities": torch.sigmoid(t["opacities"]),
+        "colors": torch.cat([t["sh0"][:, None, :], t["shN"]], 1), "sh_degree": cloud.sh_degree,  # type: ignore[dict-item]
+    }
+
+
+def resolve_device(device: str | None = None) -> torch.device:
+    """``None``/``"auto"`` -> CUDA when available, else CPU; otherwise ``torch.device(device)``."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@torch.no_grad()
+def render_cloud(cloud: GaussianCloud, camera: Camera, *, backend: str = "auto", device: str | None = None,
+                 background: tuple[float, float, float] | None = None, sh_degree: int | None = None,
+                 tensors: dict[str, Tensor] | None = None, with_alpha: bool = False) -> np.ndarray:
+    """Render ``cloud`` from ``camera``: (H, W, 3) float32 RGB clipped to [0, 1] (with ``with_alpha``,
+    (H, W, 4) with the accumulated alpha last).
+
+    ``sh_degree`` renders with fewer SH bands than the cloud has; ``tensors`` reuses :func:`cloud_tensors`
+    output when one cloud is rendered from many cameras.
+    """
+    dev = resolve_device(device)
+    t = tensors if tensors is not None else cloud_tensors(cloud, dev)
+    deg = cloud.sh_degree if sh_degree is None else sh_degree
+    if deg > cloud.sh_degree:
+        raise InputError(f"cannot render SH degree {deg}: the splats have degree {cloud.sh_degree}",
+                         hint=f"use sh_degree <= {cloud.sh_degree}")
+    bg = None if background is None else torch.tensor(background, dtype=torch.float32, device=dev)
+    rgb, alpha = rasterize(
+        t["means"], t["quats"], t["scales"], t["opacities"], t["colors"],
+        torch.as_tensor(camera.viewmat, dtype=torch.float32, device=dev),
+        torch.as_tensor(camera.K, dtype=torch.float32, device=dev), camera.width, camera.height,
+        sh_degree=deg, background=bg, backend=backend)
+    img = rgb.clamp(0.0, 1.0)
+    if with_alpha:
+        img = torch.cat([img, alpha.clamp(0.0, 1.0)], -1)
+    return img.float().cpu().numpy()
