@@ -61,6 +61,36 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- doctor
+@command
+def _add_doctor(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("doctor", help="check that the current cluster can run the pipeline",
+                       description="GPU nodes (allocatable nvidia.com/gpu, label, taint), the NVIDIA device plugin, "
+                                   "the kfp-launcher ConfigMap, the pipeline root bucket (with this shell's AWS "
+                                   "credentials) and the KFP API. One line per check, a fix under each problem; "
+                                   "exit 3 when something is wrong. Needs the `pipeline` extra.")
+    p.add_argument("--context", help="kube context (default: the current one)")
+    p.add_argument("--namespace", default="kubeflow", help="namespace KFP runs pipelines in (default: kubeflow)")
+    p.add_argument("--kfp-host", help="KFP UI/API address (default: $KFP_HOST)")
+    p.add_argument("--bucket", help="s3:// URI to check (default: the kfp-launcher pipeline root)")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds per request (default: 5)")
+    p.add_argument("--json", action="store_true", help="print the checks as JSON")
+    p.set_defaults(handler=_run_doctor)
+
+
+def _run_doctor(args: argparse.Namespace) -> int:
+    from splatflow.doctor import as_json, doctor, format_report
+    from splatflow.errors import EnvironmentProblem
+
+    checks = doctor(context=args.context, namespace=args.namespace, kfp_host=args.kfp_host,
+                    bucket_uri=args.bucket, timeout=args.timeout)
+    if args.json:
+        _print_json(as_json(checks))
+    else:
+        print(format_report(checks))
+    return EnvironmentProblem.exit_code if any(c.failed for c in checks) else 0
+
+
 # ---------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every registered subcommand."""

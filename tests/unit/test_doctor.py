@@ -1,0 +1,223 @@
+"""`splatflow doctor` against a small fake Kubernetes API (and KFP healthz) over HTTP on 127.0.0.1.
+
+The real Kubernetes Python client talks to the fake server through a kubeconfig; the bucket check goes to the
+session's local S3 server (moto over HTTP). Cases: a GPU cluster that is ready, a cluster without GPUs, and an
+API server that does not answer.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from splatflow.cli import main
+from splatflow.doctor import FAIL, OK, SKIP, Check, doctor
+
+pytest.importorskip("kubernetes")
+
+NS = "kubeflow"
+VERSION = {"major": "1", "minor": "33", "gitVersion": "v1.33.2", "gitCommit": "abc", "gitTreeState": "clean",
+           "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24", "compiler": "gc", "platform": "linux/amd64"}
+
+
+def _node(name: str, gpus: int | None, *, labelled: bool = True, tainted: bool = True) -> dict[str, Any]:
+    labels = {"kubernetes.io/hostname": name}
+    taints = []
+    if gpus is not None and labelled:
+        labels["splatflow.io/accelerator"] = "nvidia"
+    if gpus is not None and tainted:
+        taints.append({"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"})
+    alloc = {"cpu": "4", "memory": "16Gi", "pods": "29"}
+    if gpus:
+        alloc["nvidia.com/gpu"] = str(gpus)
+    return {"metadata": {"name": name, "labels": labels}, "spec": {"taints": taints},
+            "status": {"allocatable": alloc, "capacity": alloc}}
+
+
+def _daemonset(ready: int, desired: int) -> dict[str, Any]:
+    return {"metadata": {"name": "nvidia-device-plugin-daemonset", "namespace": "kube-system"},
+            "spec": {"selector": {"matchLabels": {"app": "x"}},
+                     "template": {"spec": {"containers": [{"name": "ctr", "image": "img"}]}}},
+            "status": {"currentNumberScheduled": desired, "desiredNumberScheduled": desired,
+                       "numberMisscheduled": 0, "numberReady": ready}}
+
+
+def _launcher(bucket: str, endpoint: str) -> dict[str, Any]:
+    providers = {"s3": {"default": {"endpoint": endpoint, "region": "us-east-1", "disableSSL": True,
+                                    "forcePathStyle": True,
+                                    "credentials": {"fromEnv": False, "secretRef": {
+                                        "secretName": "splatflow-s3", "accessKeyKey": "AWS_ACCESS_KEY_ID",
+                                        "secretKeyKey": "AWS_SECRET_ACCESS_KEY"}}}}}
+    return {"metadata": {"name": "kfp-launcher", "namespace": NS},
+            "data": {"defaultPipelineRoot": f"s3://{bucket}/pipeline-root", "providers": yaml.safe_dump(providers)}}
+
+
+class FakeCluster:
+    """A tiny read-only Kubernetes API (+ KFP healthz): path -> JSON body; anything else is a 404 Status."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, Any] = {"/version": VERSION}
+        self.requests: list[str] = []
+        handler = self._handler()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        cluster = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                path = self.path.split("?")[0].rstrip("/")
+                cluster.requests.append(path)
+                body = cluster.routes.get(path)
+                status = 200 if body is not None else 404
+                if body is None:
+                    body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
+                            "code": 404, "message": f"{path} not found"}
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        return Handler
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _kubeconfig(path: Path, server: str) -> Path:
+    cfg = {"apiVersion": "v1", "kind": "Config", "current-context": "fake",
+           "clusters": [{"name": "fake", "cluster": {"server": server}}],
+           "users": [{"name": "tester", "user": {"token": "not-a-real-token"}}],
+           "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "tester", "namespace": NS}}]}
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture()
+def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeCluster]:
+    fake = FakeCluster()
+    monkeypatch.setenv("KUBECONFIG", str(_kubeconfig(tmp_path / "kubeconfig", fake.url)))
+    monkeypatch.delenv("KFP_TOKEN", raising=False)
+    try:
+        yield fake
+    finally:
+        fake.close()
+
+
+def _by_name(checks: list[Check]) -> dict[str, Check]:
+    return {c.name: c for c in checks}
+
+
+def test_gpu_cluster_ready(cluster: FakeCluster, s3_server: dict[str, str],
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    cluster.routes.update({
+        "/api/v1/nodes": {"items": [_node("cpu-1", None), _node("gpu-1", 1)]},
+        "/apis/apps/v1/daemonsets": {"items": [_daemonset(1, 1)]},
+        f"/api/v1/namespaces/{NS}/configmaps/kfp-launcher": _launcher(s3_server["bucket"], "minio-service:9000"),
+        f"/api/v1/namespaces/{NS}/secrets/splatflow-s3": {
+            "metadata": {"name": "splatflow-s3"},
+            "data": {"AWS_ACCESS_KEY_ID": "eA==", "AWS_SECRET_ACCESS_KEY": "eA=="}},
+        "/apis/v2beta1/healthz": {"multi_user": False, "pipeline_store": "database"},
+        "/apis/v1beta1/healthz": {"commit_sha": "abc", "tag_name": "2.15.0", "multi_user": False},
+    })
+    checks = _by_name(doctor(kfp_host=cluster.url, timeout=5))
+    assert {n: c.status for n, c in checks.items()} == {
+        "cluster": OK, "gpu-nodes": OK, "device-plugin": OK, "kfp-launcher": OK, "bucket": OK, "kfp-api": OK}
+    assert "v1.33.2" in checks["cluster"].detail
+    assert "1 GPU node(s): gpu-1 (nvidia.com/gpu: 1)" in checks["gpu-nodes"].detail
+    assert "kube-system/nvidia-device-plugin-daemonset 1/1 ready" in checks["device-plugin"].detail
+    assert "Secret splatflow-s3" in checks["kfp-launcher"].detail
+    assert s3_server["bucket"] in checks["bucket"].detail and s3_server["endpoint"] in checks["bucket"].detail
+    assert "2.15.0" in checks["kfp-api"].detail
+
+    assert main(["doctor", "--kfp-host", cluster.url]) == 0
+    out = capsys.readouterr().out
+    assert out.count("OK ") == 6 and "ready to run the pipeline" in out
+    assert "not-a-real-token" not in out and s3_server["AWS_SECRET_ACCESS_KEY"] not in out
+
+
+def test_cluster_without_gpus(cluster: FakeCluster, s3_server: dict[str, str],
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    # no GPU node, no device plugin, no kfp-launcher; a KFP too old for the exit handler's status
+    cluster.routes.update({
+        "/api/v1/nodes": {"items": [_node("cpu-1", None), _node("cpu-2", None)]},
+        "/apis/apps/v1/daemonsets": {"items": []},
+        "/apis/v2beta1/healthz": {"multi_user": False},
+        "/apis/v1beta1/healthz": {"tag_name": "2.5.0"},
+    })
+    checks = _by_name(doctor(kfp_host=cluster.url, timeout=5))
+    assert checks["cluster"].status == OK
+    gpu = checks["gpu-nodes"]
+    assert gpu.status == FAIL and "no node has allocatable nvidia.com/gpu (2 node(s)" in gpu.detail
+    assert gpu.fix and "eksctl create nodegroup" in gpu.fix and "splatflow.io/accelerator=nvidia" in gpu.fix
+    plugin = checks["device-plugin"]
+    assert plugin.status == FAIL and plugin.fix and "manifests/gpu" in plugin.fix
+    launcher = checks["kfp-launcher"]
+    assert launcher.status == FAIL and "no kfp-launcher ConfigMap in namespace kubeflow" in launcher.detail
+    assert launcher.fix and "deploy-onprem" in launcher.fix
+    assert checks["bucket"].status == SKIP
+    assert checks["kfp-api"].status == FAIL and "2.14" in checks["kfp-api"].detail
+
+    # explicit bucket: reachable with the session's S3 server; a missing bucket is a failure with a fix
+    assert _by_name(doctor(bucket_uri=f"s3://{s3_server['bucket']}/x", timeout=5))["bucket"].status == OK
+    missing = _by_name(doctor(bucket_uri="s3://no-such-bucket-here/x", timeout=5))["bucket"]
+    assert missing.status == FAIL and "does not exist" in missing.detail and missing.fix
+
+    assert main(["doctor", "--kfp-host", cluster.url]) == 3
+    out = capsys.readouterr().out
+    assert "FAIL  gpu-nodes" in out and "fix: kubectl apply -k manifests/gpu" in out
+    assert "4 problem(s) to fix" in out
+
+
+def test_gpu_node_missing_label_and_plugin_not_ready(cluster: FakeCluster) -> None:
+    cluster.routes.update({
+        "/api/v1/nodes": {"items": [_node("gpu-1", 1, labelled=False, tainted=False),
+                                    _node("gpu-2", 0)]},
+        "/apis/apps/v1/daemonsets": {"items": [_daemonset(0, 2)]},
+    })
+    checks = _by_name(doctor(kfp_host="", timeout=5))
+    gpu = checks["gpu-nodes"]
+    assert gpu.status == FAIL and gpu.fix is not None
+    assert "kubectl label node gpu-1 splatflow.io/accelerator=nvidia" in gpu.fix
+    assert "kubectl taint node gpu-1 nvidia.com/gpu=present:NoSchedule" in gpu.fix
+    assert checks["device-plugin"].status == FAIL and "0/2 ready" in checks["device-plugin"].detail
+    assert checks["kfp-api"].status == SKIP
+
+
+def test_unreachable_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("KUBECONFIG", str(_kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{port}")))
+    monkeypatch.delenv("KFP_HOST", raising=False)
+    checks = _by_name(doctor(timeout=2))
+    assert checks["cluster"].status == FAIL
+    assert f"127.0.0.1:{port} does not answer" in checks["cluster"].detail and checks["cluster"].fix
+    assert all(checks[n].status == SKIP for n in ("gpu-nodes", "device-plugin", "kfp-launcher", "bucket", "kfp-api"))
+    assert main(["doctor", "--json", "--timeout", "2", "--kfp-host", f"http://127.0.0.1:{port}"]) == 3
+    report = json.loads(capsys.readouterr().out)
+    assert [r["status"] for r in report if r["name"] in ("cluster", "kfp-api")] == [FAIL, FAIL]
+
+
+def test_no_kubeconfig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    check = _by_name(doctor(kfp_host=""))["cluster"]
+    assert check.status == FAIL and "no usable kube context" in check.detail
