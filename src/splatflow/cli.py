@@ -91,6 +91,52 @@ def _run_doctor(args: argparse.Namespace) -> int:
     return EnvironmentProblem.exit_code if any(c.failed for c in checks) else 0
 
 
+# ---------------------------------------------------------------------------- train
+@command
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train 3D Gaussian Splats on an SfM folder (gsplat on CUDA, torch on CPU)",
+                       description="Train splats on the output of `splatflow sfm`; writes OUT_DIR/splats.ply "
+                                   "(INRIA layout), OUT_DIR/train-report.json and OUT_DIR/checkpoints/. Run it "
+                                   "again on the same OUT_DIR to resume after an interruption (SIGTERM saves a "
+                                   "checkpoint).")
+    p.add_argument("sfm_dir", help="SfM folder: images/ and sparse/0/{cameras,images,points3D}.bin")
+    p.add_argument("out_dir", help="output folder (created; its parent must exist)")
+    p.add_argument("--iterations", type=int, default=7000, help="training steps (default 7000)")
+    p.add_argument("--max-splats", type=int, default=1_000_000, help="splat budget (default 1,000,000)")
+    p.add_argument("--sh-degree", type=int, default=3, choices=range(4), help="final SH degree (default 3)")
+    p.add_argument("--sh-interval", type=int, default=None, help="steps per added SH band (default: auto)")
+    p.add_argument("--strategy", choices=("default", "mcmc"), default="default", help="densification strategy")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cuda or cpu")
+    p.add_argument("--resolution", type=int, default=1600, help="longest image side in pixels (default 1600)")
+    p.add_argument("--test-every", type=int, default=8, help="hold out every Nth image for PSNR/SSIM (0: none)")
+    p.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints (default 1000)")
+    p.add_argument("--no-resume", action="store_true", help="discard checkpoints in OUT_DIR and start over")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(handler=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from splatflow.stages.train import train
+
+    report = train(Path(args.sfm_dir), Path(args.out_dir), iterations=args.iterations, max_splats=args.max_splats,
+                   sh_degree=args.sh_degree, sh_interval=args.sh_interval, strategy=args.strategy,
+                   device=args.device, resolution=args.resolution, test_every=args.test_every,
+                   checkpoint_every=args.checkpoint_every, resume=not args.no_resume, seed=args.seed)
+    if args.json:
+        _print_json(report)
+        return 0
+    print(f"{args.out_dir}/splats.ply: {report['splats']:,} splats, {report['iterations']} iterations, "
+          f"{report['seconds']:.1f} s on {report['device']} ({report['backend']})")
+    print(f"  held-out PSNR {report['psnr_test']} dB (initial {report['psnr_test_initial']}), "
+          f"SSIM {report['ssim_test']}; train PSNR {report['psnr_train']} dB")
+    if report["downsampled"]:
+        print(f"  the SfM cloud ({report['initial_points']:,} points) was downsampled to the budget")
+    return 0
+
+
 # ---------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every registered subcommand."""

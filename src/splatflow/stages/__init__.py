@@ -1,0 +1,1 @@
+"""Stage functions: one module per pipeline stage (see docs/STAGES.md)."""

@@ -1,0 +1,1 @@
+"""Private helpers of the training stage: scene loading, densification strategies, checkpoints."""

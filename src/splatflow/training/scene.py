@@ -1,0 +1,159 @@
+"""Load an SfM folder (COLMAP binary model + undistorted images) into training views and an initial point cloud.
+
+Layout read (written by ``splatflow sfm``): ``SFM_DIR/images/<name>`` and ``SFM_DIR/sparse/0/{cameras,images,
+points3D}.bin``. Cameras must be pinhole (``SIMPLE_PINHOLE`` or ``PINHOLE``): the SfM stage undistorts its images.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from splatflow.errors import DependencyMissing, InputError
+
+log = logging.getLogger(__name__)
+
+PINHOLE_MODELS = ("SIMPLE_PINHOLE", "PINHOLE")
+
+
+@dataclass
+class View:
+    """One posed photo at training resolution.
+
+    ``image`` (H, W, 3) float32 in [0, 1]; ``viewmat`` (4, 4) world-to-camera (OpenCV: x right, y down, z forward);
+    ``K`` (3, 3) pinhole intrinsics in pixels of ``image``.
+    """
+
+    name: str
+    image: torch.Tensor
+    viewmat: torch.Tensor
+    K: torch.Tensor
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+
+@dataclass
+class Scene:
+    """Training and held-out views, the SfM points ``points`` (P, 3) with colours ``colors`` (P, 3) in [0, 1],
+    and ``scene_scale``: the radius of the camera centres around their mean (x1.1), the unit of 3D thresholds."""
+
+    train: list[View]
+    test: list[View]
+    points: np.ndarray
+    colors: np.ndarray
+    scene_scale: float
+    source_size: tuple[int, int]
+
+
+def model_dir(sfm_dir: Path) -> Path:
+    """``sfm_dir/sparse/0`` (or ``sfm_dir/sparse`` when the model lies there directly); InputError if neither."""
+    for cand in (sfm_dir / "sparse" / "0", sfm_dir / "sparse"):
+        if (cand / "cameras.bin").exists() and (cand / "images.bin").exists():
+            return cand
+    raise InputError(f"{sfm_dir} holds no COLMAP model (expected sparse/0/cameras.bin, images.bin, points3D.bin)",
+                     hint="give the output folder of `splatflow sfm`")
+
+
+def _resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(img).resize(size, Image.Resampling.LANCZOS))
+
+
+def load_scene(sfm_dir: Path, *, resolution: int, test_every: int = 8, device: str | torch.device = "cpu") -> Scene:
+    """Read the SfM folder; images are downscaled so their longer side is at most ``resolution`` (never upscaled).
+
+    Every ``test_every``-th image (0, 8, 16, ... in name order) is held out; ``test_every=0`` holds out none.
+    Raises InputError for a missing folder or model, no registered images, no 3D points or a non-pinhole camera.
+    """
+    try:
+        import pycolmap
+    except ImportError as exc:  # pragma: no cover - pycolmap is in the sfm extra
+        raise DependencyMissing("pycolmap is not installed", hint="pip install 'splatflow[sfm]'") from exc
+    from PIL import Image
+
+    sfm_dir = Path(sfm_dir)
+    if not sfm_dir.is_dir():
+        raise InputError(f"SfM folder {sfm_dir} does not exist", hint="run `splatflow sfm IMAGES SFM_DIR` first")
+    mdir = model_dir(sfm_dir)
+    try:
+        rec = pycolmap.Reconstruction(str(mdir))
+    except Exception as exc:
+        raise InputError(f"{mdir}: cannot read the COLMAP model ({exc})",
+                         hint="the model is damaged; run `splatflow sfm` again") from exc
+    reg = sorted(rec.reg_image_ids(), key=lambda i: rec.image(i).name)
+    if not reg:
+        raise InputError(f"{mdir}: the model has zero registered images",
+                         hint="structure from motion failed; use more overlapping photos and run `splatflow sfm` again")
+    if rec.num_points3D() == 0:
+        raise InputError(f"{mdir}: the model has no 3D points, so there is nothing to initialise the splats from",
+                         hint="run `splatflow sfm` again with more overlapping photos")
+    pts = rec.points3D
+    points = np.array([p.xyz for p in pts.values()], np.float32).reshape(-1, 3)
+    colors = np.array([p.color for p in pts.values()], np.float32).reshape(-1, 3) / 255.0
+    finite = np.isfinite(points).all(axis=1)
+    points, colors = points[finite], colors[finite]
+    if len(points) == 0:
+        raise InputError(f"{mdir}: every 3D point is NaN or Inf", hint="run `splatflow sfm` again")
+
+    views: list[View] = []
+    centres = []
+    img_dir = sfm_dir / "images"
+    source_size = (0, 0)
+    for iid in reg:
+        im = rec.image(iid)
+        cam = rec.camera(im.camera_id)
+        if cam.model_name not in PINHOLE_MODELS:
+            raise InputError(f"image {im.name}: camera model {cam.model_name} is not pinhole",
+                             hint="train on undistorted images: the output folder of `splatflow sfm`")
+        path = img_dir / im.name
+        if not path.exists():
+            raise InputError(f"{path}: the image registered in the model is missing",
+                             hint="give the complete output folder of `splatflow sfm`")
+        with Image.open(path) as pil:
+            rgb = np.asarray(pil.convert("RGB"))
+        h0, w0 = rgb.shape[:2]
+        source_size = (w0, h0)
+        K = np.asarray(cam.calibration_matrix(), np.float64).copy()
+        # the model's camera may describe the image at another size than the file: scale to the file first
+        K[0] *= w0 / cam.width
+        K[1] *= h0 / cam.height
+        scale = min(1.0, resolution / max(w0, h0))
+        if scale < 1.0:
+            w1, h1 = max(1, round(w0 * scale)), max(1, round(h0 * scale))
+            rgb = _resize(rgb, (w1, h1))
+            K[0] *= w1 / w0
+            K[1] *= h1 / h0
+        pose = np.asarray(im.cam_from_world().matrix(), np.float64)  # (3, 4) world -> camera
+        viewmat = np.eye(4)
+        viewmat[:3] = pose
+        centres.append(-pose[:, :3].T @ pose[:, 3])
+        views.append(View(
+            name=im.name,
+            image=torch.from_numpy(rgb.astype(np.float32) / 255.0).to(device),
+            viewmat=torch.tensor(viewmat, dtype=torch.float32, device=device),
+            K=torch.tensor(K, dtype=torch.float32, device=device),
+        ))
+    c = np.asarray(centres)
+    radius = float(np.linalg.norm(c - c.mean(axis=0), axis=1).max()) if len(c) > 1 else 0.0
+    if radius <= 0:  # one camera (or all at one place): use the spread of the points instead
+        radius = float(np.linalg.norm(points - points.mean(axis=0), axis=1).max()) or 1.0
+    if test_every > 0 and len(views) > 1:
+        test = [v for i, v in enumerate(views) if i % test_every == 0]
+        train = [v for i, v in enumerate(views) if i % test_every != 0]
+    else:
+        test, train = [], views
+    log.info("scene: %d training views, %d held out, %d SfM points, %dx%d px", len(train), len(test), len(points),
+             views[0].width, views[0].height)
+    return Scene(train=train, test=test, points=points, colors=colors, scene_scale=radius * 1.1,
+                 source_size=source_size)
