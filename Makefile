@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint bench run-local clean
+.PHONY: help install viewer-assets test test-all lint bench run-local clean
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sort | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -21,9 +21,14 @@ $(STAMP): pyproject.toml package.json
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q -e ".[all,dev]"
 	npm install --no-audit --no-fund --loglevel=error
+	$(PY) -m splatflow.viewer install-assets
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv with splatflow and every extra (CPU torch), and the npm reference tools
+
+viewer-assets: $(STAMP) ## copy the viewer page's files (npm @playcanvas/supersplat-viewer) into src/splatflow/viewer/assets
+	npm install --no-audit --no-fund --loglevel=error
+	$(PY) -m splatflow.viewer install-assets
 
 test: $(STAMP) ## run the test suite (CI subset: slow/gpu/cluster tests skip with a reason)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -126,3 +126,13 @@ def splat_transform() -> Path:
     out = subprocess.run([str(found), "--version"], capture_output=True, text=True, check=True)
     assert "3.7.0" in out.stdout + out.stderr, out.stdout
     return found
+
+
+@pytest.fixture(scope="session")
+def sample_sog(splat_transform: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small real .sog (data/splats/guitar.ply, 90,854 splats, SH degree 0) written by PlayCanvas's own
+    splat-transform: a publish / viewer fixture independent of our codec (about 8 s, once per session)."""
+    out = tmp_path_factory.mktemp("sample-sog") / "guitar.sog"
+    subprocess.run([str(splat_transform), "-q", str(DATA / "splats" / "guitar.ply"), str(out)], check=True,
+                   capture_output=True, timeout=300)
+    return out

@@ -376,13 +376,14 @@ def exists(uri: str) -> bool:
 
 
 def stat(uri: str) -> dict[str, Any]:
-    """Size and recorded SHA-256 (None when unknown) of one object: ``{"size": int, "sha256": str | None}``."""
+    """Size and SHA-256 of one object: ``{"size": int, "sha256": str | None}``. S3: the SHA-256 recorded when
+    this module wrote it (None for objects written by other tools); local files: computed."""
     loc = parse(uri)
     if loc.scheme == "file":
         p = _local(loc)
         if not p.is_file():
             raise StorageError(f"{loc} does not exist", hint="check the path (and that an earlier stage wrote it)")
-        return {"size": p.stat().st_size, "sha256": None}
+        return {"size": p.stat().st_size, "sha256": sha256_file(p)}
     head = _with_retries("stat", loc, lambda: client().head_object(Bucket=loc.bucket, Key=loc.key))
     return {"size": int(head["ContentLength"]), "sha256": head.get("Metadata", {}).get(SHA256_META)}
 
