@@ -40,5 +40,78 @@ lint: $(STAMP) ## ruff on src and tests, mypy on src
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy src
 
+# ---- the Kubeflow pipeline (README: The pipeline)
+# KFP_HOST, KFP_TOKEN / KFP_COOKIE / KFP_SA_TOKEN_PATH, KFP_NAMESPACE, KFP_EXPERIMENT come from the environment.
+PIPELINE_YAML ?= build/pipeline.yaml
+PARAMS ?= pipelines/params.example.yaml
+WAIT ?= 0
+SOURCE ?= data/photos/lund
+OUTPUT ?=
+.PHONY: compile upload run-pipeline
+
+compile: $(STAMP) ## compile the pipeline to build/pipeline.yaml (images: REGISTRY=... TAG=..., default tag: git commit)
+	$(IMAGE_ENV) $(PY) -m pipelines compile --output $(PIPELINE_YAML)
+
+upload: compile ## upload the pipeline, or a new version of it, to KFP_HOST
+	$(IMAGE_ENV) $(PY) -m pipelines upload --package $(PIPELINE_YAML)
+
+run-pipeline: compile ## upload a new version and start a run with PARAMS=file.yaml (WAIT=1: wait, print the outcome)
+	$(IMAGE_ENV) $(PY) -m pipelines run --package $(PIPELINE_YAML) --params $(PARAMS) $(if $(filter 1,$(WAIT)),--wait)
+
+run-local: $(STAMP) ## set up and run the whole pipeline locally (kfp.local, CPU) on SOURCE (default: the sample photos)
+	$(VENV)/bin/splatflow run $(SOURCE) $(OUTPUT)
+
+# ---- deployment: images, manifests (README: Deploying)
+# Image names come from components/images.py only: <REGISTRY>/splatflow-<stage>:<TAG> (TAG empty: the git commit).
+REGISTRY ?= ghcr.io/splatflow
+TAG ?=
+IMAGE_TAG ?= $(TAG)
+PLATFORM ?= linux/amd64
+PUSH ?= 1
+KUBECTL ?= kubectl
+EKSCTL ?= eksctl
+EKS_CONFIG ?= manifests/eks/cluster.yaml
+CREATE_CLUSTER ?= 0
+WITH_MINIO ?= 0
+DEVICE_PLUGIN ?= 0
+IMAGE_ENV = SPLATFLOW_REGISTRY=$(REGISTRY) SPLATFLOW_IMAGE_TAG=$(IMAGE_TAG)
+.PHONY: images validate-manifests deploy-eks deploy-onprem
+
+images: $(STAMP) ## build + push every stage image with docker buildx (REGISTRY=... TAG=...; PUSH=0 loads locally)
+	@command -v docker >/dev/null || { echo "error: docker (with buildx) is needed to build the images"; exit 3; }
+	@git diff --quiet HEAD -- src components pipelines pyproject.toml images || [ -n "$(IMAGE_TAG)" ] || \
+		echo "warning: uncommitted changes go into images tagged with the commit; set TAG=... to tell them apart"
+	@$(IMAGE_ENV) $(PY) -m components.images | while read -r stage image; do \
+		echo "==> $$image"; \
+		docker buildx build --platform $(PLATFORM) -f images/$$stage/Dockerfile -t $$image \
+			$(if $(filter 1,$(PUSH)),--push,--load) . || exit 1; \
+	done
+
+validate-manifests: $(STAMP) ## render every overlay (kubectl kustomize) and validate it strictly (k8s 1.30/1.33, eksctl schema)
+	$(PY) -m pytest -q tests/unit/test_manifests.py
+
+deploy-eks: ## EKS: (CREATE_CLUSTER=1: eksctl create cluster) IRSA role, then apply manifests/overlays/eks
+	@command -v $(KUBECTL) >/dev/null || { echo "error: kubectl is needed"; exit 3; }
+	@test -f manifests/base/notify.env || { echo "error: manifests/base/notify.env is missing:" \
+		"cp manifests/base/notify.env.example manifests/base/notify.env (empty values = no notification)"; exit 2; }
+	@if [ "$(CREATE_CLUSTER)" = 1 ]; then $(EKSCTL) create cluster -f $(EKS_CONFIG); fi
+	$(EKSCTL) create iamserviceaccount -f $(EKS_CONFIG) --approve
+	@$(KUBECTL) get namespace kubeflow >/dev/null || { echo "error: no kubeflow namespace: install Kubeflow" \
+		"Pipelines >= 2.14 first (README: Deploying)"; exit 3; }
+	$(KUBECTL) apply -k manifests/overlays/eks
+	@echo "next: splatflow doctor"
+
+deploy-onprem: ## on-prem: apply manifests/overlays/onprem (WITH_MINIO=1 adds a MinIO, DEVICE_PLUGIN=1 the NVIDIA plugin)
+	@command -v $(KUBECTL) >/dev/null || { echo "error: kubectl is needed"; exit 3; }
+	@test -f manifests/overlays/onprem/minio.env || { echo "error: manifests/overlays/onprem/minio.env is missing:" \
+		"cp manifests/overlays/onprem/minio.env.example manifests/overlays/onprem/minio.env and put your S3 keys in"; exit 2; }
+	@test -f manifests/base/notify.env || { echo "error: manifests/base/notify.env is missing:" \
+		"cp manifests/base/notify.env.example manifests/base/notify.env (empty values = no notification)"; exit 2; }
+	@$(KUBECTL) get namespace kubeflow >/dev/null || { echo "error: no kubeflow namespace: install Kubeflow" \
+		"Pipelines >= 2.14 first (README: Deploying)"; exit 3; }
+	$(KUBECTL) apply -k manifests/overlays/$(if $(filter 1,$(WITH_MINIO)),onprem-minio,onprem)
+	$(if $(filter 1,$(DEVICE_PLUGIN)),$(KUBECTL) apply -k manifests/gpu)
+	@echo "next: splatflow doctor"
+
 clean: ## remove build outputs (keeps .venv)
 	rm -rf build .pytest_cache .ruff_cache .mypy_cache bench/work

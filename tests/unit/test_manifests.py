@@ -1,0 +1,345 @@
+"""Deployment manifests: every overlay renders with `kubectl kustomize` and passes kubernetes-validate --strict
+(Kubernetes 1.30 and 1.33); eks/cluster.yaml passes eksctl's ClusterConfig schema; the cluster facts (GPU label,
+taint, object names, endpoint, bucket) agree between the manifests, the eksctl config and the compiled pipeline.
+
+Overlays render in a temporary copy of manifests/ with the committed *.env.example files copied to the untracked
+*.env names they stand for, so the repository itself never holds a secret file.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+MANIFESTS = ROOT / "manifests"
+SCHEMA = ROOT / "schemas" / "eksctl-clusterconfig.schema.json"
+OVERLAYS = ("overlays/eks", "overlays/onprem", "overlays/onprem-minio", "gpu")
+K8S_VERSIONS = ("1.30", "1.33")
+GPU_LABEL = ("splatflow.io/accelerator", "nvidia")
+GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+MINIO_IMAGE = "quay.io/minio/minio:RELEASE.2025-09-07T16-13-09Z"
+SECRET_FILES = ("minio.env", "notify.env")
+
+Docs = list[dict[str, Any]]
+
+
+def _kubectl() -> str:
+    found = shutil.which("kubectl") or ("/usr/bin/kubectl" if Path("/usr/bin/kubectl").exists() else None)
+    if found is None:
+        pytest.fail("kubectl is not installed: the manifests are rendered with `kubectl kustomize`")
+    return found
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _copy_manifests(dest: Path) -> Path:
+    """manifests/ copied to ``dest`` with every *.env.example also present as *.env (as a user would do)."""
+    work = dest / "manifests"
+    # never the developer's own secret files: only what the examples say
+    shutil.copytree(MANIFESTS, work, ignore=shutil.ignore_patterns(*SECRET_FILES))
+    for example in work.rglob("*.env.example"):
+        shutil.copy(example, example.with_suffix(""))
+    return work
+
+
+def _render(tree: Path, overlay: str) -> Docs:
+    proc = subprocess.run([_kubectl(), "kustomize", str(tree / overlay)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, f"kubectl kustomize {overlay} failed:\n{proc.stderr}"
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _copy_manifests(tmp_path_factory.mktemp("manifests"))
+
+
+@pytest.fixture(scope="module")
+def rendered(tree: Path) -> dict[str, Docs]:
+    return {overlay: _render(tree, overlay) for overlay in OVERLAYS}
+
+
+def _one(docs: Docs, kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def _providers(docs: Docs) -> dict[str, Any]:
+    launcher = _one(docs, "ConfigMap", "kfp-launcher")
+    return yaml.safe_load(launcher["data"]["providers"])["s3"]["default"]
+
+
+def _secret_keys(secret: dict[str, Any]) -> set[str]:
+    return set(secret.get("data", {})) | set(secret.get("stringData", {}))
+
+
+def _cluster_config() -> dict[str, Any]:
+    return yaml.safe_load((MANIFESTS / "eks" / "cluster.yaml").read_text())
+
+
+def _gpu_group(cfg: dict[str, Any]) -> dict[str, Any]:
+    groups = [g for g in cfg["managedNodeGroups"] if g.get("instanceType") == "g4dn.xlarge"]
+    assert len(groups) == 1, "eks/cluster.yaml needs exactly one g4dn.xlarge managed node group"
+    return groups[0]
+
+
+# ---------------------------------------------------------------------------- render + validate
+# ids without the bare word "gpu", which conftest reads as the gpu marker
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda o: o.replace("/", "-").replace("gpu", "device-plugin"))
+def test_overlay_validates_strict(rendered: dict[str, Docs], overlay: str) -> None:
+    docs = rendered[overlay]
+    assert docs, f"{overlay} rendered nothing"
+    for version in K8S_VERSIONS:
+        for doc in docs:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{overlay}: {doc['kind']}/{doc['metadata']['name']} is invalid for Kubernetes "
+                            f"{version}: {exc.message} at {list(exc.path)}")
+
+
+def test_strict_validation_catches_a_typo(rendered: dict[str, Docs]) -> None:
+    sts = json.loads(json.dumps(_one(rendered["overlays/onprem-minio"], "StatefulSet", "splatflow-minio")))
+    sts["spec"]["template"]["spec"]["nodeSelecter"] = {"a": "b"}
+    with pytest.raises(kubernetes_validate.ValidationError, match="nodeSelecter"):
+        kubernetes_validate.validate(sts, "1.33", strict=True)
+
+
+def test_cli_validator_agrees(tree: Path, tmp_path: Path) -> None:
+    """The kubernetes-validate command line (what a person runs) accepts the on-prem + MinIO render."""
+    out = tmp_path / "onprem-minio.yaml"
+    out.write_text(subprocess.run([_kubectl(), "kustomize", str(tree / "overlays/onprem-minio")],
+                                  capture_output=True, text=True, check=True).stdout)
+    exe = Path(sys.executable).with_name("kubernetes-validate")  # the console script beside this Python
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "kubernetes_validate"]
+    for version in K8S_VERSIONS:
+        proc = subprocess.run([*cmd, "--strict", "--quiet", "-k", f"{version}.0", str(out)],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_every_image_is_pinned(rendered: dict[str, Docs]) -> None:
+    images = []
+    for docs in rendered.values():
+        for doc in docs:
+            spec = doc.get("spec", {}).get("template", {}).get("spec", {})
+            images += [c["image"] for c in spec.get("containers", []) + spec.get("initContainers", [])]
+    assert images
+    for image in images:
+        name, _, tag = image.rpartition(":")
+        assert name and tag and tag != "latest" and "/" not in tag, f"{image} is not pinned to a tag"
+
+
+# ---------------------------------------------------------------------------- EKS
+def test_eks_uses_irsa_and_no_static_keys(rendered: dict[str, Docs]) -> None:
+    docs = rendered["overlays/eks"]
+    cfg = _env_file(MANIFESTS / "overlays/eks/config.env")
+    sa = _one(docs, "ServiceAccount", "pipeline-runner")
+    assert sa["metadata"]["namespace"] == "kubeflow"
+    assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == cfg["ROLE_ARN"]
+    launcher = _one(docs, "ConfigMap", "kfp-launcher")
+    assert launcher["data"]["defaultPipelineRoot"] == cfg["PIPELINE_ROOT"]
+    s3 = _providers(docs)
+    assert s3["credentials"] == {"fromEnv": True} and s3["region"] == cfg["AWS_DEFAULT_REGION"]
+    assert "amazonaws.com" in s3["endpoint"] and s3["disableSSL"] is False
+    for doc in docs:  # no S3 keys anywhere: no S3 Secret, no AWS key names in any object
+        assert "AWS_SECRET_ACCESS_KEY" not in json.dumps(doc), f"{doc['kind']}/{doc['metadata']['name']}"
+
+
+def test_eks_cluster_config_is_valid() -> None:
+    schema = json.loads(SCHEMA.read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    cfg = _cluster_config()
+    errors = [f"{e.json_path}: {e.message}" for e in validator.iter_errors(cfg)]
+    assert not errors, errors
+    bad = json.loads(json.dumps(cfg))
+    bad["managedNodeGroups"][0]["instanceTyp"] = "m6i.xlarge"  # a typo must not pass
+    assert any("instanceTyp" in e.message for e in validator.iter_errors(bad))
+
+
+def test_eks_cluster_facts() -> None:
+    cfg = _cluster_config()
+    gpu = _gpu_group(cfg)
+    assert gpu["labels"][GPU_LABEL[0]] == GPU_LABEL[1]
+    assert gpu["taints"] == [GPU_TAINT]
+    cpu = [g for g in cfg["managedNodeGroups"] if g is not gpu]
+    assert cpu and all(not g.get("taints") and not g["instanceType"].startswith(("g", "p")) for g in cpu)
+    # IRSA: OIDC on, a role for pipeline-runner with S3 rights on the bucket of the EKS pipeline root
+    assert cfg["iam"]["withOIDC"] is True
+    (sa,) = [s for s in cfg["iam"]["serviceAccounts"] if s["metadata"]["name"] == "pipeline-runner"]
+    assert sa["metadata"]["namespace"] == "kubeflow"
+    env = _env_file(MANIFESTS / "overlays/eks/config.env")
+    assert env["ROLE_ARN"].endswith(f":role/{sa['roleName']}")
+    bucket = env["PIPELINE_ROOT"].removeprefix("s3://").split("/")[0]
+    statements = sa["attachPolicy"]["Statement"]
+    actions = {a for s in statements for a in s["Action"]}
+    resources = {r for s in statements for r in s["Resource"]}
+    assert {"s3:GetObject", "s3:PutObject", "s3:ListBucket"} <= actions
+    assert {f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"} <= resources
+
+
+# ---------------------------------------------------------------------------- on-prem
+def test_onprem_endpoint_secret_and_path_style(rendered: dict[str, Docs]) -> None:
+    docs = rendered["overlays/onprem"]
+    cfg = _env_file(MANIFESTS / "overlays/onprem/config.env")
+    storage = _one(docs, "ConfigMap", "splatflow-storage")
+    assert storage["data"]["AWS_ENDPOINT_URL"] == cfg["AWS_ENDPOINT_URL"]
+    s3 = _providers(docs)
+    assert s3["endpoint"] == cfg["AWS_ENDPOINT_URL"].split("//", 1)[1]
+    assert s3["forcePathStyle"] is True and s3["region"] == cfg["AWS_DEFAULT_REGION"]
+    ref = s3["credentials"]["secretRef"]
+    assert s3["credentials"]["fromEnv"] is False
+    secret = _one(docs, "Secret", ref["secretName"])
+    assert {ref["accessKeyKey"], ref["secretKeyKey"]} <= _secret_keys(secret)
+    example = _env_file(MANIFESTS / "overlays/onprem/minio.env.example")
+    assert base64.b64decode(secret["data"]["AWS_ACCESS_KEY_ID"]).decode() == example["AWS_ACCESS_KEY_ID"]
+    assert _one(docs, "ConfigMap", "kfp-launcher")["data"]["defaultPipelineRoot"] == cfg["PIPELINE_ROOT"]
+    assert not [d for d in docs if d["kind"] == "StatefulSet"], "plain onprem must not deploy a MinIO"
+
+
+@pytest.mark.parametrize("endpoint", ["http://seaweedfs.kubeflow:8333", "http://minio-service.kubeflow:9000",
+                                      "https://s3.storage.example.internal"])
+def test_onprem_endpoint_is_one_value(tmp_path: Path, endpoint: str) -> None:
+    """Changing AWS_ENDPOINT_URL in config.env moves the launcher and the tasks together (MinIO or SeaweedFS)."""
+    tree = _copy_manifests(tmp_path)
+    conf = tree / "overlays/onprem/config.env"
+    lines = [f"AWS_ENDPOINT_URL={endpoint}" if ln.startswith("AWS_ENDPOINT_URL=") else ln
+             for ln in conf.read_text().splitlines()]
+    conf.write_text("\n".join(lines) + "\n")
+    docs = _render(tree, "overlays/onprem")
+    assert _one(docs, "ConfigMap", "splatflow-storage")["data"]["AWS_ENDPOINT_URL"] == endpoint
+    assert _providers(docs)["endpoint"] == endpoint.split("//", 1)[1]
+
+
+def test_onprem_minio_component(rendered: dict[str, Docs]) -> None:
+    docs = rendered["overlays/onprem-minio"]
+    cfg = _env_file(MANIFESTS / "overlays/onprem/config.env")
+    sts = _one(docs, "StatefulSet", "splatflow-minio")
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == MINIO_IMAGE
+    refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]}
+    assert refs == {"splatflow-s3"}
+    svc = _one(docs, "Service", "splatflow-minio")
+    assert 9000 in [p["port"] for p in svc["spec"]["ports"]]
+    assert svc["spec"]["selector"] == sts["spec"]["template"]["metadata"]["labels"]
+    job = _one(docs, "Job", "splatflow-minio-make-bucket")
+    (mc,) = job["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in mc["env"]}
+    assert env["BUCKET"] == cfg["PIPELINE_ROOT"].removeprefix("s3://").split("/")[0]
+    assert mc["image"].startswith("quay.io/minio/mc:RELEASE.")
+    # the one endpoint value now names this MinIO, everywhere
+    url = _one(docs, "ConfigMap", "splatflow-storage")["data"]["AWS_ENDPOINT_URL"]
+    assert url == env["S3_ENDPOINT"] == "http://splatflow-minio.kubeflow:9000"
+    assert _providers(docs)["endpoint"] == "splatflow-minio.kubeflow:9000"
+    assert {d["metadata"].get("namespace") for d in docs} == {"kubeflow"}
+
+
+def test_secret_files_are_untracked() -> None:
+    ignored = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "manifests/overlays/onprem/minio.env",
+                              "manifests/base/notify.env"], capture_output=True, text=True)
+    assert ignored.stdout.split() == ["manifests/overlays/onprem/minio.env", "manifests/base/notify.env"]
+    for example in ("overlays/onprem/minio.env.example", "base/notify.env.example"):
+        assert (MANIFESTS / example).exists()
+
+
+# ---------------------------------------------------------------------------- GPU device plugin
+def _tolerates(tolerations: list[dict[str, Any]], taint: dict[str, str]) -> bool:
+    for t in tolerations:
+        if t.get("effect") not in (None, "", taint["effect"]) or t.get("key") not in (None, "", taint["key"]):
+            continue
+        if t.get("operator", "Equal") == "Exists" or t.get("value") == taint["value"]:
+            return True
+    return False
+
+
+def test_device_plugin_lands_on_gpu_nodes(rendered: dict[str, Docs]) -> None:
+    ds = _one(rendered["gpu"], "DaemonSet", "nvidia-device-plugin-daemonset")
+    spec = ds["spec"]["template"]["spec"]
+    assert spec["containers"][0]["image"].startswith("nvcr.io/nvidia/k8s-device-plugin:v0.")
+    gpu = _gpu_group(_cluster_config())
+    assert all(gpu["labels"].get(k) == v for k, v in spec["nodeSelector"].items())
+    assert all(_tolerates(spec["tolerations"], t) for t in gpu["taints"])
+    assert not _tolerates(spec["tolerations"], {"key": "other", "value": "x", "effect": "NoSchedule"})
+
+
+# ---------------------------------------------------------------------------- the compiled pipeline
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(pipeline spec, kubernetes platform spec) of the compiled pipeline."""
+    from pipelines.splat_pipeline import compile_pipeline
+
+    path = compile_pipeline(tmp_path_factory.mktemp("pipeline") / "splatflow.yaml")
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    platform = next(d for d in docs if "platforms" in d)["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    return docs[0], platform
+
+
+def _gpu_executors(spec: dict[str, Any]) -> list[str]:
+    out = []
+    for name, ex in spec["deploymentSpec"]["executors"].items():
+        acc = ex.get("container", {}).get("resources", {}).get("accelerator", {})
+        if (acc.get("resourceType") or acc.get("type")) == "nvidia.com/gpu":
+            out.append(name)
+    return out
+
+
+def test_pipeline_gpu_scheduling_matches_the_cluster(compiled: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    spec, platform = compiled
+    gpu_execs = _gpu_executors(spec)
+    assert sorted(gpu_execs) == ["exec-compress", "exec-train"]
+    group = _gpu_group(_cluster_config())
+    for name in gpu_execs:
+        selector = platform[name]["nodeSelector"]["labels"]
+        assert selector and all(group["labels"].get(k) == v for k, v in selector.items()), (name, selector)
+        tolerations = platform[name]["tolerations"]
+        assert all(_tolerates(tolerations, t) for t in group["taints"]), (name, tolerations)
+    # CPU tasks neither ask for the GPU nodes nor tolerate their taint
+    for name, ex in platform.items():
+        if name not in gpu_execs:
+            assert GPU_LABEL[0] not in ex.get("nodeSelector", {}).get("labels", {}), name
+            assert not _tolerates(ex.get("tolerations", []), GPU_TAINT), name
+
+
+def test_pipeline_objects_exist_in_the_overlays(compiled: tuple[dict[str, Any], dict[str, Any]],
+                                                rendered: dict[str, Docs]) -> None:
+    """Every Secret/ConfigMap key the pipeline mounts is provided on-prem; on EKS only non-secret config is."""
+    _, platform = compiled
+    wanted: dict[tuple[str, str], set[str]] = {}
+    for ex in platform.values():
+        for s in ex.get("secretAsEnv", []):
+            wanted.setdefault(("Secret", s["secretName"]), set()).update(k["secretKey"] for k in s["keyToEnv"])
+        for c in ex.get("configMapAsEnv", []):
+            wanted.setdefault(("ConfigMap", c["configMapName"]), set()).update(
+                k["configMapKey"] for k in c["keyToEnv"])
+    assert ("Secret", "splatflow-s3") in wanted and ("ConfigMap", "splatflow-storage") in wanted
+    for (kind, name), keys in wanted.items():
+        provided = _secret_keys(_one(rendered["overlays/onprem"], kind, name))  # data keys, either kind
+        assert keys <= provided, (kind, name, keys - provided)
+    eks = rendered["overlays/eks"]
+    assert not [d for d in eks if d["kind"] == "Secret" and d["metadata"]["name"] == "splatflow-s3"]
+    eks_storage = _one(eks, "ConfigMap", "splatflow-storage")["data"]
+    assert "AWS_DEFAULT_REGION" in eks_storage and "AWS_ENDPOINT_URL" not in eks_storage
+
+
+def test_stages_doc_states_the_same_facts() -> None:
+    text = (ROOT / "docs" / "STAGES.md").read_text()
+    assert f"`{GPU_LABEL[0]}={GPU_LABEL[1]}`" in text
+    assert f"`{GPU_TAINT['key']}={GPU_TAINT['value']}:{GPU_TAINT['effect']}`" in text
