@@ -137,6 +137,121 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- ingest
+@command
+def _add_ingest(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ingest", help="photos, a .zip, a video or an S3 prefix -> checked, resized images",
+                       description="Read SOURCE (a folder, a .zip of photos, a video file, file:///path or "
+                                   "s3://bucket/prefix; S3 endpoint and credentials from the standard AWS "
+                                   "environment) and write OUT_DIR/images/ plus OUT_DIR/ingest-report.json "
+                                   "(kept and rejected images with reasons). Video: frames are extracted, blurred "
+                                   "and near-duplicate frames rejected. Unsafe archives are refused.")
+    p.add_argument("source", help="folder, .zip, video, file:// or s3:// URI")
+    p.add_argument("out_dir", help="output folder (created; an existing one must be empty unless --overwrite)")
+    p.add_argument("--max-images", type=int, default=300, help="keep at most this many images (default 300)")
+    p.add_argument("--max-side", type=int, default=1600, help="longest image side in pixels (default 1600)")
+    p.add_argument("--video-frames", type=int, default=120, help="frames to extract from a video (default 120)")
+    p.add_argument("--max-archive-bytes", type=int, default=4 << 30,
+                   help="refuse archives larger than this, packed or unpacked (default 4 GiB)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(handler=_run_ingest)
+
+
+def _run_ingest(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from splatflow.stages.ingest import ingest
+
+    report = ingest(args.source, Path(args.out_dir), max_images=args.max_images, max_side=args.max_side,
+                    video_frames=args.video_frames, max_archive_bytes=args.max_archive_bytes,
+                    overwrite=args.overwrite)
+    if args.json:
+        _print_json(report)
+        return 0
+    print(f"{args.out_dir}/images: kept {len(report['kept'])} images from {report['source_kind']} "
+          f"({report['content']}), rejected {len(report['rejected'])}")
+    for name, reason in report["rejected"].items():
+        print(f"  rejected {name}: {reason}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- sfm
+@command
+def _add_sfm(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sfm", help="structure from motion (pycolmap, CPU): images -> COLMAP model",
+                       description="Reconstruct cameras and sparse points from IMAGES (a folder of images or the "
+                                   "output of `splatflow ingest`). Writes OUT_DIR/images/ (undistorted, pinhole), "
+                                   "OUT_DIR/sparse/0/{cameras,images,points3D}.bin and OUT_DIR/sfm-report.json. "
+                                   "Fails (exit 4) when fewer than --min-registered of the images register.")
+    p.add_argument("images", help="folder of images, or an ingest output folder")
+    p.add_argument("out_dir", help="output folder (created; an existing one must be empty unless --overwrite)")
+    p.add_argument("--matcher", choices=("auto", "exhaustive", "sequential"), default="auto",
+                   help="auto: sequential for video frames and large sets, else exhaustive")
+    p.add_argument("--max-side", type=int, default=1600, help="longest image side used, in pixels (default 1600)")
+    p.add_argument("--max-features", type=int, default=8192, help="SIFT features per image (default 8192)")
+    p.add_argument("--min-registered", type=float, default=0.5,
+                   help="fail when fewer than this fraction of the images register (default 0.5)")
+    p.add_argument("--threads", type=int, default=-1, help="CPU threads (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the mapper")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(handler=_run_sfm)
+
+
+def _run_sfm(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from splatflow.stages.sfm import sfm
+
+    report = sfm(Path(args.images), Path(args.out_dir), matcher=args.matcher, max_side=args.max_side,
+                 min_registered=args.min_registered, max_features=args.max_features, num_threads=args.threads,
+                 seed=args.seed, overwrite=args.overwrite)
+    if args.json:
+        _print_json(report)
+        return 0
+    err = report["mean_reprojection_error"]
+    print(f"{args.out_dir}: registered {report['registered']}/{report['total']} images ({report['matcher']} "
+          f"matching), {report['points']:,} points, reprojection error {err} px, "
+          f"track length {report['mean_track_length']}, {report['timings']['total']:.1f} s")
+    if report["unregistered"]:
+        print(f"  unregistered: {', '.join(report['unregistered'])}")
+    for name, reason in report["skipped"].items():
+        print(f"  skipped {name}: {reason}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- run (the whole pipeline locally)
+@command
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run the whole pipeline locally (kfp.local, CPU, file:// output)",
+                       description="Run the Kubeflow pipeline on this machine with kfp.local's SubprocessRunner: "
+                                   "ingest, sfm, train, compress, publish, then notify (on failure too).")
+    p.add_argument("source", nargs="?", default="data/photos/lund",
+                   help="photos folder, .zip, video or s3:// URI (default: data/photos/lund, the bundled sample)")
+    p.add_argument("output", nargs="?", default=None, help="a new output folder (default: ./runs/<UTC timestamp>)")
+    p.add_argument("--quality", default="tiny", help="tiny (default, CPU minutes) | preview | standard | high")
+    p.add_argument("--iterations", type=int, default=0, help="training steps (0: the preset's)")
+    p.add_argument("--max-splats", type=int, default=20_000, help="splat budget (default 20000)")
+    p.add_argument("--sh-degree", type=int, default=1, help="spherical-harmonics degree 0..3 (default 1)")
+    p.add_argument("--notify-target", default="", help="notification channel name (secrets come from the env)")
+    p.set_defaults(handler=_run_pipeline_locally)
+
+
+def _run_pipeline_locally(args: argparse.Namespace) -> int:
+    try:
+        from pipelines.local import default_output, run_local, summary_lines
+    except ImportError as exc:  # kfp or the pipelines package is not installed
+        from splatflow.errors import DependencyMissing
+
+        raise DependencyMissing(f"the local pipeline runner is not available ({exc})",
+                                hint="pip install -e '.[all]' from the repository (make install)") from exc
+    run = run_local(args.source, args.output or default_output(), quality=args.quality, iterations=args.iterations,
+                    max_splats=args.max_splats, sh_degree=args.sh_degree, notify_target=args.notify_target)
+    print("\n".join(summary_lines(run)))
+    return 0
+
+
 # ---------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every registered subcommand."""

@@ -90,6 +90,10 @@ class StageError(SplatflowError):
 class SfmError(StageError):
     """Structure from motion failed (too few registered images); carries the registration report."""
 
+    def __init__(self, message: str, *, report: dict[str, object] | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.report = report or {}
+
 
 class TrainError(StageError):
     """Training failed or produced no usable splats."""
