@@ -1,0 +1,132 @@
+"""The published viewer page in a real headless Chromium (Debian's chromium, software WebGL via SwiftShader):
+the page loads the published .sog from its own folder, draws a non-blank picture with the scene framed by the
+fitted camera, and fetches nothing from anywhere else. Served two ways: a plain HTTP server on the published
+folder, and the S3 bucket itself (the objects' Content-Types must let a browser run the page)."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import io
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+
+from splatflow.stages.publish import publish
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--no-sandbox", "--headless"]
+SIZE = {"width": 480, "height": 360}
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.exists():
+        pytest.fail("Debian's chromium is not installed: apt-get install -y chromium (.ci/run does it)")
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def published(sample_sog: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample scene published to a local folder; returns the run folder."""
+    out = tmp_path_factory.mktemp("published")
+    publish(str(out), scene="guitar", run_id="run-1", files={"sog": sample_sog}, reports={})
+    return out / "guitar" / "run-1"
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        pass
+
+
+@pytest.fixture()
+def served(published: Path) -> Iterator[str]:
+    """The run folder on a loopback HTTP server; yields its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(published)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _render(browser: Any, url: str) -> tuple[np.ndarray, list[str], list[str]]:
+    """Open ``url``, wait for the viewer's first drawn frame, screenshot. Returns (H, W, 3) uint8 pixels, every
+    requested URL and every failed response (status >= 400) other than the favicon."""
+    from PIL import Image
+
+    page = browser.new_page(viewport=SIZE)
+    requests: list[str] = []
+    failed: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}")
+            if r.status >= 400 and not r.url.endswith("/favicon.ico") else None)
+    # the viewer calls window.firstFrame() once the first frame with the splats is rendered
+    page.add_init_script("window.__firstFrame = 0; window.firstFrame = () => { window.__firstFrame = 1; };")
+    try:
+        page.goto(url)
+        page.wait_for_function("window.__firstFrame === 1", timeout=45_000)
+        page.wait_for_timeout(1500)  # let the sort settle on the software rasterizer
+        png = page.screenshot()
+    finally:
+        page.close()
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), requests, failed
+
+
+def _check_picture(pixels: np.ndarray) -> None:
+    """A real picture of a framed object: many colours, contrast, the object neither tiny nor filling the view,
+    and centred by the fitted camera."""
+    colours = len(np.unique(pixels.reshape(-1, 3), axis=0))
+    assert colours > 1000, f"only {colours} distinct colours: blank or flat frame"
+    assert pixels.std() > 10
+    lit = pixels.max(axis=2) > 24  # the default background is black
+    coverage = lit.mean()
+    assert 0.02 < coverage < 0.9, f"object covers {coverage:.1%} of the frame"
+    ys, xs = np.nonzero(lit)
+    cy, cx = ys.mean() / pixels.shape[0], xs.mean() / pixels.shape[1]
+    assert 0.25 < cx < 0.75 and 0.2 < cy < 0.8, f"object centred at ({cx:.2f}, {cy:.2f})"
+
+
+def test_viewer_page_draws_the_scene(browser: Any, served: str) -> None:
+    # ?webgl: SwiftShader has no WebGPU; ?noui&noanim: a still frame at the fitted camera; ?content= as documented
+    pixels, requests, failed = _render(browser, f"{served}/index.html?webgl&noui&noanim&content=guitar.sog")
+    _check_picture(pixels)
+    assert not failed, failed
+    hosts = {urlparse(u).netloc for u in requests if not u.startswith(("blob:", "data:"))}
+    assert hosts == {urlparse(served).netloc}, f"the page fetched from elsewhere: {hosts}"
+    assert any(u.endswith("/guitar.sog") for u in requests) and any(u.endswith("/settings.json") for u in requests)
+
+
+def test_viewer_page_from_the_bucket(browser: Any, s3_server: dict[str, str], sample_sog: Path) -> None:
+    """Published to S3 and opened straight from the (local) S3 endpoint with a public-read policy on the prefix,
+    with no content parameter (the page's bootstrap names its content): the module scripts only run when the
+    objects carry JavaScript/CSS/HTML Content-Types."""
+    import boto3
+
+    bucket = s3_server["bucket"]
+    res = publish(f"s3://{bucket}/browser", scene="guitar", run_id="r", files={"sog": sample_sog}, reports={})
+    policy = {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": "*", "Action": "s3:GetObject",
+        "Resource": f"arn:aws:s3:::{bucket}/browser/*"}]}
+    boto3.client("s3").put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+    try:
+        url = f"{s3_server['endpoint']}/{bucket}/browser/guitar/r/index.html?webgl&noui&noanim"
+        assert res["viewer_uri"] == f"s3://{bucket}/browser/guitar/r/index.html"
+        pixels, requests, failed = _render(browser, url)
+    finally:
+        boto3.client("s3").delete_bucket_policy(Bucket=bucket)
+    assert not failed, failed
+    assert any(u.endswith("/browser/guitar/r/guitar.sog") for u in requests)
+    _check_picture(pixels)
