@@ -66,6 +66,7 @@ class FakeCluster:
     def __init__(self) -> None:
         self.routes: dict[str, Any] = {"/version": VERSION}
         self.requests: list[str] = []
+        self.auth: list[str | None] = []
         handler = self._handler()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -79,6 +80,7 @@ class FakeCluster:
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 path = self.path.split("?")[0].rstrip("/")
                 cluster.requests.append(path)
+                cluster.auth.append(self.headers.get("Authorization"))
                 body = cluster.routes.get(path)
                 status = 200 if body is not None else 404
                 if body is None:
@@ -221,3 +223,36 @@ def test_no_kubeconfig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
     check = _by_name(doctor(kfp_host=""))["cluster"]
     assert check.status == FAIL and "no usable kube context" in check.detail
+
+
+def test_eks_style_launcher_and_missing_secret(cluster: FakeCluster) -> None:
+    """IRSA (fromEnv) needs no Secret; a secretRef to a missing Secret is a failure naming minio.env."""
+    eks = _launcher("splatflow-artifacts", "s3.amazonaws.com")
+    providers = yaml.safe_load(eks["data"]["providers"])
+    providers["s3"]["default"]["credentials"] = {"fromEnv": True}
+    eks["data"]["providers"] = yaml.safe_dump(providers)
+    path = f"/api/v1/namespaces/{NS}/configmaps/kfp-launcher"
+    cluster.routes[path] = eks
+    launcher = _by_name(doctor(kfp_host="", timeout=5))["kfp-launcher"]
+    assert launcher.status == OK and "IRSA" in launcher.detail and "s3://splatflow-artifacts" in launcher.detail
+
+    cluster.routes[path] = _launcher("mlpipeline", "minio-service.kubeflow:9000")  # its Secret is not there
+    launcher = _by_name(doctor(kfp_host="", timeout=5))["kfp-launcher"]
+    assert launcher.status == FAIL and "splatflow-s3 does not exist" in launcher.detail
+    assert launcher.fix and "minio.env" in launcher.fix
+
+
+def test_kfp_api_errors_and_token(cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An HTTP error names KFP_HOST/KFP_TOKEN in the fix; KFP_TOKEN goes out as a bearer token, never in the report."""
+    kfp = FakeCluster()  # no routes: healthz answers 404
+    try:
+        check = _by_name(doctor(kfp_host=kfp.url, timeout=5))["kfp-api"]
+        assert check.status == FAIL and "HTTP 404" in check.detail and check.fix and "KFP_TOKEN" in check.fix
+        kfp.routes["/apis/v2beta1/healthz"] = {"multi_user": True}
+        monkeypatch.setenv("KFP_TOKEN", "secret-token-value")
+        check = _by_name(doctor(kfp_host=kfp.url, timeout=5))["kfp-api"]
+        assert check.status == OK and "multi-user" in check.detail and "2.14" in check.detail
+        assert "secret-token-value" not in check.detail
+        assert kfp.auth[-1] == "Bearer secret-token-value"
+    finally:
+        kfp.close()

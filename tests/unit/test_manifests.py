@@ -180,6 +180,10 @@ def test_eks_cluster_facts() -> None:
     gpu = _gpu_group(cfg)
     assert gpu["labels"][GPU_LABEL[0]] == GPU_LABEL[1]
     assert gpu["taints"] == [GPU_TAINT]
+    tags = gpu["tags"]  # what a cluster autoscaler scaling up from zero believes about the nodes
+    prefix = "k8s.io/cluster-autoscaler/node-template"
+    assert all(tags[f"{prefix}/label/{k}"] == v for k, v in gpu["labels"].items())
+    assert all(tags[f"{prefix}/taint/{t['key']}"] == f"{t['value']}:{t['effect']}" for t in gpu["taints"])
     cpu = [g for g in cfg["managedNodeGroups"] if g is not gpu]
     assert cpu and all(not g.get("taints") and not g["instanceType"].startswith(("g", "p")) for g in cpu)
     # IRSA: OIDC on, a role for pipeline-runner with S3 rights on the bucket of the EKS pipeline root
