@@ -1,0 +1,19 @@
+"""KFP component: compress the trained PLY into a single-file SOG v2 bundle (GPU or CPU, same output)."""
+
+# no `from __future__ import annotations`: kfp reads the real annotation objects (Input[Model] ...)
+from kfp import dsl
+from kfp.dsl import Artifact, Input, Model, Output
+
+from components.images import image_for
+
+
+@dsl.component(base_image=image_for("compress"), install_kfp_package=False)
+def compress(model: Input[Model], sog: Output[Artifact]) -> dict:
+    """The bundle at ``sog.path/splats.sog``; returns the codec report (bytes, ratio, bytes per splat)."""
+    from pathlib import Path
+
+    from splatflow.stages.compress import compress as run_compress
+
+    report = run_compress(Path(model.path) / "splats.ply", Path(sog.path) / "splats.sog")
+    sog.metadata.update({"bytes": report.get("bytes"), "bytes_per_splat": report.get("bytes_per_splat")})
+    return report

@@ -1,0 +1,30 @@
+"""KFP component: publish the SOG, a viewer page and the run report under ``output_uri`` (atomically visible)."""
+
+# no `from __future__ import annotations`: kfp reads the real annotation objects (Input[Model] ...)
+from kfp import dsl
+from kfp.dsl import Artifact, Input, Output
+
+from components.images import image_for
+
+
+@dsl.component(base_image=image_for("publish"), install_kfp_package=False)
+def publish(output_uri: str, source_uri: str, run_id: str, sog: Input[Artifact], ingest_report: dict,
+            sfm_report: dict, train_report: dict, compress_report: dict, report: Output[Artifact]) -> dict:
+    """Objects under ``output_uri/<scene>/<run_id>/``; returns ``urls``, ``manifest_uri``, ``viewer_uri``.
+
+    ``report.path`` gets the publish result as JSON so the Kubeflow UI links the run to what it published.
+    """
+    import json
+    from pathlib import Path
+
+    from splatflow.stages.publish import publish as run_publish
+
+    from components.runtime import scene_name
+
+    result = run_publish(output_uri, scene=scene_name(source_uri), run_id=run_id,
+                         files={"sog": Path(sog.path) / "splats.sog"},
+                         reports={"ingest": ingest_report, "sfm": sfm_report, "train": train_report,
+                                  "compress": compress_report})
+    Path(report.path).write_text(json.dumps(result, indent=2, default=str))
+    report.metadata.update({"viewer_uri": result.get("viewer_uri"), "manifest_uri": result.get("manifest_uri")})
+    return result

@@ -1,0 +1,23 @@
+"""KFP component: train 3D Gaussian splats on the SfM model (GPU; resumes from its checkpoint on retry)."""
+
+# no `from __future__ import annotations`: kfp reads the real annotation objects (Input[Model] ...)
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Model, Output
+
+from components.images import image_for
+
+
+@dsl.component(base_image=image_for("train"), install_kfp_package=False)
+def train(sfm_model: Input[Dataset], quality: str, iterations: int, max_splats: int, sh_degree: int,
+          model: Output[Model]) -> dict:
+    """The trained PLY at ``model.path/splats.ply`` (INRIA layout); returns the training report."""
+    from pathlib import Path
+
+    from components.runtime import preset
+    from splatflow.stages.train import train as run_train
+
+    settings = preset(quality, iterations)
+    report = run_train(Path(sfm_model.path), Path(model.path), iterations=settings["iterations"],
+                       resolution=settings["resolution"], max_splats=max_splats, sh_degree=sh_degree)
+    model.metadata.update({"splats": report.get("splats"), "psnr_test": report.get("psnr_test")})
+    return report

@@ -1,0 +1,184 @@
+"""The compiled pipeline (KFP IR YAML): stages, GPU scheduling, exit handler, caching, retries, credentials."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kfp_testing import FAKE_SECRETS, GOLDEN_REGISTRY, GOLDEN_TAG, ROOT
+
+STAGES = ("ingest", "sfm", "train", "compress", "publish", "notify")
+BODY = ("ingest", "sfm", "train", "compress", "publish")
+GPU = ("train", "compress")
+GOLDEN = Path(__file__).parent / "golden" / "pipeline.yaml"
+
+Spec = tuple[dict[str, Any], dict[str, Any]]
+
+
+def _body_tasks(spec: dict[str, Any]) -> dict[str, Any]:
+    return dict(spec["components"]["comp-exit-handler-1"]["dag"]["tasks"])
+
+
+def _task(spec: dict[str, Any], stage: str) -> dict[str, Any]:
+    return dict(spec["root"]["dag"]["tasks"]["notify"] if stage == "notify" else _body_tasks(spec)[stage])
+
+
+def _container(spec: dict[str, Any], stage: str) -> dict[str, Any]:
+    return dict(spec["deploymentSpec"]["executors"][f"exec-{stage}"]["container"])
+
+
+def test_every_stage_runs_its_own_image_and_calls_its_stage_function(compiled: Spec) -> None:
+    spec, _ = compiled
+    assert set(spec["deploymentSpec"]["executors"]) == {f"exec-{s}" for s in STAGES}
+    for stage in STAGES:
+        container = _container(spec, stage)
+        assert container["image"] == f"{GOLDEN_REGISTRY}/splatflow-{stage}:{GOLDEN_TAG}"
+        program = "\n".join(container["command"] + container.get("args", []))
+        assert f"from splatflow.stages.{stage} import {stage} as run_{stage}" in program, stage
+        # install_kfp_package=False: the image has kfp; pods never pip-install at start-up
+        assert "pip install" not in program
+
+
+def test_graph_is_ingest_sfm_train_compress_publish_inside_the_exit_handler(compiled: Spec) -> None:
+    spec, _ = compiled
+    body = _body_tasks(spec)
+    assert set(body) == set(BODY)
+    assert "dependentTasks" not in body["ingest"]
+    assert body["sfm"]["dependentTasks"] == ["ingest"]
+    assert body["train"]["dependentTasks"] == ["sfm"]
+    assert body["compress"]["dependentTasks"] == ["train"]
+    assert set(body["publish"]["dependentTasks"]) == {"ingest", "sfm", "train", "compress"}
+    arts = {s: body[s]["inputs"].get("artifacts", {}) for s in BODY}
+    assert arts["sfm"]["images"]["taskOutputArtifact"] == {"outputArtifactKey": "images", "producerTask": "ingest"}
+    assert arts["train"]["sfm_model"]["taskOutputArtifact"]["producerTask"] == "sfm"
+    assert arts["compress"]["model"]["taskOutputArtifact"]["producerTask"] == "train"
+    assert arts["publish"]["sog"]["taskOutputArtifact"]["producerTask"] == "compress"
+
+
+def test_artifacts_are_typed_for_lineage(compiled: Spec) -> None:
+    spec, _ = compiled
+    outputs = {s: spec["components"][f"comp-{s}"]["outputDefinitions"]["artifacts"] for s in BODY}
+    types = {(s, name): a["artifactType"]["schemaTitle"] for s, arts in outputs.items() for name, a in arts.items()}
+    assert types == {("ingest", "images"): "system.Dataset", ("sfm", "sfm_model"): "system.Dataset",
+                     ("train", "model"): "system.Model", ("compress", "sog"): "system.Artifact",
+                     ("publish", "report"): "system.Artifact"}
+
+
+def test_exit_handler_runs_notify_with_the_final_status(compiled: Spec) -> None:
+    spec, _ = compiled
+    root = spec["root"]["dag"]["tasks"]
+    assert set(root) == {"exit-handler-1", "notify"}
+    notify = root["notify"]
+    assert notify["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert notify["dependentTasks"] == ["exit-handler-1"]
+    assert notify["inputs"]["parameters"]["status"] == {"taskFinalStatus": {"producerTask": "exit-handler-1"}}
+    assert notify["inputs"]["parameters"]["target"] == {"componentInputParameter": "notify_target"}
+    # publish and notify name the run the same way, so notify finds what publish wrote
+    run_id = {"runtimeValue": {"constant": "{{$.pipeline_job_uuid}}"}}
+    assert notify["inputs"]["parameters"]["run_id"] == run_id
+    assert _body_tasks(spec)["publish"]["inputs"]["parameters"]["run_id"] == run_id
+
+
+def test_ui_parameters_are_few_with_defaults(compiled: Spec) -> None:
+    spec, _ = compiled
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert set(params) == {"source_uri", "output_uri", "quality", "max_splats", "iterations", "sh_degree",
+                           "notify_target"}
+    required = {k for k, v in params.items() if not v.get("isOptional")}
+    assert required == {"source_uri", "output_uri"}
+    assert params["quality"]["defaultValue"] == "standard"
+    assert params["iterations"]["defaultValue"] == 0
+    assert params["sh_degree"]["defaultValue"] == 3
+    assert params["max_splats"]["defaultValue"] == 1_000_000
+
+
+def test_gpu_stages_request_a_gpu_tolerate_the_taint_and_select_gpu_nodes(compiled: Spec) -> None:
+    spec, platform = compiled
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for stage in STAGES:
+        resources = _container(spec, stage)["resources"]
+        k8s = executors.get(f"exec-{stage}", {})
+        if stage in GPU:
+            assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+            assert resources["accelerator"]["resourceCount"] == "1"
+            assert k8s["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Equal", "value": "present",
+                                           "effect": "NoSchedule"}]
+            assert k8s["nodeSelector"] == {"labels": {"splatflow.io/accelerator": "nvidia"}}
+        else:
+            assert "accelerator" not in resources, stage
+            assert "tolerations" not in k8s and "nodeSelector" not in k8s, stage
+
+
+def test_every_task_has_cpu_and_memory_requests_and_limits(compiled: Spec) -> None:
+    spec, _ = compiled
+    for stage in STAGES:
+        r = _container(spec, stage)["resources"]
+        for key in ("resourceCpuRequest", "resourceCpuLimit", "resourceMemoryRequest", "resourceMemoryLimit"):
+            assert r.get(key), f"{stage} has no {key}"
+        assert r["cpuRequest"] <= r["cpuLimit"] and r["memoryRequest"] <= r["memoryLimit"], stage
+
+
+def test_caching_and_retries_as_designed(compiled: Spec) -> None:
+    spec, _ = compiled
+    caching = {s: bool(_task(spec, s).get("cachingOptions", {}).get("enableCache")) for s in STAGES}
+    assert caching == {"ingest": True, "sfm": True, "train": True, "compress": True, "publish": False,
+                       "notify": False}
+    retries = {s: _task(spec, s).get("retryPolicy", {}).get("maxRetryCount", 0) for s in STAGES}
+    assert {s for s, n in retries.items() if n} == {"ingest", "train", "publish", "notify"}
+    assert all(n >= 2 for s, n in retries.items() if n)
+    assert _task(spec, "ingest")["retryPolicy"]["backoffDuration"] == "30s"
+
+
+def test_credentials_come_from_optional_secrets_by_name_only(compiled: Spec, compiled_yaml: str) -> None:
+    _, platform = compiled
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    mounted = {s: sorted(x["secretName"] for x in executors.get(f"exec-{s}", {}).get("secretAsEnv", []))
+               for s in STAGES}
+    assert mounted == {"ingest": ["splatflow-s3"], "sfm": [], "train": [], "compress": [],
+                       "publish": ["splatflow-s3"], "notify": ["splatflow-notify", "splatflow-s3"]}
+    for stage in ("ingest", "publish", "notify"):
+        for mount in executors[f"exec-{stage}"]["secretAsEnv"]:
+            assert mount["optional"] is True  # EKS runs on IRSA without the S3 Secret
+            assert all(k["secretKey"] == k["envVar"] for k in mount["keyToEnv"])
+        config = executors[f"exec-{stage}"]["configMapAsEnv"]
+        assert [c["configMapName"] for c in config] == ["splatflow-storage"]
+    for name, value in FAKE_SECRETS.items():
+        assert value not in compiled_yaml, f"the value of {name} leaked into the compiled pipeline"
+    assert not re.search(r"(?i)(password|secret|token)\s*:\s*\S", compiled_yaml.split("---")[0]), \
+        "a secret-looking key carries a value in the pipeline spec"
+
+
+def test_cluster_facts_agree_with_the_eks_manifest() -> None:
+    cluster = ROOT / "manifests" / "eks" / "cluster.yaml"
+    if not cluster.exists():
+        pytest.skip("manifests/eks/cluster.yaml is not in this checkout")
+    doc = yaml.safe_load(cluster.read_text())
+    groups = doc.get("managedNodeGroups", []) + doc.get("nodeGroups", [])
+    gpu = [g for g in groups if (g.get("labels") or {}).get("splatflow.io/accelerator") == "nvidia"]
+    assert gpu, "no node group carries the label splatflow.io/accelerator=nvidia"
+    for group in gpu:
+        taints = group.get("taints") or []
+        assert {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"} in taints, group["name"]
+
+
+def _normalise(text: str) -> str:
+    return re.sub(r"sdkVersion: kfp-[0-9][^\s]*", "sdkVersion: kfp-VERSION", text)
+
+
+def test_compiled_yaml_matches_the_golden_file(compiled_yaml: str) -> None:
+    """Guards against accidental change. After an intended one: SPLATFLOW_UPDATE_GOLDEN=1 pytest this test."""
+    got = _normalise(compiled_yaml)
+    if os.environ.get("SPLATFLOW_UPDATE_GOLDEN") == "1":
+        GOLDEN.write_text(got)
+    assert GOLDEN.exists(), "no golden file: run with SPLATFLOW_UPDATE_GOLDEN=1 once and review it"
+    want = GOLDEN.read_text()
+    if got != want:
+        import difflib
+
+        diff = "".join(difflib.unified_diff(want.splitlines(True), got.splitlines(True), "golden", "compiled", n=2))
+        pytest.fail(f"compiled pipeline differs from {GOLDEN.name} (SPLATFLOW_UPDATE_GOLDEN=1 to accept):\n"
+                    f"{diff[:6000]}")
