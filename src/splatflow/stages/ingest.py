@@ -225,7 +225,7 @@ def _extract_zip(archive: Path, dest: Path, *, max_archive_bytes: int) -> tuple[
         for info in infos:
             if info.is_dir():
                 continue
-            target = dest.joinpath(*PurePosixPath(info.filename).parts)
+            target = dest.joinpath(*PurePosixPath(_entry_name(info)).parts)
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 with zf.open(info) as src, open(target, "wb") as out:
@@ -244,10 +244,15 @@ def _extract_zip(archive: Path, dest: Path, *, max_archive_bytes: int) -> tuple[
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
+def _entry_name(info: zipfile.ZipInfo) -> str:
+    """The entry's path with Windows separators (written by some old zip tools) turned into '/'."""
+    return info.filename.replace("\\", "/")
+
+
 def _check_entry(archive: str, info: zipfile.ZipInfo) -> None:
     name = info.filename
-    parts = PurePosixPath(name.replace("\\", "/")).parts
-    if name.startswith(("/", "\\")) or _DRIVE.match(name) or ".." in parts or "\\" in name:
+    parts = PurePosixPath(_entry_name(info)).parts
+    if name.startswith(("/", "\\")) or _DRIVE.match(name) or ".." in parts:
         raise InputError(f"archive {archive} refused: entry {name!r} would be written outside the target folder "
                          "(zip slip)", hint="re-create the archive with plain relative paths")
     mode = info.external_attr >> 16
