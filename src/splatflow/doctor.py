@@ -6,7 +6,8 @@ Checks, each reported as one line (OK / FAIL / SKIP) with a fix when something i
 - ``gpu-nodes``      nodes with allocatable ``nvidia.com/gpu``, carrying the label the pipeline selects on
                      (``splatflow.io/accelerator=nvidia``) and the taint it tolerates (``nvidia.com/gpu=present``);
 - ``device-plugin``  an NVIDIA device plugin DaemonSet with ready pods;
-- ``kfp-launcher``   the ``kfp-launcher`` ConfigMap (pipeline root, S3 provider) and the Secret it refers to;
+- ``kfp-launcher``   the ``kfp-launcher`` ConfigMap (pipeline root, S3 provider), the Secret it refers to, and
+                     (off AWS) that the tasks' ``splatflow-storage`` endpoint is the launcher's;
 - ``bucket``         the pipeline root's bucket answers with the credentials configured here (standard AWS
                      environment, through :mod:`splatflow.storage`);
 - ``kfp-api``        ``<KFP_HOST>/apis/v2beta1/healthz`` answers, and the backend is new enough (>= 2.14, for the
@@ -35,6 +36,7 @@ GPU_TAINT = ("nvidia.com/gpu", "present", "NoSchedule")
 DEVICE_PLUGIN_NAME = "nvidia-device-plugin"
 MIN_KFP_VERSION = (2, 14)
 DEFAULT_NAMESPACE = "kubeflow"
+STORAGE_CONFIG = "splatflow-storage"  # the ConfigMap the pipeline's tasks take AWS_ENDPOINT_URL from
 
 OK, FAIL, SKIP = "OK", "FAIL", "SKIP"
 
@@ -204,6 +206,9 @@ class Doctor:
         creds = s3.get("credentials") or {}
         where = s3.get("endpoint") or "AWS S3"
         detail = f"pipeline root {root}, S3 endpoint {where}"
+        drift = self._task_endpoint_drift(str(s3.get("endpoint") or ""))
+        if drift:
+            return Check("kfp-launcher", FAIL, detail + f"; {drift}", fix_deploy)
         if creds.get("fromEnv"):
             return Check("kfp-launcher", OK, detail + ", credentials from the pod (IRSA)")
         ref = creds.get("secretRef") or {}
@@ -224,6 +229,25 @@ class Doctor:
             return Check("kfp-launcher", FAIL, detail + f", Secret {name} lacks {', '.join(missing)}",
                          "put both keys in manifests/overlays/onprem/minio.env and make deploy-onprem")
         return Check("kfp-launcher", OK, detail + f", credentials from Secret {name}")
+
+    def _task_endpoint_drift(self, launcher_endpoint: str) -> str | None:
+        """Why the tasks would reach another store than KFP's launcher (``None`` when they agree).
+
+        Off AWS, the tasks take ``AWS_ENDPOINT_URL`` from the ConfigMap ``STORAGE_CONFIG``; its host:port must be
+        the launcher's endpoint."""
+        if not launcher_endpoint or "amazonaws.com" in launcher_endpoint:
+            return None
+        try:
+            cm = self.core.read_namespaced_config_map(STORAGE_CONFIG, self.namespace, _request_timeout=self.timeout)
+        except Exception as exc:
+            if getattr(exc, "status", None) == 404:
+                return f"ConfigMap {STORAGE_CONFIG} is missing, so the pipeline's tasks get no S3 endpoint"
+            return None  # not readable here: nothing to compare
+        url = str((cm.data or {}).get("AWS_ENDPOINT_URL", ""))
+        if url.split("//", 1)[-1].rstrip("/") != launcher_endpoint.split("//", 1)[-1].rstrip("/"):
+            return (f"the pipeline's tasks use {url or 'no endpoint'} ({STORAGE_CONFIG} AWS_ENDPOINT_URL), "
+                    f"KFP's launcher {launcher_endpoint}")
+        return None
 
     # ------------------------------------------------------------------ bucket
     def check_bucket(self) -> Check:

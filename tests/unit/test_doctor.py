@@ -60,6 +60,11 @@ def _launcher(bucket: str, endpoint: str) -> dict[str, Any]:
             "data": {"defaultPipelineRoot": f"s3://{bucket}/pipeline-root", "providers": yaml.safe_dump(providers)}}
 
 
+def _storage(endpoint: str) -> dict[str, Any]:
+    return {"metadata": {"name": "splatflow-storage", "namespace": NS},
+            "data": {"AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1"}}
+
+
 class FakeCluster:
     """A tiny read-only Kubernetes API (+ KFP healthz): path -> JSON body; anything else is a 404 Status."""
 
@@ -133,6 +138,7 @@ def test_gpu_cluster_ready(cluster: FakeCluster, s3_server: dict[str, str],
         "/api/v1/nodes": {"items": [_node("cpu-1", None), _node("gpu-1", 1)]},
         "/apis/apps/v1/daemonsets": {"items": [_daemonset(1, 1)]},
         f"/api/v1/namespaces/{NS}/configmaps/kfp-launcher": _launcher(s3_server["bucket"], "minio-service:9000"),
+        f"/api/v1/namespaces/{NS}/configmaps/splatflow-storage": _storage("http://minio-service:9000"),
         f"/api/v1/namespaces/{NS}/secrets/splatflow-s3": {
             "metadata": {"name": "splatflow-s3"},
             "data": {"AWS_ACCESS_KEY_ID": "eA==", "AWS_SECRET_ACCESS_KEY": "eA=="}},
@@ -236,7 +242,16 @@ def test_eks_style_launcher_and_missing_secret(cluster: FakeCluster) -> None:
     launcher = _by_name(doctor(kfp_host="", timeout=5))["kfp-launcher"]
     assert launcher.status == OK and "IRSA" in launcher.detail and "s3://splatflow-artifacts" in launcher.detail
 
-    cluster.routes[path] = _launcher("mlpipeline", "minio-service.kubeflow:9000")  # its Secret is not there
+    cluster.routes[path] = _launcher("mlpipeline", "minio-service.kubeflow:9000")
+    launcher = _by_name(doctor(kfp_host="", timeout=5))["kfp-launcher"]
+    assert launcher.status == FAIL and "ConfigMap splatflow-storage is missing" in launcher.detail
+
+    storage = f"/api/v1/namespaces/{NS}/configmaps/splatflow-storage"
+    cluster.routes[storage] = _storage("http://seaweedfs.kubeflow:8333")  # drifted from the launcher
+    launcher = _by_name(doctor(kfp_host="", timeout=5))["kfp-launcher"]
+    assert launcher.status == FAIL and "http://seaweedfs.kubeflow:8333" in launcher.detail
+
+    cluster.routes[storage] = _storage("http://minio-service.kubeflow:9000")  # agrees; its Secret is not there
     launcher = _by_name(doctor(kfp_host="", timeout=5))["kfp-launcher"]
     assert launcher.status == FAIL and "splatflow-s3 does not exist" in launcher.detail
     assert launcher.fix and "minio.env" in launcher.fix
