@@ -143,6 +143,8 @@ def test_dockerfile_lint(stage: str) -> None:
     assert not COMPILERS.search(installs), f"{stage}: the final stage installs {COMPILERS.search(installs)}"
     copies_from = [flags for flags in (f for c, f, _ in final.instructions if c == "COPY") if flags]
     assert copies_from and all(f[0].startswith("--from=") for f in copies_from), f"{stage}: no venv from a builder"
+    # KFP's launcher writes artifacts under /s3, /minio, /gcs: they must exist and be writable for the user
+    assert re.search(r"install -d -m 1777 /s3 /minio /gcs\b", final.runs()), f"{stage}: no /s3 /minio /gcs"
     # a multi-stage build: what is built stays behind
     assert len(stages) >= 2 and stages[0].name, f"{stage}: expected a named builder stage"
 
@@ -202,6 +204,8 @@ def test_gpu_images_build_cuda_torch_and_gsplat_for_t4_to_hopper() -> None:
         assert re.fullmatch(r"\d+\.\d+\.\d+", args["GSPLAT_VERSION"])
         runs = builder.runs()
         assert '--no-binary gsplat "gsplat==${GSPLAT_VERSION}"' in runs and "--no-build-isolation" in runs
+        # without build isolation the build backend must already be in the venv (3.12 venvs have no setuptools)
+        assert runs.index("setuptools==") < runs.index("--no-build-isolation")
         assert "pip uninstall -y ninja" in runs  # the JIT build tool does not reach the runtime stage
     for stage in set(_dockerfiles()) - set(GPU_STAGES):
         stages = _stages(_dockerfiles()[stage])
