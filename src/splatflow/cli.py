@@ -252,6 +252,104 @@ def _run_pipeline_locally(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- publish
+@command
+def _add_publish(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("publish", help="upload a run's results + a viewer page (manifest last, then latest.json)",
+                       description="Write OUTPUT_URI/<scene>/<run-id>/: the .sog, the SOG folder, the PLY, the "
+                                   "reports and a viewer page; manifest.json last (sizes + SHA-256 of every "
+                                   "object) marks the run complete, then OUTPUT_URI/<scene>/latest.json moves to "
+                                   "it. Re-running is idempotent and resumes an interrupted publish. OUTPUT_URI: "
+                                   "s3://bucket/prefix (endpoint and credentials from the standard AWS "
+                                   "environment), file:///path or a folder.")
+    p.add_argument("output_uri", help="s3://bucket/prefix, file:///path or a local folder")
+    p.add_argument("--scene", required=True, help="scene name (letters, digits, . _ -)")
+    p.add_argument("--run-id", required=True, help="run id (letters, digits, . _ -)")
+    p.add_argument("--sog", help="the .sog bundle")
+    p.add_argument("--meta", help="the SOG folder (or its meta.json)")
+    p.add_argument("--ply", help="the trained PLY (optional)")
+    p.add_argument("--report", action="append", default=[], metavar="NAME=PATH",
+                   help="a stage report JSON to publish as reports/NAME.json (repeatable)")
+    p.add_argument("--no-viewer", action="store_true", help="publish no viewer page")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier publish of the same run id whose content differs")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=_run_publish)
+
+
+def _run_publish(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from splatflow.errors import InputError
+    from splatflow.stages.publish import publish
+
+    reports: dict[str, dict] = {}
+    for item in args.report:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise InputError(f"--report {item!r} is not NAME=PATH", hint="e.g. --report train=out/train-report.json")
+        try:
+            reports[name] = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"--report {name}: cannot read JSON from {path} ({exc})",
+                             hint="give the path of a stage's JSON report") from exc
+    files = {key: Path(value) for key, value in (("sog", args.sog), ("meta", args.meta), ("ply", args.ply))
+             if value}
+    result = publish(args.output_uri, scene=args.scene, run_id=args.run_id, files=files, reports=reports,
+                     overwrite=args.overwrite, viewer=not args.no_viewer)
+    if args.json:
+        _print_json(result)
+        return 0
+    print(f"published {result['objects']} objects ({result['bytes']:,} bytes; {result['uploaded']} uploaded, "
+          f"{result['skipped']} already there) in {result['seconds']:.1f} s")
+    print(f"  manifest  {result['manifest_uri']}")
+    if result["viewer_uri"]:
+        print(f"  viewer    {result['viewer_uri']}")
+    print(f"  latest    {result['latest_uri']}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- notify
+@command
+def _add_notify(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("notify", help="send a run's outcome by webhook (Slack JSON), SNS or e-mail",
+                       description="Send STATUS (succeeded | failed | canceled) with the run's numbers and links. "
+                                   "TARGET: webhook | sns:<topic ARN> | smtp://[user@]host[:port]?to=a@x&from=..."
+                                   "&security=starttls|ssl|none | none (several separated by spaces); default "
+                                   "SPLATFLOW_NOTIFY_TARGET or every channel configured in the environment. "
+                                   "Secrets only from the environment: SPLATFLOW_WEBHOOK_URL, "
+                                   "SPLATFLOW_SMTP_PASSWORD (or *_FILE). A failed delivery is reported and exits 0 "
+                                   "unless --strict (or SPLATFLOW_NOTIFY_STRICT=1).")
+    p.add_argument("status", help="succeeded | failed | canceled")
+    p.add_argument("--scene", required=True, help="scene name")
+    p.add_argument("--report", help="the run report JSON: a publish result, or a manifest.json (local or URI)")
+    p.add_argument("--target", default=None, help="channel(s); never a secret")
+    p.add_argument("--failed-stage", default=None, help="the stage that failed")
+    p.add_argument("--error", default=None, help="the error message of the failure")
+    p.add_argument("--strict", action="store_true", default=None, help="exit 4 when a channel fails")
+    p.add_argument("--link-expires", type=int, default=None,
+                   help="seconds presigned links stay valid (default SPLATFLOW_LINK_EXPIRES or 7 days)")
+    p.set_defaults(handler=_run_notify)
+
+
+def _run_notify(args: argparse.Namespace) -> int:
+    from splatflow import storage
+    from splatflow.errors import InputError
+    from splatflow.stages.notify import notify
+
+    report: dict = {}
+    if args.report:
+        try:
+            report = json.loads(storage.read_bytes(args.report))
+        except ValueError as exc:
+            raise InputError(f"--report {args.report} is not JSON ({exc})", hint="give a run report JSON") from exc
+    result = notify(args.status, scene=args.scene, report=report, target=args.target,
+                    failed_stage=args.failed_stage, error=args.error, strict=args.strict,
+                    link_expires=args.link_expires)
+    _print_json(result)
+    return 0
+
+
 # ---------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every registered subcommand."""
