@@ -215,3 +215,24 @@ def test_run_summary() -> None:
     assert s["psnr"] == 26.4 and s["ssim"] == 0.88 and s["ssim_source"] == "train"
     assert s["seconds"] == {"train": 600.5, "compress": 7.5}
     assert run_summary({}) == {}
+
+
+def test_cli_publish_then_notify_from_the_manifest(sample_sog: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from splatflow.cli import main
+
+    (tmp_path / "compress.json").write_text(json.dumps(REPORTS["compress"]))
+    out = str(tmp_path / "out")
+    assert main(["publish", out, "--scene", "guitar", "--run-id", "r1", "--sog", str(sample_sog),
+                 "--report", f"compress={tmp_path / 'compress.json'}", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["manifest_uri"] == f"{out}/guitar/r1/manifest.json"
+    assert json.loads(Path(result["urls"]["reports/compress.json"]).read_text()) == REPORTS["compress"]
+    assert main(["publish", out, "--scene", "guitar", "--run-id", "r2", "--report", "compress"]) == 2
+    assert "NAME=PATH" in capsys.readouterr().err
+    assert main(["publish", out, "--scene", "guitar", "--run-id", "r2"]) == 2  # nothing to publish
+    assert not (tmp_path / "out/guitar/r2").exists()
+    # notify reads the manifest as its report (no target configured: nothing sent, exit 0)
+    assert main(["notify", "succeeded", "--scene", "guitar", "--report", result["manifest_uri"],
+                 "--target", "none"]) == 0
+    assert json.loads(capsys.readouterr().out)["channel"] == "none"
