@@ -157,18 +157,20 @@ def _boto3() -> Any:
     return boto3
 
 
-def client(service: str = "s3") -> Any:
+def client(service: str = "s3", *, region: str | None = None) -> Any:
     """A boto3 client configured from the standard AWS environment (cached per endpoint/region/credentials).
 
-    Retries: botocore's ``standard`` mode with ``SPLATFLOW_S3_MAX_ATTEMPTS`` attempts (throttling, 5xx,
-    connection errors). Path-style addressing when a custom endpoint is set.
+    Endpoint: ``AWS_ENDPOINT_URL_<SERVICE>`` or ``AWS_ENDPOINT_URL``; region: ``region`` (e.g. from an ARN), else
+    ``AWS_REGION`` / ``AWS_DEFAULT_REGION``. Retries: botocore's ``standard`` mode with
+    ``SPLATFLOW_S3_MAX_ATTEMPTS`` attempts (throttling, 5xx, connection errors). Path-style addressing when a
+    custom endpoint is set.
     """
     boto3 = _boto3()
     from botocore.config import Config
 
     endpoint = (os.environ.get(f"AWS_ENDPOINT_URL_{service.upper()}") or os.environ.get("AWS_ENDPOINT_URL")
                 or None)
-    region = _region() or ("us-east-1" if endpoint else None)
+    region = region or _region() or ("us-east-1" if endpoint else None)
     attempts = _env_int("SPLATFLOW_S3_MAX_ATTEMPTS", 6)
     # The key identifies the configuration; the access key id only makes a changed environment get a new client.
     ident = hashlib.sha256(os.environ.get("AWS_ACCESS_KEY_ID", "").encode()).hexdigest()[:16]

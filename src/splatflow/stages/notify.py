@@ -272,13 +272,8 @@ def send_sns(message: Message, topic_arn: str) -> str:
     if not topic_arn.startswith("arn:") or ":sns:" not in topic_arn:
         raise InputError(f"{topic_arn!r} is not an SNS topic ARN", hint="use sns:arn:aws:sns:REGION:ACCOUNT:TOPIC")
     subject = "".join(c for c in message.title if 32 <= ord(c) < 127)[:100] or "splatflow"
-    parts = topic_arn.split(":")
-    region = parts[3] if len(parts) > 3 and parts[3] else None
-    client = storage.client("sns")
-    if region and client.meta.region_name != region and not os.environ.get("AWS_ENDPOINT_URL"):
-        import boto3
-
-        client = boto3.session.Session().client("sns", region_name=region)
+    parts = topic_arn.split(":")  # arn:aws:sns:REGION:ACCOUNT:TOPIC: SNS answers only in the topic's region
+    client = storage.client("sns", region=parts[3] if len(parts) > 5 and parts[3] else None)
     client.publish(TopicArn=topic_arn, Subject=subject, Message=message.text(),
                    MessageAttributes={"status": {"DataType": "String", "StringValue": message.status},
                                       "scene": {"DataType": "String", "StringValue": message.scene}})
