@@ -136,3 +136,19 @@ def sample_sog(splat_transform: Path, tmp_path_factory: pytest.TempPathFactory) 
     subprocess.run([str(splat_transform), "-q", str(DATA / "splats" / "guitar.ply"), str(out)], check=True,
                    capture_output=True, timeout=300)
     return out
+
+
+@pytest.fixture(scope="session")
+def lund_sfm(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, object]]:
+    """One SfM run shared by the session: the 12 bundled lund photos plus one truncated JPEG (which must be skipped
+    and reported), at 800 px and 4096 features (about a minute on 2 cores). Returns (sfm folder, report); the
+    folder has the layout `splatflow sfm` writes: images/ (undistorted), sparse/0/*.bin, sfm-report.json."""
+    pytest.importorskip("pycolmap")
+    from splatflow.stages.sfm import sfm
+
+    src = tmp_path_factory.mktemp("lund") / "photos"
+    shutil.copytree(DATA / "photos" / "lund", src)
+    data = (src / "05.jpg").read_bytes()
+    (src / "13_truncated.jpg").write_bytes(data[: len(data) // 2])
+    out = src.parent / "sfm"
+    return out, sfm(src, out, max_side=800, max_features=4096)

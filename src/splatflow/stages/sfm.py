@@ -63,7 +63,8 @@ def sfm(images_dir: Path, out_dir: Path, *, matcher: str = "auto", max_side: int
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, overwrite=overwrite)
     folder = _images_folder(Path(images_dir))
-    names, skipped = _usable_images(folder)
+    cameras, skipped = _usable_images(folder)
+    names = list(cameras)
     video = _is_video(folder, names)
     used = ("sequential" if video or len(names) > EXHAUSTIVE_LIMIT else "exhaustive") if matcher == "auto" else matcher
     report: dict[str, Any] = {
@@ -80,7 +81,7 @@ def sfm(images_dir: Path, out_dir: Path, *, matcher: str = "auto", max_side: int
         db = work / "database.db"
         with _timed(timings, "extract"):
             step(f"sfm: extracting features from {len(names)} images (max side {max_side}px)")
-            _extract(pycolmap, db, folder, names, video=video, max_side=max_side, max_features=max_features,
+            _extract(pycolmap, db, folder, cameras, max_side=max_side, max_features=max_features,
                      num_threads=num_threads)
         missing = sorted(set(names) - _database_names(pycolmap, db))
         for name in missing:
@@ -133,20 +134,24 @@ def _images_folder(path: Path) -> Path:
     return sub if sub.is_dir() and not has_own else path
 
 
-def _usable_images(folder: Path) -> tuple[list[str], dict[str, str]]:
-    """Names of the decodable images directly in ``folder`` (sorted) and the skipped ones (name -> reason)."""
+def _usable_images(folder: Path) -> tuple[dict[str, tuple[object, ...]], dict[str, str]]:
+    """The decodable images directly in ``folder`` (sorted name -> camera key: size and EXIF camera/focal, equal
+    for photos of one camera) and the skipped ones (name -> reason)."""
     suffixes = imaging.image_suffixes()
-    names: list[str] = []
+    names: dict[str, tuple[object, ...]] = {}
     skipped: dict[str, str] = {}
     for p in sorted(folder.iterdir()):
         if not p.is_file() or p.suffix.lower() not in suffixes or p.name.startswith("."):
             continue
         try:
             with imaging.open_checked(p) as im:
+                exif = im.getexif()
+                sub = exif.get_ifd(0x8769)
+                key = (im.size, exif.get(0x010F), exif.get(0x0110), str(sub.get(0x920A)), str(sub.get(0xA405)))
                 if im.format == "JPEG":
                     im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
                 im.load()  # reads all the data: truncated or corrupt files fail here
-            names.append(p.name)
+            names[p.name] = key
         except ImageError as exc:
             skipped[p.name] = exc.message
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
@@ -177,9 +182,9 @@ def _short(items: list[str], n: int = 8) -> str:
 # ---------------------------------------------------------------------------- COLMAP steps
 @contextlib.contextmanager
 def _colmap_log_level(pycolmap: Any) -> Iterator[None]:
-    """COLMAP's own log lines only with --verbose; the stage logs its steps itself."""
+    """COLMAP's own log lines only with --verbose; the stage logs its steps and raises its own errors."""
     old = pycolmap.logging.minloglevel
-    pycolmap.logging.minloglevel = 0 if log.isEnabledFor(logging.DEBUG) else 2
+    pycolmap.logging.minloglevel = 0 if log.isEnabledFor(logging.DEBUG) else 3
     try:
         yield
     finally:
@@ -195,15 +200,20 @@ def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
         timings[name] = round(timings.get(name, 0.0) + time.monotonic() - t, 3)
 
 
-def _extract(pycolmap: Any, db: Path, folder: Path, names: list[str], *, video: bool, max_side: int,
+def _extract(pycolmap: Any, db: Path, folder: Path, cameras: dict[str, tuple[object, ...]], *, max_side: int,
              max_features: int, num_threads: int) -> None:
+    """SIFT features into ``db``; one shared camera per group of images with the same camera key (a camera's
+    intrinsics are far better estimated from all its images than from each alone)."""
     options = pycolmap.FeatureExtractionOptions()
     options.max_image_size = max_side
     options.num_threads = num_threads
     options.sift.max_num_features = max_features
-    mode = pycolmap.CameraMode.SINGLE if video else pycolmap.CameraMode.AUTO
-    pycolmap.extract_features(db, folder, image_names=names, camera_mode=mode, extraction_options=options,
-                              device=pycolmap.Device.cpu)
+    groups: dict[tuple[object, ...], list[str]] = {}
+    for name, key in cameras.items():
+        groups.setdefault(key, []).append(name)
+    for names in groups.values():
+        pycolmap.extract_features(db, folder, image_names=names, camera_mode=pycolmap.CameraMode.SINGLE,
+                                  extraction_options=options, device=pycolmap.Device.cpu)
 
 
 def _database_names(pycolmap: Any, db: Path) -> set[str]:
@@ -312,6 +322,9 @@ def _fill_report(report: dict[str, Any], model: Any, names: list[str]) -> None:
         "mean_track_length": round(float(model.compute_mean_track_length()), 4),
         "mean_observations_per_image": round(float(model.compute_mean_observations_per_reg_image()), 2),
         "unregistered": [n for n in names if n not in registered],
+        # the estimated cameras (before undistortion to PINHOLE): model, size and parameters
+        "cameras": [{"model": cam.model.name, "width": cam.width, "height": cam.height,
+                     "params": [round(float(v), 4) for v in cam.params]} for cam in model.cameras.values()],
     })
 
 

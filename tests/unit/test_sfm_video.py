@@ -1,0 +1,98 @@
+"""A short video made here from the sample photos (PyAV) is ingested to frames (blurred and duplicate frames
+rejected) and reconstructed with sequential matching."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from splatflow.errors import ImageError
+from splatflow.stages.ingest import ingest
+
+av = pytest.importorskip("av")
+PHOTOS = Path(__file__).resolve().parents[2] / "data" / "photos" / "lund"
+REPEAT = 3  # each photo is held for this many frames: the copies are near-duplicates
+BLURRED = (3, 1)  # (photo index, copy) replaced by a blurred frame
+
+
+def write_video(path: Path, frames: list[Image.Image], *, fps: int = 6, codec: str = "libx264") -> Path:
+    """Encode RGB images (all the same even size) as an H.264 MP4 at high quality."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = frames[0].size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "16"}
+        for im in frames:
+            for packet in stream.encode(av.VideoFrame.from_image(im)):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def _photo_frames(n: int, size: tuple[int, int]) -> list[Image.Image]:
+    frames = []
+    for i, p in enumerate(sorted(PHOTOS.glob("*.jpg"))[:n]):
+        with Image.open(p) as im:
+            im = im.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+        for copy in range(REPEAT):
+            frames.append(im.filter(ImageFilter.GaussianBlur(5)) if (i, copy) == BLURRED else im)
+    return frames
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_video(tmp_path_factory.mktemp("video") / "walk.mp4", _photo_frames(8, (640, 480)))
+
+
+def test_video_every_frame_rejects_blur_and_duplicates(video: Path, tmp_path: Path) -> None:
+    report = ingest(str(video), tmp_path / "out", video_frames=8 * REPEAT, max_side=640)
+    assert report["source_kind"] == "video" and report["content"] == "video"
+    # one frame per photo survives: the first copy of each (the blurred copy of photo 3 is never chosen)
+    assert report["kept"] == [f"frame_{i * REPEAT:06d}.jpg" for i in range(8)]
+    blurred = f"frame_{BLURRED[0] * REPEAT + BLURRED[1]:06d}.jpg"
+    assert report["rejected"][blurred].startswith("blurred")
+    dups = [k for k, v in report["rejected"].items() if v.startswith("near-duplicate")]
+    assert len(dups) == 8 * REPEAT - 8 - 1
+    assert report["rejected"]["frame_000001.jpg"].startswith("near-duplicate of frame_000000.jpg")
+    with Image.open(tmp_path / "out" / "images" / "frame_000000.jpg") as im:
+        assert im.size == (640, 480)
+        got = np.asarray(im, dtype=np.float32)
+    with Image.open(sorted(PHOTOS.glob("*.jpg"))[0]) as im:
+        want = np.asarray(im.convert("RGB").resize((640, 480), Image.Resampling.LANCZOS), dtype=np.float32)
+    assert np.abs(got - want).mean() < 6.0  # the frame is the photo, through H.264
+
+
+def test_video_slots_pick_the_sharpest_frame(video: Path, tmp_path: Path) -> None:
+    report = ingest(str(video), tmp_path / "out", video_frames=8, max_side=320)
+    assert len(report["kept"]) == 8 and report["rejected"] == {}
+    blurred_index = BLURRED[0] * REPEAT + BLURRED[1]
+    assert f"frame_{blurred_index:06d}.jpg" not in report["kept"]
+    with Image.open(tmp_path / "out" / "images" / report["kept"][0]) as im:
+        assert max(im.size) == 320
+
+
+def test_video_without_frames_or_undecodable(tmp_path: Path) -> None:
+    (tmp_path / "broken.mp4").write_bytes(b"\0\0\0\x18ftypmp42 not a real video")
+    with pytest.raises(ImageError, match="cannot be decoded"):
+        ingest(str(tmp_path / "broken.mp4"), tmp_path / "out")
+    # a video of one still picture: all frames but one are duplicates -> too few images
+    still = write_video(tmp_path / "still.mp4", _photo_frames(1, (320, 240)) * 4)
+    with pytest.raises(ImageError, match="only 1 usable image"):
+        ingest(str(still), tmp_path / "out", video_frames=12)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.mp4", "still.mp4"]
+
+
+def test_video_reconstructed(video: Path, tmp_path: Path) -> None:
+    from splatflow.stages.sfm import sfm
+
+    ingest(str(video), tmp_path / "frames", video_frames=8 * REPEAT, max_side=640)
+    report = sfm(tmp_path / "frames", tmp_path / "sfm", max_side=640, max_features=4096)
+    assert report["matcher"] == "sequential"  # video frames
+    assert report["total"] == 8 and report["registered"] >= 7, report
+    assert report["points"] > 200 and report["mean_reprojection_error"] < 2.0
+    assert sorted(p.name for p in (tmp_path / "sfm" / "images").iterdir()) == sorted(
+        n for n in (f"frame_{i * REPEAT:06d}.jpg" for i in range(8)) if n not in report["unregistered"])
