@@ -75,10 +75,10 @@ def test_folder_written_by_boto3_is_read_by_minio(s3_server: dict[str, str], tmp
 
 # ---------------------------------------------------------------------------- fault-injecting proxy
 class FaultProxy:
-    """A TCP proxy to the S3 server. Connection number i gets ``plan[i]`` ("503", "drop", "cut"), later ones pass.
+    """A TCP proxy to the S3 server. Connection number i gets ``plan[i]``, later ones pass through.
 
-    "503" answers an S3 SlowDown error and closes; "drop" closes right after the request head; "cut" forwards
-    but closes after the first 64 KiB of the answer (a connection lost mid-download).
+    "503" answers an S3 SlowDown error and closes; "403" an AccessDenied error; "drop" closes right after the
+    request head; "cut" forwards but closes after the first 64 KiB of the answer (a connection lost mid-download).
     """
 
     def __init__(self, upstream: str, plan: list[str]) -> None:
@@ -117,9 +117,9 @@ class FaultProxy:
 
     def _handle(self, conn: socket.socket, mode: str) -> None:
         try:
-            if mode in ("503", "drop"):
+            if mode in ("503", "403", "drop"):
                 head = self._read_head(conn)
-                if mode == "503":
+                if mode in ("503", "403"):
                     lines = head.split(b"\r\n\r\n")[0].lower().split(b"\r\n")
                     length = next((int(x.split(b":")[1]) for x in lines if x.startswith(b"content-length:")), 0)
                     if b"expect: 100-continue" not in head.lower():
@@ -129,9 +129,16 @@ class FaultProxy:
                             if not chunk:
                                 break
                             got += len(chunk)
-                    body = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
-                    conn.sendall(b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n"
-                                 b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+                    if mode == "503":
+                        status = b"503 Slow Down"
+                        body = b"<Error><Code>SlowDown</Code><Message>Reduce your request rate.</Message></Error>"
+                    else:
+                        status = b"403 Forbidden"
+                        body = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+                    if head.startswith(b"HEAD "):
+                        body = b""
+                    conn.sendall(b"HTTP/1.1 %s\r\nContent-Type: application/xml\r\n"
+                                 b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (status, len(body), body))
                 return
             up = socket.create_connection(self.upstream)
             limit = 64 * 1024 if mode == "cut" else None
@@ -220,3 +227,15 @@ def test_persistent_503_gives_a_clear_error(s3_server: dict[str, str], proxy_fac
     with pytest.raises(StorageError, match="kept failing") as err:
         storage.write_bytes(f"s3://{s3_server['bucket']}/faults/never.json", b"{}")
     assert "SPLATFLOW_S3_MAX_ATTEMPTS" in (err.value.hint or "")
+
+
+def test_access_denied_is_clear_and_not_retried(s3_server: dict[str, str], proxy_factory, tmp_path: Path) -> None:
+    proxy = proxy_factory(["403"] * 10)
+    uri = f"s3://{s3_server['bucket']}/private/x.bin"
+    with pytest.raises(StorageError, match="access denied") as err:
+        storage.read_bytes(uri)
+    assert "s3:GetObject" in (err.value.hint or "")
+    assert len(proxy.applied) == 1  # a 403 is an answer, not a fault: no retries
+    with pytest.raises(StorageError, match="access denied"):
+        storage.download(uri, tmp_path / "x.bin")  # HEAD first: a 403 with no body
+    assert not (tmp_path / "x.bin").exists()
