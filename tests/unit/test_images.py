@@ -218,6 +218,14 @@ def test_constraints_are_pinned() -> None:
     assert lines
     for ln in lines:
         assert re.fullmatch(r"[A-Za-z0-9_.-]+==[\w.+-]+", ln), ln
-    names = {ln.split("==")[0].lower() for ln in lines}
-    assert {"numpy", "boto3", "pycolmap", "kubernetes", "protobuf"} <= names
-    assert "torch" not in names  # pinned per image (CPU or CUDA build)
+    pins = {ln.split("==")[0].lower(): ln.split("==")[1] for ln in lines}
+    assert {"numpy", "boto3", "pycolmap", "kubernetes", "protobuf", "google-auth"} <= set(pins)
+    assert "torch" not in pins and not [p for p in pins if p.startswith("nvidia-")]  # per image: CPU or CUDA
+    # versions pinned inline in the Dockerfiles agree with the constraints (pip refuses a contradiction)
+    for stage, path in _dockerfiles().items():
+        text = path.read_text()
+        for name, version in re.findall(r"\b(ninja|setuptools)==([\d.]+)", text):
+            assert pins[name] == version, (stage, name)
+        for arg, name in (("GSPLAT_VERSION", "gsplat"), ("KFP_VERSION", "kfp")):
+            m = re.search(rf"ARG {arg}=([\d.]+)", text)
+            assert m is None or pins[name] == m.group(1), (stage, name)
