@@ -1,4 +1,5 @@
-"""images/constraints.txt: the pinned versions the stage images install (pip -c), written by this script.
+"""images/constraints.txt: the pinned versions the stage images install (pip -c), written by
+images/freeze_constraints.py.
 
 The pins are what this checkout's .venv has installed (the set the test suite runs with), for the packages the
 images install -- splatflow's runtime extras and kfp -- and everything they depend on, evaluated for the images'
