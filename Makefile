@@ -40,6 +40,11 @@ lint: $(STAMP) ## ruff on src and tests, mypy on src
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy src
 
+# ---- benchmarks (results: bench/results/*.json + .md, with machine and versions)
+.PHONY: bench-sfm
+bench-sfm: $(STAMP) ## SfM time and registered fraction, lund-12 and lund-29 at 800 and 1600 px (CPU, ~15 min on 2 cores)
+	$(PY) bench/sfm.py
+
 # ---- the Kubeflow pipeline (README: The pipeline)
 # KFP_HOST, KFP_TOKEN / KFP_COOKIE / KFP_SA_TOKEN_PATH, KFP_NAMESPACE, KFP_EXPERIMENT come from the environment.
 PIPELINE_YAML ?= build/pipeline.yaml
