@@ -375,14 +375,11 @@ def _video(path: Path, images: Path, *, frames: int, max_side: int) -> _Result:
                     picks.append(best)
                     best = None
                 slot = this
-                im = frame.to_image()
-                if frame.rotation:
-                    im = im.rotate(frame.rotation, expand=True)
-                if max(im.size) > max_side:
-                    im = im.resize(imaging.fit_size(im.size, max_side), Image.Resampling.LANCZOS)
-                sharp = imaging.image_sharpness(im)
+                # sharpness on a small grayscale copy (scaled by FFmpeg); the full frame only for a new best
+                w, h = imaging.fit_size((frame.width, frame.height), imaging.SHARPNESS_SIDE)
+                sharp = imaging.sharpness(frame.to_ndarray(format="gray", width=w, height=h).astype(np.float32))
                 if best is None or sharp > best[1]:
-                    best = (i, sharp, im)
+                    best = (i, sharp, _frame_image(frame, max_side))
             if best is not None:
                 picks.append(best)
     except av.FFmpegError as exc:
@@ -404,6 +401,16 @@ def _video(path: Path, images: Path, *, frames: int, max_side: int) -> _Result:
         result.kept[name] = {"from": f"{path.name}#frame={index}", "width": im.width, "height": im.height,
                              "sharpness": round(sharp, 2)}
     return result
+
+
+def _frame_image(frame: Any, max_side: int) -> Image.Image:
+    """A decoded video frame as an upright RGB image (the stream's display rotation applied), resized."""
+    im = frame.to_image()
+    if frame.rotation:
+        im = im.rotate(frame.rotation, expand=True)  # counter-clockwise degrees, exact for multiples of 90
+    if max(im.size) > max_side:
+        im = im.resize(imaging.fit_size(im.size, max_side), Image.Resampling.LANCZOS)
+    return im
 
 
 def _count_frames(path: Path) -> int:

@@ -302,7 +302,7 @@ def _mapping_ladder(pycolmap: Any, db: Path, folder: Path, work: Path, report: d
             with contextlib.closing(pycolmap.Database.open(db)) as database:
                 database.clear_matches()
                 database.clear_two_view_geometries()
-            _match(pycolmap, db, "exhaustive", num_threads=num_threads, guided=True)
+            _match(pycolmap, db, matcher, num_threads=num_threads, guided=True)
 
         attempt("guided_fallback", relaxed=True, before=rematch)
     return best
