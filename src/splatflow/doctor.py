@@ -105,6 +105,10 @@ class Doctor:
         try:
             version = k.client.VersionApi(api_client).get_code(_request_timeout=self.timeout)
         except Exception as exc:
+            if getattr(exc, "status", None) in (401, 403):
+                return Check("cluster", FAIL, f"the API server at {host} refused this user: {_api_error(exc)}",
+                             "refresh the credentials of the context (EKS: aws eks update-kubeconfig; "
+                             "check the AWS profile it uses)")
             return Check("cluster", FAIL, f"the API server at {host} does not answer: {_api_error(exc)}",
                          "check that the cluster is up and that `kubectl get nodes` works from here "
                          "(VPN, credentials, the right context)")

@@ -72,6 +72,7 @@ class FakeCluster:
         self.routes: dict[str, Any] = {"/version": VERSION}
         self.requests: list[str] = []
         self.auth: list[str | None] = []
+        self.status_for: dict[str, int] = {}  # path -> error status to answer instead of 404
         handler = self._handler()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -87,10 +88,10 @@ class FakeCluster:
                 cluster.requests.append(path)
                 cluster.auth.append(self.headers.get("Authorization"))
                 body = cluster.routes.get(path)
-                status = 200 if body is not None else 404
+                status = 200 if body is not None else cluster.status_for.get(path, 404)
                 if body is None:
                     body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
-                            "code": 404, "message": f"{path} not found"}
+                            "code": status, "message": f"{path}: answered {status}"}
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -271,3 +272,11 @@ def test_kfp_api_errors_and_token(cluster: FakeCluster, monkeypatch: pytest.Monk
         assert kfp.auth[-1] == "Bearer secret-token-value"
     finally:
         kfp.close()
+
+
+def test_rejected_credentials(cluster: FakeCluster) -> None:
+    cluster.routes.pop("/version")  # the fake answers a Status; make it a 401 like a stale token gets
+    cluster.status_for["/version"] = 401
+    check = _by_name(doctor(kfp_host="", timeout=5))["cluster"]
+    assert check.status == FAIL and "refused this user: HTTP 401" in check.detail
+    assert check.fix and "update-kubeconfig" in check.fix

@@ -322,6 +322,17 @@ def test_pipeline_gpu_scheduling_matches_the_cluster(compiled: tuple[dict[str, A
             assert not _tolerates(ex.get("tolerations", []), GPU_TAINT), name
 
 
+def test_doctor_checks_what_the_pipeline_selects(compiled: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    from splatflow import doctor
+
+    _, platform = compiled
+    train = platform["exec-train"]
+    assert train["nodeSelector"]["labels"] == dict([doctor.GPU_LABEL])
+    key, value, effect = doctor.GPU_TAINT
+    assert _tolerates(train["tolerations"], {"key": key, "value": value, "effect": effect})
+    assert (key, value, effect) == (GPU_TAINT["key"], GPU_TAINT["value"], GPU_TAINT["effect"])
+
+
 def test_pipeline_objects_exist_in_the_overlays(compiled: tuple[dict[str, Any], dict[str, Any]],
                                                 rendered: dict[str, Docs]) -> None:
     """Every Secret/ConfigMap key the pipeline mounts is provided on-prem; on EKS only non-secret config is."""
