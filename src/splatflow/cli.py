@@ -350,6 +350,62 @@ def _run_notify(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- compress / decompress (SOG codec)
+@command
+def _add_compress(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compress", help="PLY -> SOG (v2 .sog bundle or folder, or SOGS v1)",
+                       description="Compress a 3DGS PLY into a web-ready SOG. OUT ending in .sog is one file; "
+                                   "any other OUT is a folder with meta.json and WebP images. Written atomically.")
+    p.add_argument("ply", help="input 3DGS .ply")
+    p.add_argument("out", help="output: name.sog, or a folder")
+    p.add_argument("--format", choices=["v2", "v1"], default="v2", help="SOG v2 (default) or SOGS v1")
+    p.add_argument("--sort", choices=["plas", "morton"], default="plas", help="texel order (default plas)")
+    p.add_argument("--sh-bands", type=int, choices=[0, 1, 2, 3], default=None, help="keep at most this many SH bands")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.add_argument("--drop-invalid", action="store_true", help="drop splats with NaN/Inf values instead of failing")
+    p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p.set_defaults(handler=_run_compress)
+
+
+def _run_compress(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from splatflow.stages.compress import compress
+
+    r = compress(Path(args.ply), Path(args.out), format=args.format, sort=args.sort, sh_bands=args.sh_bands,
+                 device=args.device, overwrite=args.overwrite, drop_invalid=args.drop_invalid)
+    if args.json:
+        _print_json(r)
+    else:
+        print(f"{r['output']}: {r['splats']:,} splats, {r['bytes']:,} bytes, {r['bytes_per_splat']:.2f} bytes/splat, "
+              f"{r['ratio']:.1f}x smaller than the PLY, {r['seconds']:.1f} s ({r['format']}, {r['sort']}, "
+              f"{r['device']})")
+    return 0
+
+
+@command
+def _add_decompress(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("decompress", help="SOG (v2 or v1: .sog, meta.json or folder) -> standard 3DGS PLY",
+                       description="Decode a SOG v2 / SOGS v1 file set back to a binary INRIA-layout PLY.")
+    p.add_argument("sog", help="a .sog bundle, a meta.json, or a SOG folder")
+    p.add_argument("out", help="output .ply")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.set_defaults(handler=_run_decompress)
+
+
+def _run_decompress(args: argparse.Namespace) -> int:
+    from splatflow.fsutil import check_output
+    from splatflow.io.ply import write_ply
+    from splatflow.sog.decode import read_sog
+
+    check_output(args.out, overwrite=args.overwrite)
+    cloud, nbytes, kind = read_sog(args.sog)
+    write_ply(cloud, args.out)
+    print(f"{args.out}: {len(cloud):,} splats (SH degree {cloud.sh_degree}) from {kind}, {nbytes:,} bytes")
+    return 0
+
+
 # ---------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every registered subcommand."""

@@ -1,0 +1,206 @@
+"""PLY splats -> SOG v2 / SOGS v1 file set, in torch: one code path for CPU and CUDA.
+
+Steps: order the splats on the texture grid (PLAS or Morton), quantize every attribute (16-bit log positions,
+smallest-three quaternions, 1-D codebooks for scales and colours, a k-means palette for the higher SH), lay the
+results out as RGBA textures and encode them as lossless WebP in parallel threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from splatflow.errors import EnvironmentProblem
+from splatflow.gaussians import SH_COEFFS, GaussianCloud
+from splatflow.sog import meta as sogmeta
+from splatflow.sog import webp
+from splatflow.sog.bundle import meta_bytes
+from splatflow.sog.codebook import quantize_1d
+from splatflow.sog.kmeans import kmeans_palette, palette_size
+from splatflow.sog.sort import grid_order, sort_features
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("v2", "v1")
+SORTS = ("plas", "morton")
+_QUAT_OTHERS = torch.tensor([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]], dtype=torch.int64)
+
+
+@dataclass
+class Encoded:
+    """The result of :func:`encode_cloud`: the file set and how it was made."""
+
+    files: dict[str, bytes]
+    """name -> bytes, meta.json first."""
+    order: np.ndarray
+    """(N,) int64: texel i holds source splat order[i]."""
+    meta: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+    device: str = "cpu"
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` (EnvironmentProblem when CUDA is missing) or ``auto`` (CUDA when available)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise EnvironmentProblem("--device cuda was asked for but CUDA is not available here",
+                                     hint="use --device cpu or auto, or run on a machine with an NVIDIA GPU")
+        return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise ValueError(f"unknown device {name!r} (cpu, cuda or auto)")
+
+
+def _rgba(values: torch.Tensor, w: int, h: int, alpha: torch.Tensor | None = None) -> np.ndarray:
+    """(h, w, 4) uint8 image with the (N, C<=4) uint8 ``values`` in texel order; valid texels get ``alpha``
+    (or 255) where C < 4; padding texels stay zero."""
+    n, c = values.shape
+    img = torch.zeros((w * h, 4), dtype=torch.uint8, device=values.device)
+    img[:n, :c] = values
+    if c < 4:
+        img[:n, 3] = 255 if alpha is None else alpha
+    return img.cpu().numpy().reshape(h, w, 4)
+
+
+def _u8(x: torch.Tensor) -> torch.Tensor:
+    return x.round().clamp_(0, 255).to(torch.uint8)
+
+
+def _lin_quant(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, levels: int) -> torch.Tensor:
+    """round(levels * (x - lo) / (hi - lo)) as int64 (0 where hi == lo); x in float64 for precision."""
+    span = (hi - lo)
+    q = torch.where(span > 0, (x - lo) / torch.where(span > 0, span, 1.0) * levels, torch.zeros_like(x))
+    return q.round().clamp_(0, levels).long()
+
+
+def log_transform(v: torch.Tensor) -> torch.Tensor:
+    """sign(v) * ln(1 + |v|), the position transform of SOG."""
+    return torch.sign(v) * torch.log1p(v.abs())
+
+
+def pack_quats(q: torch.Tensor) -> torch.Tensor:
+    """(N, 4) quaternions (w, x, y, z) -> (N, 4) uint8 smallest-three packing (A = 252 + largest index)."""
+    norm = q.norm(dim=1, keepdim=True)
+    ident = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=q.dtype, device=q.device).expand_as(q)
+    qn = torch.where(norm > 0, q / norm.clamp_min(1e-30), ident)
+    m = qn.abs().argmax(1)
+    sign = torch.where(qn.gather(1, m[:, None]) < 0, -1.0, 1.0)
+    qn = qn * sign
+    others = qn.gather(1, _QUAT_OTHERS.to(q.device)[m])
+    out = torch.empty((q.shape[0], 4), dtype=torch.uint8, device=q.device)
+    out[:, :3] = _u8((others * math.sqrt(2) * 0.5 + 0.5) * 255)
+    out[:, 3] = (252 + m).to(torch.uint8)
+    return out
+
+
+def _palette(shn: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """SH palette of (N, K, 3) coefficients: centroids (k, K, 3) and labels (N,) int64."""
+    n, k_coeffs, _ = shn.shape
+    cen, lab = kmeans_palette(shn.reshape(n, k_coeffs * 3), palette_size(n), seed=seed)
+    return cen.reshape(-1, k_coeffs, 3), lab
+
+
+def _centroid_image(idx: torch.Tensor) -> np.ndarray:
+    """(k, K, 3) uint8 codebook indices -> the (ceil(k/64), 64*K, 4) centroid texture (A = 255)."""
+    k, kc, _ = idx.shape
+    rows = math.ceil(k / 64)
+    img = torch.zeros((rows * 64, kc, 4), dtype=torch.uint8, device=idx.device)
+    img[:k, :, :3] = idx
+    img[:k, :, 3] = 255
+    return img.reshape(rows, 64, kc, 4).reshape(rows, 64 * kc, 4).cpu().numpy()
+
+
+def encode_cloud(cloud: GaussianCloud, *, format: str = "v2", sort: str = "plas", sh_bands: int | None = None,
+                 device: str = "auto", webp_method: int = webp.DEFAULT_METHOD,
+                 webp_quality: int = webp.DEFAULT_QUALITY, seed: int = 0, threads: int | None = None) -> Encoded:
+    """Encode a cloud (finite values only) as a SOG file set; see the module docstring."""
+    if format not in FORMATS:
+        raise ValueError(f"unknown format {format!r} (v2 or v1)")
+    if sort not in SORTS:
+        raise ValueError(f"unknown sort {sort!r} (plas or morton)")
+    dev = resolve_device(device)
+    if threads:
+        torch.set_num_threads(threads)
+    n = len(cloud)
+    w, h = sogmeta.texture_size(n, format)
+    bands = cloud.sh_degree if sh_bands is None else min(sh_bands, cloud.sh_degree)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal t0
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        now = time.perf_counter()
+        timings[name] = round(timings.get(name, 0.0) + now - t0, 4)
+        t0 = now
+
+    t = cloud.to_torch(dev)
+    lap("load")
+    order = grid_order(sort_features(t["means"], t["scales"], t["sh0"], t["opacities"]), w, sort, seed=seed)
+    lap("sort")
+    means = t["means"][order].double()
+    scales, sh0, opac = t["scales"][order], t["sh0"][order], t["opacities"][order]
+    quats = t["quats"][order]
+    kc = SH_COEFFS[bands]
+    shn = t["shN"][order][:, :kc] if kc else None
+
+    images: dict[str, np.ndarray] = {}
+    lm = log_transform(means)
+    mins, maxs = lm.min(0).values, lm.max(0).values
+    qm = _lin_quant(lm, mins, maxs, 65535)
+    images["means_l.webp"] = _rgba((qm & 0xFF).to(torch.uint8), w, h)
+    images["means_u.webp"] = _rgba((qm >> 8).to(torch.uint8), w, h)
+    images["quats.webp"] = _rgba(pack_quats(quats), w, h)
+    lap("pack")
+
+    sh_info: dict[str, Any] | None = None
+    if kc:
+        assert shn is not None
+        cen, lab = _palette(shn, seed)
+        lap("kmeans")
+        lab_px = torch.stack([(lab & 0xFF), (lab >> 8)], 1).to(torch.uint8)
+        images["shN_labels.webp"] = _rgba(lab_px, w, h)
+        if format == "v2":
+            sh_cb, cen_idx = quantize_1d(cen)
+            sh_info = {"count": int(cen.shape[0]), "bands": bands, "codebook": sh_cb.tolist()}
+        else:
+            lo, hi = cen.min().double(), cen.max().double()
+            cen_idx = _lin_quant(cen.double(), lo, hi, 255).to(torch.uint8)
+            sh_info = {"coeffs": kc, "min": float(lo), "max": float(hi)}
+        images["shN_centroids.webp"] = _centroid_image(cen_idx)
+        lap("codebooks")
+
+    alpha = _u8(torch.sigmoid(opac.double()) * 255)
+    if format == "v2":
+        s_cb, s_idx = quantize_1d(scales)
+        c_cb, c_idx = quantize_1d(sh0)
+        images["scales.webp"] = _rgba(s_idx, w, h)
+        images["sh0.webp"] = _rgba(torch.cat([c_idx, alpha[:, None]], 1), w, h)
+        meta = sogmeta.v2_meta(n, mins.tolist(), maxs.tolist(), s_cb.tolist(), c_cb.tolist(), sh_info)
+    else:
+        s64 = scales.double()
+        smin, smax = s64.min(0).values, s64.max(0).values
+        images["scales.webp"] = _rgba(_lin_quant(s64, smin, smax, 255).to(torch.uint8), w, h)
+        c4 = torch.cat([sh0.double(), opac.double()[:, None]], 1)
+        cmin, cmax = c4.min(0).values, c4.max(0).values
+        images["sh0.webp"] = _rgba(_lin_quant(c4, cmin, cmax, 255).to(torch.uint8), w, h)
+        meta = sogmeta.v1_meta(n, mins.tolist(), maxs.tolist(), smin.tolist(), smax.tolist(), cmin.tolist(),
+                               cmax.tolist(), sh_info)
+    lap("codebooks")
+    names = [f for key in ("means", "scales", "quats", "sh0", "shN") if key in meta for f in meta[key]["files"]]
+    blobs = webp.encode_many({nm: images[nm] for nm in names}, method=webp_method, quality=webp_quality,
+                             threads=threads or os.cpu_count())
+    lap("webp")
+    files = {"meta.json": meta_bytes(meta), **blobs}
+    return Encoded(files=files, order=order.cpu().numpy(), meta=meta, timings=timings, device=str(dev))
+

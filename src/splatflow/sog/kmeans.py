@@ -1,0 +1,187 @@
+"""The SH palette: k-means of the (N, D) higher-order SH rows into k <= 65,536 centroids, in torch.
+
+A flat k-means with 65,536 centroids costs N x k x D multiply-adds per Lloyd step (5.9 TFLOP for 1M SH3 splats),
+far too much for a CPU. We use a two-level (hierarchical) k-means instead: k1 ~ sqrt(k) coarse clusters, then
+each coarse cluster is split into a share of the k centroids proportional to its number of points. Every step
+is a small dense k-means (matrix products), so the same code runs on CPU and CUDA; randomness comes from one
+seeded CPU generator so both devices draw the same samples.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def palette_size(n: int) -> int:
+    """PlayCanvas's palette size for n splats: min(64, 2^floor(log2(n/1024))) * 1024, and never more than n."""
+    if n <= 0:
+        return 0
+    p = min(64.0, 2.0 ** math.floor(math.log2(n / 1024))) * 1024 if n >= 1024 else 1024.0
+    return int(min(n, p))
+
+
+def _sq_dists(x: torch.Tensor, c: torch.Tensor, c_sq: torch.Tensor) -> torch.Tensor:
+    """(n, k) squared distances up to the per-row constant |x|^2 (enough for argmin)."""
+    return c_sq[None, :] - 2.0 * (x @ c.T)
+
+
+def assign(x: torch.Tensor, c: torch.Tensor, *, chunk_bytes: int = 64 << 20) -> torch.Tensor:
+    """Nearest centroid (n,) int64 of every row of ``x`` (n, D) among ``c`` (k, D), in memory-bounded chunks."""
+    c_sq = (c * c).sum(1)
+    step = max(1, chunk_bytes // (4 * max(1, c.shape[0])))
+    out = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
+    for s in range(0, x.shape[0], step):
+        out[s:s + step] = _sq_dists(x[s:s + step], c, c_sq).argmin(1)
+    return out
+
+
+def _sums(x: torch.Tensor, lab: torch.Tensor, k: int, *, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-centroid point counts (k,) and coordinate sums (k, D) as one-hot matrix products (scatter-adds are
+    much slower on CPU)."""
+    cnt = torch.zeros(k, dtype=x.dtype, device=x.device)
+    tot = torch.zeros((k, x.shape[1]), dtype=x.dtype, device=x.device)
+    for s in range(0, x.shape[0], chunk):
+        oh = torch.nn.functional.one_hot(lab[s:s + chunk], k).to(x.dtype)
+        cnt += oh.sum(0)
+        tot += oh.T @ x[s:s + chunk]
+    return cnt, tot
+
+
+def _lloyd(x: torch.Tensor, k: int, iters: int, gen: torch.Generator) -> torch.Tensor:
+    """Plain Lloyd k-means of ``x`` (n, D), n > k, seeded with k distinct random rows; returns (k, D) centroids."""
+    n = x.shape[0]
+    c = x[torch.randperm(n, generator=gen)[:k].to(x.device)].clone()
+    for _ in range(iters):
+        lab = assign(x, c)
+        cnt, tot = _sums(x, lab, k)
+        c = torch.where((cnt > 0)[:, None], tot / cnt.clamp_min(1)[:, None], c)
+    return c
+
+
+def _allocate(sizes: torch.Tensor, k: int) -> torch.Tensor:
+    """Split k centroids over clusters of ``sizes`` (k1,) in proportion, each in [1, size]; (k1,) int64 on CPU."""
+    sizes = sizes.cpu().long()
+    share = sizes.double() * (k / sizes.sum().double())
+    alloc = torch.minimum(share.floor().long().clamp_min(1), sizes)
+    alloc = torch.where(sizes > 0, alloc, torch.zeros_like(alloc))
+    # hand out the remaining centroids to the largest remainders that still have room
+    while int(alloc.sum()) != k:
+        diff = k - int(alloc.sum())
+        if diff > 0:
+            room = (sizes - alloc).clamp_min(0)
+            pri = torch.where(room > 0, share - alloc.double(), torch.full_like(share, -math.inf))
+            take = torch.topk(pri, min(diff, int((room > 0).sum()))).indices
+            if take.numel() == 0:
+                break
+            alloc[take] += 1
+        else:
+            pri = torch.where(alloc > 1, alloc.double() - share, torch.full_like(share, -math.inf))
+            take = torch.topk(pri, min(-diff, int((alloc > 1).sum()))).indices
+            alloc[take] -= 1
+    return alloc
+
+
+def kmeans_palette(x: torch.Tensor, k: int, *, iters: int = 10, seed: int = 0,
+                   sample_per_centroid: int = 32, batch: int = 16,
+                   leaf: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cluster the rows of ``x`` (N, D) float32 into at most ``k`` centroids.
+
+    Returns (centroids (k', D) float32, labels (N,) int64) with k' = min(k, N). Coarse and fine Lloyd steps run on
+    a random subsample of at most ``sample_per_centroid`` points per centroid; every point is then assigned to
+    the nearest centroid of its coarse cluster.
+    """
+    n, d = x.shape
+    k = min(k, n)
+    gen = torch.Generator().manual_seed(seed)
+    if k == n:
+        return x.clone(), torch.arange(n, device=x.device)
+    leaves: list[tuple[torch.Tensor, int]] = []
+    _split(x, torch.arange(n, device=x.device), k, leaves, iters=iters, gen=gen, cap=sample_per_centroid, leaf=leaf)
+    sizes = torch.tensor([li.numel() for li, _ in leaves])
+    ks = torch.tensor([kc for _, kc in leaves])
+    order = torch.cat([li for li, _ in leaves])
+    starts = torch.cumsum(sizes, 0) - sizes
+    cen_off = torch.cumsum(ks, 0) - ks
+    centroids = torch.empty((int(ks.sum()), d), dtype=x.dtype, device=x.device)
+    labels = torch.empty(n, dtype=torch.int64, device=x.device)
+    # leaves of similar size share one padded batch (bmm), so the Python loop runs over a few batches only
+    by_size = torch.argsort(sizes, descending=True)
+    for b0 in range(0, by_size.numel(), batch):
+        ids = by_size[b0: b0 + batch]
+        _fine_batch(x, order, starts[ids], sizes[ids], ks[ids], cen_off[ids], centroids, labels,
+                    iters=iters, gen=gen, cap=sample_per_centroid)
+    return centroids, labels
+
+
+def _split(x: torch.Tensor, idx: torch.Tensor, k: int, out: list[tuple[torch.Tensor, int]], *, iters: int,
+           gen: torch.Generator, cap: int, leaf: int) -> None:
+    """Split the points ``x[idx]`` into leaves of at most ``leaf`` centroids: appends (point indices, k) to ``out``.
+
+    A node with more than ``leaf`` centroids is clustered into ceil(k / leaf) coarse clusters (Lloyd on a
+    subsample), its k centroids are shared out in proportion to the cluster sizes, and each child recurses.
+    """
+    if k <= leaf or idx.numel() <= k:
+        out.append((idx, min(k, idx.numel())))
+        return
+    k1 = min(math.ceil(k / leaf), idx.numel())
+    sample = idx[torch.randperm(idx.numel(), generator=gen)[: k1 * cap].to(idx.device)]
+    coarse = _lloyd(x[sample], k1, iters, gen) if sample.numel() > k1 else x[sample].clone()
+    top = assign(x[idx], coarse)
+    sizes = torch.bincount(top, minlength=coarse.shape[0])
+    alloc = _allocate(sizes, k)
+    order = idx[torch.argsort(top)]
+    starts = (torch.cumsum(sizes, 0) - sizes).cpu().tolist()
+    for c, (s, n_c, k_c) in enumerate(zip(starts, sizes.cpu().tolist(), alloc.tolist(), strict=True)):
+        if k_c > 0:
+            if k_c >= k and n_c == idx.numel():  # the coarse step did not split: fall back to a leaf
+                out.append((order[s: s + n_c], min(k_c, n_c)))
+                continue
+            del c
+            _split(x, order[s: s + n_c], k_c, out, iters=iters, gen=gen, cap=cap, leaf=leaf)
+
+
+def _fine_batch(x: torch.Tensor, order: torch.Tensor, starts: torch.Tensor, sizes: torch.Tensor,
+                ks: torch.Tensor, offs: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor, *,
+                iters: int, gen: torch.Generator, cap: int) -> None:
+    """Lloyd k-means of B clusters at once (padded to the largest); writes ``centroids`` and ``labels`` in place.
+
+    ``starts``/``sizes``: (B,) slices of ``order`` (point indices sorted by coarse cluster); ``ks``: (B,) centroid
+    counts; ``offs``: (B,) first row of each cluster's centroids in ``centroids``.
+    """
+    dev = x.device
+    bsz = ks.numel()
+    n_max, k_max = int(sizes.max()), int(ks.max())
+    ar = torch.arange(n_max)
+    valid = ar[None, :] < sizes[:, None]                                     # (B, n_max)
+    pidx = order[(starts[:, None] + ar[None, :].clamp(max=n_max - 1)).clamp(max=order.numel() - 1).to(dev)]
+    pidx = torch.where(valid.to(dev), pidx, pidx[:, :1])
+    xb = x[pidx]                                                             # (B, n_max, D)
+    # seeds: k distinct random members per cluster (random keys, sorted; padded members sort last)
+    keys = torch.rand((bsz, n_max), generator=gen) + (~valid).float() * 2
+    seed_pos = torch.argsort(keys, dim=1)[:, :k_max].to(dev)
+    cb = torch.gather(xb, 1, seed_pos[:, :, None].expand(-1, -1, xb.shape[2])).clone()   # (B, k_max, D)
+    cvalid = (torch.arange(k_max)[None, :] < ks[:, None]).to(dev)            # (B, k_max)
+    # Lloyd steps on a subsample of at most cap points per centroid (the first points in a random order)
+    sub_n = min(n_max, int(ks.max()) * cap)
+    sub_pos = torch.argsort(keys, dim=1)[:, :sub_n].to(dev)
+    xs = torch.gather(xb, 1, sub_pos[:, :, None].expand(-1, -1, xb.shape[2]))
+    svalid = torch.gather(valid.to(dev), 1, sub_pos)
+    big = torch.finfo(x.dtype).max / 4
+
+    def nearest(pts: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        c_sq = torch.where(cvalid, (c * c).sum(2), torch.full_like(cvalid, big, dtype=c.dtype))
+        return torch.argmin(c_sq[:, None, :] - 2.0 * torch.bmm(pts, c.transpose(1, 2)), dim=2)
+
+    w = svalid.to(x.dtype)[:, :, None]
+    for _ in range(iters):
+        oh = torch.nn.functional.one_hot(nearest(xs, cb), k_max).to(x.dtype) * w     # (B, n_sub, k_max)
+        cnt = oh.sum(1)                                                              # (B, k_max)
+        tot = torch.bmm(oh.transpose(1, 2), xs)                                      # (B, k_max, D)
+        cb = torch.where((cnt > 0)[:, :, None], tot / cnt.clamp_min(1)[:, :, None], cb)
+    lab = nearest(xb, cb)                                                    # (B, n_max)
+    for i in range(bsz):
+        n_i, k_i, o = int(sizes[i]), int(ks[i]), int(offs[i])
+        centroids[o: o + k_i] = cb[i, :k_i]
+        labels[pidx[i, :n_i]] = lab[i, :n_i] + o
