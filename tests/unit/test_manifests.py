@@ -200,7 +200,8 @@ def test_eks_cluster_facts() -> None:
     statements = sa["attachPolicy"]["Statement"]
     actions = {a for s in statements for a in s["Action"]}
     resources = {r for s in statements for r in s["Resource"]}
-    assert {"s3:GetObject", "s3:PutObject", "s3:ListBucket"} <= actions
+    assert {"s3:GetObject", "s3:PutObject", "s3:ListBucket", "sns:Publish"} <= actions
+    assert all(r.split(":")[3] in ("", cfg["metadata"]["region"]) for r in resources)  # S3 ARNs have no region
     assert {f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"} <= resources
 
 
