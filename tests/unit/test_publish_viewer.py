@@ -55,30 +55,34 @@ def test_fit_camera_sees_every_corner(seed: int) -> None:
     rng = np.random.default_rng(seed)
     lo = rng.uniform(-50, 50, 3)
     hi = lo + rng.uniform(0.01, 30, 3)
-    cam = page.fit_camera(lo, hi, fov=60.0)
+    cam = page.fit_camera(lo, hi)
     pos, target = np.array(cam["position"]), np.array(cam["target"])
     forward = (target - pos) / np.linalg.norm(target - pos)
     corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
     world = corners * np.array([-1.0, -1.0, 1.0])  # the viewer turns the splats 180 degrees about Z
-    half = math.radians(cam["fov"]) / 2
+    half = page.short_side_half_angle(cam["fov"])  # the fov spans the longer side; the shorter one limits
+    assert half < math.radians(cam["fov"]) / 2
     for p in world:
         v = p - pos
         depth = float(v @ forward)
         assert depth > 0  # in front of the camera
         angle = math.acos(min(1.0, depth / float(np.linalg.norm(v))))
-        assert angle < half  # inside the vertical field of view (a cone, so in the frame too)
+        assert angle < half  # inside the shorter side's field of view (a cone, so in the frame too)
     # not absurdly far: the box spans a good part of the view
     radius = np.linalg.norm(hi - lo) / 2
     assert np.linalg.norm(target - pos) < 1.5 * radius / math.sin(half)
 
 
-def test_robust_bounds_ignore_floaters() -> None:
+def test_robust_bounds_ignore_floaters_but_keep_thin_parts() -> None:
     rng = np.random.default_rng(0)
-    pts = rng.uniform(-1, 1, (10_000, 3))
-    pts[:20] = 1e4  # floaters far away
-    pts[20] = np.nan
+    body = rng.uniform(-1, 1, (10_000, 3))
+    neck = np.column_stack([np.zeros(50), np.linspace(1.0, 1.4, 50), np.zeros(50)])  # 0.5 % of the points
+    floaters = np.full((20, 3), 1e4)
+    pts = np.concatenate([body, neck, floaters, [[np.nan, 0, 0]]])
     lo, hi = page.robust_bounds(pts)
-    assert np.all(lo > -1.0) and np.all(lo < -0.9) and np.all(hi < 1.0) and np.all(hi > 0.9)
+    assert np.all(lo > -1.0) and np.all(lo < -0.99)  # the body's extent
+    assert hi[1] == pytest.approx(1.4)  # the thin neck is kept (beyond the 99th percentile, inside the margin)
+    assert hi[0] < 1.0 and hi[2] < 1.0  # the floaters are not
 
 
 def test_scene_bounds_sources(sample_sog: Path, splat_paths: dict[str, Path], tmp_path: Path) -> None:

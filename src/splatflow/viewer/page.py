@@ -38,7 +38,9 @@ BUNDLED = Path(__file__).resolve().parent / "assets"
 # ``defaultSettings('object')`` of the pinned viewer version (tracked; a test compares it with the package's own)
 DEFAULT_SETTINGS = Path(__file__).resolve().parent / "default-settings.json"
 
-FOV_DEG = 60.0  # vertical field of view of the fitted camera (the viewer accepts 10..120)
+# The viewer applies a camera's fov along the LONGER side of the canvas (horizontal on a landscape screen).
+FOV_DEG = 75.0  # the fitted camera's fov (the viewer accepts 10..120)
+FIT_ASPECT = 16 / 9  # the fit holds on screens up to this longer/shorter side ratio (desktop 16:9, most phones)
 _BOOTSTRAP = re.compile(r'(<script type="application/json" id="sse-bootstrap">)(.*?)(</script>)', re.S)
 
 
@@ -86,14 +88,26 @@ def viewer_version() -> str:
 
 
 # ---------------------------------------------------------------------------- camera fit
-def robust_bounds(points: np.ndarray, *, lo: float = 1.0, hi: float = 99.0) -> tuple[np.ndarray, np.ndarray]:
-    """Per-axis percentile bounds of (N, 3) positions, ignoring non-finite rows: floaters far from the scene
-    do not widen the box. Returns ``(min (3,), max (3,))``."""
+def robust_bounds(points: np.ndarray, *, lo: float = 1.0, hi: float = 99.0,
+                  margin: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds of the scene in (N, 3) positions that floaters do not widen: the per-axis ``lo``..``hi`` percentile
+    box, grown by ``margin`` of its size on every side, keeps the points inside it (thin parts of the object just
+    beyond the percentiles, such as a guitar's headstock) and drops the far ones; the result is the extent of the
+    kept points. Non-finite rows are ignored. Returns ``(min (3,), max (3,))``."""
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     pts = pts[np.isfinite(pts).all(axis=1)]
     if len(pts) == 0:
         raise InputError("the scene has no finite splat positions", hint="check the trained PLY / .sog")
-    return np.percentile(pts, lo, axis=0), np.percentile(pts, hi, axis=0)
+    core_lo, core_hi = np.percentile(pts, lo, axis=0), np.percentile(pts, hi, axis=0)
+    grow = (core_hi - core_lo) * margin + 1e-6
+    kept = pts[np.all((pts >= core_lo - grow) & (pts <= core_hi + grow), axis=1)]
+    return kept.min(axis=0), kept.max(axis=0)
+
+
+def short_side_half_angle(fov: float, aspect: float = FIT_ASPECT) -> float:
+    """Half the field of view, in radians, along the shorter canvas side when ``fov`` (degrees) spans the longer
+    one and the sides are ``aspect`` : 1."""
+    return math.atan(math.tan(math.radians(fov) / 2.0) / aspect)
 
 
 def fit_camera(bounds_min: np.ndarray, bounds_max: np.ndarray, *, fov: float = FOV_DEG) -> dict[str, Any]:
@@ -101,14 +115,15 @@ def fit_camera(bounds_min: np.ndarray, bounds_max: np.ndarray, *, fov: float = F
 
     The viewer turns the splats 180 degrees about Z (3DGS/COLMAP data is y-down), so a file point (x, y, z) is
     drawn at (-x, -y, z). The camera looks along +Z (the direction COLMAP cameras look) from slightly above,
-    far enough that the box's bounding sphere fits the vertical field of view. Returns
+    far enough that the box's bounding sphere fits the shorter side's field of view on screens up to
+    ``FIT_ASPECT``, from any side (the viewer's turntable orbits at this distance). Returns
     ``{"position": [3], "target": [3], "fov": float}``.
     """
     lo = np.asarray(bounds_min, dtype=np.float64)
     hi = np.asarray(bounds_max, dtype=np.float64)
     center = (lo + hi) / 2.0
     radius = max(float(np.linalg.norm(hi - lo)) / 2.0, 1e-3)
-    distance = radius / math.sin(math.radians(fov) / 2.0) * 1.1
+    distance = radius / math.sin(short_side_half_angle(fov)) * 1.05
     target = np.array([-center[0], -center[1], center[2]])
     direction = np.array([0.0, 0.35, -1.0])
     direction /= np.linalg.norm(direction)
@@ -139,7 +154,7 @@ def _sog_meta_bounds(sog: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def scene_bounds(*, sog: Path | None = None, ply: Path | None = None) -> tuple[tuple[np.ndarray, np.ndarray], str]:
     """Robust bounds of the scene and where they came from: the splat positions of the PLY or the decoded
-    .sog (1st..99th percentile per axis), else the .sog meta.json's full extent."""
+    .sog (see :func:`robust_bounds`), else the .sog meta.json's full extent."""
     from splatflow.info import load_any
 
     for path in (ply, sog):
