@@ -116,9 +116,15 @@ def init_params(points: np.ndarray, colors: np.ndarray, *, sh_degree: int, init_
     return {k: torch.nn.Parameter(v.to(device).contiguous()) for k, v in tensors.items()}
 
 
-def make_optimizers(params: Params, scene_scale: float) -> Optimizers:
-    """One Adam per parameter (the layout gsplat's strategies expect), 3DGS learning rates."""
-    return {name: torch.optim.Adam([p], lr=LR[name] * (scene_scale if name == "means" else 1.0), eps=1e-15)
+def lr_boost(iterations: int) -> float:
+    """Learning-rate factor of a short run: the 3DGS rates are tuned for thousands of steps, so a run of fewer
+    than 7000 steps scales them by sqrt(7000 / iterations), at most 10 (1.0 from 7000 steps on)."""
+    return float(min(10.0, max(1.0, math.sqrt(7000 / iterations))))
+
+
+def make_optimizers(params: Params, scene_scale: float, boost: float = 1.0) -> Optimizers:
+    """One Adam per parameter (the layout gsplat's strategies expect), 3DGS learning rates times ``boost``."""
+    return {name: torch.optim.Adam([p], lr=LR[name] * boost * (scene_scale if name == "means" else 1.0), eps=1e-15)
             for name, p in params.items()}
 
 
@@ -272,6 +278,7 @@ def train(sfm_dir: Path, out_dir: Path, *, iterations: int = 7000, max_splats: i
     config = {"iterations": iterations, "max_splats": max_splats, "sh_degree": sh_degree, "strategy": strategy,
               "resolution": resolution, "test_every": test_every, "seed": seed, "backend": render.backend, **sched}
     fingerprint = _fingerprint(sfm_dir, config)
+    boost = lr_boost(iterations)
     ckpt_dir = out_dir / "checkpoints"
 
     # ------------------------------------------------------------------ initial splats (budget)
@@ -289,7 +296,7 @@ def train(sfm_dir: Path, out_dir: Path, *, iterations: int = 7000, max_splats: i
     init_opacity = 0.5 if strategy == "mcmc" else 0.1
     params = init_params(points, colors, sh_degree=sh_degree, init_opacity=init_opacity,
                          scene_scale=scene.scene_scale, device=dev)
-    optimizers = make_optimizers(params, scene.scene_scale)
+    optimizers = make_optimizers(params, scene.scene_scale, boost)
     strat, strat_state = _make_strategy(strategy, render.gsplat, max_splats, sched, scene.scene_scale)
 
     start_step, resumed_from, elapsed_before = 0, None, 0.0
@@ -303,7 +310,7 @@ def train(sfm_dir: Path, out_dir: Path, *, iterations: int = 7000, max_splats: i
             raise InputError(f"{out_dir} holds checkpoints of a different run (other SfM input or options)",
                              hint="use a new output folder, or pass --no-resume to start over")
         params = {k: torch.nn.Parameter(v.to(dev)) for k, v in ckpt["params"].items()}
-        optimizers = make_optimizers(params, scene.scene_scale)
+        optimizers = make_optimizers(params, scene.scene_scale, boost)
         for k, opt in optimizers.items():
             opt.load_state_dict(ckpt["optimizers"][k])
         strat_state = ckpt["strategy_state"]
@@ -342,7 +349,7 @@ def train(sfm_dir: Path, out_dir: Path, *, iterations: int = 7000, max_splats: i
     loop_start = time.monotonic()
     events: dict[str, int] = {}
     n_train = len(scene.train)
-    lr_means0 = LR["means"] * scene.scene_scale
+    lr_means0 = LR["means"] * boost * scene.scene_scale
     last_log = loop_start
     with _sigterm_flag() as flag:
         for step in range(start_step, iterations):
@@ -388,7 +395,7 @@ def train(sfm_dir: Path, out_dir: Path, *, iterations: int = 7000, max_splats: i
             now = time.monotonic()
             if now - last_log >= 10:
                 last_log = now
-                log.info("step %d/%d  loss %.4f  splats %d  SH %d", done, iterations, float(loss),
+                log.info("step %d/%d  loss %.4f  splats %d  SH %d", done, iterations, float(loss.detach()),
                          len(params["means"]), sh_now)
         if start_step < iterations or ckpt is None:
             snapshot(iterations)
@@ -430,6 +437,7 @@ def train(sfm_dir: Path, out_dir: Path, *, iterations: int = 7000, max_splats: i
         "images_test": [v.name for v in scene.test],
         "scene_scale": round(scene.scene_scale, 6),
         "schedule": sched,
+        "lr_boost": round(boost, 4),
         "densification": events,
         "resumed_from_step": resumed_from,
         "seed": seed,

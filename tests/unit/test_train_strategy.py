@@ -1,0 +1,142 @@
+"""The CPU densification strategies and parameter surgery of the training stage (no rendering: fast)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from splatflow.stages.train import init_params, make_optimizers
+from splatflow.training.strategy import (
+    CpuDefaultStrategy,
+    CpuMCMCStrategy,
+    _relocation_binoms,
+    append,
+    relocation_values,
+    select,
+)
+
+
+def _params(n: int = 6, seed: int = 0) -> tuple[dict[str, torch.nn.Parameter], dict[str, torch.optim.Optimizer]]:
+    g = torch.Generator().manual_seed(seed)
+    pts = torch.rand((n, 3), generator=g).numpy()
+    cols = torch.rand((n, 3), generator=g).numpy()
+    params = init_params(pts, cols, sh_degree=1, init_opacity=0.5, scene_scale=1.0, device=torch.device("cpu"))
+    return params, make_optimizers(params, 1.0)
+
+
+def _adam_step(params: dict[str, torch.nn.Parameter], opts: dict[str, torch.optim.Optimizer]) -> None:
+    loss = sum(p.sum() for p in params.values())
+    loss.backward()
+    for o in opts.values():
+        o.step()
+        o.zero_grad()
+
+
+def test_init_params_shapes_and_values() -> None:
+    pts = [[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1]]
+    params = init_params(torch.tensor(pts, dtype=torch.float32).numpy(), torch.full((5, 3), 0.5).numpy(),
+                         sh_degree=3, init_opacity=0.1, scene_scale=1.0, device=torch.device("cpu"))
+    assert params["shN"].shape == (5, 15, 3)
+    assert params["sh0"].shape == (5, 1, 3)
+    assert torch.allclose(params["sh0"], torch.zeros(5, 1, 3))  # colour 0.5 is SH 0
+    assert torch.allclose(torch.sigmoid(params["opacities"]), torch.full((5,), 0.1))
+    # the origin's 3 nearest neighbours are at distance 1: scale = sqrt(mean squared distance) = 1
+    assert math.isclose(float(params["scales"][0, 0].detach().exp()), 1.0, rel_tol=1e-5)
+
+
+def test_select_and_append_keep_adam_state_aligned() -> None:
+    params, opts = _params(6)
+    _adam_step(params, opts)
+    before = opts["means"].state[params["means"]]["exp_avg"].clone()
+    keep = torch.tensor([True, False, True, True, False, True])
+    select(params, opts, keep)
+    assert len(params["means"]) == 4
+    state = opts["means"].state[params["means"]]
+    assert torch.equal(state["exp_avg"], before[keep])
+    append(params, opts, {k: v.data[:2] for k, v in params.items()})
+    state = opts["means"].state[params["means"]]
+    assert len(params["means"]) == 6 and state["exp_avg"].shape == (6, 3)
+    assert torch.count_nonzero(state["exp_avg"][4:]) == 0  # new splats start with zero moments
+    assert opts["means"].param_groups[0]["params"][0] is params["means"]
+    _adam_step(params, opts)  # the optimizers still work after the surgery
+
+
+def test_default_strategy_clones_splits_prunes_and_respects_the_cap() -> None:
+    params, opts = _params(6)
+    _adam_step(params, opts)
+    with torch.no_grad():
+        params["scales"][:3] = math.log(0.001)   # small: cloned when the gradient is high
+        params["scales"][3:] = math.log(0.5)     # large: split
+        params["opacities"][5] = -10.0           # transparent: pruned
+    strat = CpuDefaultStrategy(cap_max=100, refine_start_iter=0, refine_every=1, reset_every=10_000)
+    state = strat.initialize_state(scene_scale=1.0)
+    info = {"grad2d": torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0]), "visible": torch.ones(6, dtype=torch.bool)}
+    gen = torch.Generator().manual_seed(0)
+    out = strat.step_post_backward(params, opts, state, 1, info, gen)
+    assert out == {"cloned": 2, "split": 1, "pruned": 1}
+    assert len(params["means"]) == 6 + 2 + 1 - 1
+    for name, p in params.items():
+        assert opts[name].state[p]["exp_avg"].shape == p.shape
+
+    # a cap of 7 leaves room for one more splat: only the highest-gradient candidate grows
+    params, opts = _params(6)
+    with torch.no_grad():
+        params["scales"][:] = math.log(0.001)
+    strat = CpuDefaultStrategy(cap_max=7, refine_start_iter=0, refine_every=1, reset_every=10_000)
+    state = strat.initialize_state(scene_scale=1.0)
+    info = {"grad2d": torch.tensor([1.0, 3.0, 2.0, 1.0, 1.0, 1.0]), "visible": torch.ones(6, dtype=torch.bool)}
+    out = strat.step_post_backward(params, opts, state, 1, info, gen)
+    assert out["cloned"] == 1 and len(params["means"]) == 7
+    assert torch.equal(params["means"][6], params["means"][1])  # the clone of splat 1 (highest gradient)
+
+
+def test_relocation_rule_keeps_a_single_splat_unchanged_and_splits_opacity() -> None:
+    binoms = _relocation_binoms(51)
+    opa = torch.tensor([0.3, 0.9, 0.9])
+    scales = torch.ones(3, 3)
+    new_opa, new_scales = relocation_values(opa, scales, torch.tensor([1, 1, 2]), binoms)
+    assert torch.allclose(new_opa[:2], opa[:2], atol=1e-5)
+    assert torch.allclose(new_scales[:2], scales[:2], atol=1e-4)
+    # two copies of opacity o' compose to the original opacity: 1 - (1 - o')^2 = o
+    assert math.isclose(1 - (1 - float(new_opa[2])) ** 2, 0.9, rel_tol=1e-5)
+
+
+def test_mcmc_relocates_dead_splats_and_grows_to_the_cap() -> None:
+    params, opts = _params(20)
+    with torch.no_grad():
+        params["opacities"][:5] = -10.0  # dead
+    strat = CpuMCMCStrategy(cap_max=22, refine_start_iter=0, refine_every=1, noise_lr=0.0)
+    state = strat.initialize_state(scene_scale=1.0)
+    gen = torch.Generator().manual_seed(0)
+    out = strat.step_post_backward(params, opts, state, 1, {}, gen, lr=1e-3)
+    assert out == {"relocated": 5, "added": 1}
+    assert len(params["means"]) == 21
+    assert float(torch.sigmoid(params["opacities"]).min()) > strat.min_opacity
+    for _ in range(5):
+        strat.step_post_backward(params, opts, state, 2, {}, gen, lr=1e-3)
+    assert len(params["means"]) == 22  # never over the cap
+
+
+def test_mcmc_noise_moves_transparent_splats_only() -> None:
+    params, opts = _params(4)
+    with torch.no_grad():
+        params["opacities"][:2] = -8.0   # nearly transparent
+        params["opacities"][2:] = 8.0    # opaque
+    before = params["means"].detach().clone()
+    strat = CpuMCMCStrategy(refine_start_iter=10**9)
+    strat.step_post_backward(params, opts, strat.initialize_state(), 1, {}, torch.Generator().manual_seed(1), lr=1e-3)
+    moved = (params["means"].detach() - before).norm(dim=1)
+    assert bool((moved[:2] > 1e-4).all())
+    assert bool((moved[2:] < 1e-8).all())
+
+
+@pytest.mark.parametrize("iterations", [60, 300, 7000, 30_000])
+def test_schedule_fits_inside_the_run(iterations: int) -> None:
+    from splatflow.stages.train import _schedule
+
+    s = _schedule(iterations, 3, None)
+    assert 0 < s["refine_start"] < s["refine_stop"] <= iterations
+    assert 3 * s["sh_interval"] < iterations  # SH degree 3 is reached during the run
+    assert s["sh_interval"] <= 1000
