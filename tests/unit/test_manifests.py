@@ -140,6 +140,14 @@ def test_cli_validator_agrees(tree: Path, tmp_path: Path) -> None:
     assert proc.returncode != 0 and "serviceNam" in proc.stdout + proc.stderr
 
 
+def test_everything_is_labelled_as_splatflow(rendered: dict[str, Docs]) -> None:
+    """`kubectl get all,cm,secret -l app.kubernetes.io/part-of=splatflow` finds what was deployed."""
+    for overlay, docs in rendered.items():
+        for doc in docs:
+            assert doc["metadata"].get("labels", {}).get("app.kubernetes.io/part-of") == "splatflow", (
+                overlay, doc["kind"], doc["metadata"]["name"])
+
+
 def test_every_image_is_pinned(rendered: dict[str, Docs]) -> None:
     images = []
     for docs in rendered.values():
