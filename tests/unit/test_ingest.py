@@ -26,6 +26,14 @@ def _photos(n: int = 12) -> list[Path]:
     return sorted(PHOTOS.glob("*.jpg"))[:n]
 
 
+def _copy_photos(dest: Path, n: int) -> Path:
+    """A fresh folder ``dest`` holding the first ``n`` sample photos."""
+    dest.mkdir()
+    for p in _photos(n):
+        shutil.copy(p, dest / p.name)
+    return dest
+
+
 def _listing(parent: Path) -> list[str]:
     """Every entry of ``parent``, hidden ones (temporary folders) included."""
     return sorted(p.name for p in parent.iterdir())
@@ -63,10 +71,7 @@ def test_folder_of_photos(tmp_path: Path) -> None:
 
 
 def test_exif_orientation_png_and_heic_report(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
-    for p in _photos(3):
-        shutil.copy(p, src / p.name)
+    src = _copy_photos(tmp_path / "src", 3)
     # 04: stored landscape with "rotate 90 CW" (orientation 6): must come out portrait, top-left from the left-bottom
     with Image.open(_photos(4)[3]) as im:
         exif = im.getexif()
@@ -94,10 +99,7 @@ def test_exif_orientation_png_and_heic_report(tmp_path: Path) -> None:
 
 
 def test_corrupt_duplicate_and_bomb_rejected_not_fatal(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
-    for p in _photos(4):
-        shutil.copy(p, src / p.name)
+    src = _copy_photos(tmp_path / "src", 4)
     data = _photos(5)[4].read_bytes()
     (src / "05_truncated.jpg").write_bytes(data[: len(data) // 2])
     (src / "06_garbage.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
@@ -122,10 +124,7 @@ def test_corrupt_duplicate_and_bomb_rejected_not_fatal(tmp_path: Path) -> None:
 def test_blurred_photo_rejected(tmp_path: Path) -> None:
     from PIL import ImageFilter
 
-    src = tmp_path / "src"
-    src.mkdir()
-    for p in _photos(6):
-        shutil.copy(p, src / p.name)
+    src = _copy_photos(tmp_path / "src", 6)
     with Image.open(_photos(7)[6]) as im:
         im.filter(ImageFilter.GaussianBlur(8)).save(src / "07.jpg")
     report = ingest(str(src), tmp_path / "out", max_side=640)

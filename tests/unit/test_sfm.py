@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -28,48 +29,43 @@ def _read(f: BinaryIO, fmt: str) -> tuple[Any, ...]:
     return struct.unpack("<" + fmt, f.read(struct.calcsize("<" + fmt)))
 
 
-def read_cameras(path: Path) -> dict[int, dict[str, Any]]:
-    """cameras.bin -> id: {model_id, width, height, params}. Only PINHOLE (model 1, 4 parameters) is expected."""
-    out = {}
+def _records(path: Path, read_one: Callable[[BinaryIO], tuple[int, dict[str, Any]]]) -> dict[int, dict[str, Any]]:
+    """A COLMAP .bin file: a uint64 count, then that many records, then nothing."""
     with open(path, "rb") as f:
         (n,) = _read(f, "Q")
-        for _ in range(n):
-            cam_id, model_id, width, height = _read(f, "iiQQ")
-            assert model_id == 1, f"camera {cam_id}: model {model_id}, expected PINHOLE (1)"
-            out[cam_id] = {"width": width, "height": height, "params": np.array(_read(f, "4d"))}
-        assert f.read() == b""
+        out = dict(read_one(f) for _ in range(n))
+        assert f.read() == b"", f"trailing bytes in {path.name}"
     return out
 
 
-def read_images(path: Path) -> dict[int, dict[str, Any]]:
-    """images.bin -> id: {q (w,x,y,z), t (3,), camera_id, name, xy (N, 2), point_ids (N,)}."""
-    out = {}
-    with open(path, "rb") as f:
-        (n,) = _read(f, "Q")
-        for _ in range(n):
-            image_id, *qt, cam_id = _read(f, "i7di")
-            name = b""
-            while (c := f.read(1)) != b"\0":
-                name += c
-            (m,) = _read(f, "Q")
-            pts = np.frombuffer(f.read(24 * m), dtype=[("x", "<f8"), ("y", "<f8"), ("id", "<i8")])
-            out[image_id] = {"q": np.array(qt[:4]), "t": np.array(qt[4:]), "camera_id": cam_id,
-                             "name": name.decode(), "xy": np.stack([pts["x"], pts["y"]], 1), "point_ids": pts["id"]}
-        assert f.read() == b""
-    return out
+def _camera(f: BinaryIO) -> tuple[int, dict[str, Any]]:
+    cam_id, model_id, width, height = _read(f, "iiQQ")
+    assert model_id == 1, f"camera {cam_id}: model {model_id}, expected PINHOLE (1)"
+    return cam_id, {"width": width, "height": height, "params": np.array(_read(f, "4d"))}
 
 
-def read_points(path: Path) -> dict[int, dict[str, Any]]:
-    """points3D.bin -> id: {xyz (3,), rgb (3,), error, track [(image_id, point2D_idx)]}."""
-    out = {}
-    with open(path, "rb") as f:
-        (n,) = _read(f, "Q")
-        for _ in range(n):
-            pid, x, y, z, r, g, b, err, length = _read(f, "Q3d3BdQ")
-            track = np.frombuffer(f.read(8 * length), dtype="<i4").reshape(-1, 2)
-            out[pid] = {"xyz": np.array([x, y, z]), "rgb": (r, g, b), "error": err, "track": track}
-        assert f.read() == b""
-    return out
+def _image(f: BinaryIO) -> tuple[int, dict[str, Any]]:
+    image_id, *qt, cam_id = _read(f, "i7di")
+    name = b""
+    while (c := f.read(1)) != b"\0":
+        name += c
+    (m,) = _read(f, "Q")
+    pts = np.frombuffer(f.read(24 * m), dtype=[("x", "<f8"), ("y", "<f8"), ("id", "<i8")])
+    return image_id, {"q": np.array(qt[:4]), "t": np.array(qt[4:]), "camera_id": cam_id, "name": name.decode(),
+                      "xy": np.stack([pts["x"], pts["y"]], 1), "point_ids": pts["id"]}
+
+
+def _point(f: BinaryIO) -> tuple[int, dict[str, Any]]:
+    pid, x, y, z, r, g, b, err, length = _read(f, "Q3d3BdQ")
+    track = np.frombuffer(f.read(8 * length), dtype="<i4").reshape(-1, 2)
+    return pid, {"xyz": np.array([x, y, z]), "rgb": (r, g, b), "error": err, "track": track}
+
+
+def read_model(sparse: Path) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]], dict[int, dict[str, Any]]]:
+    """cameras (id: width, height, PINHOLE params), images (id: q (w,x,y,z), t (3,), camera_id, name, xy (N, 2),
+    point_ids (N,)) and points (id: xyz (3,), rgb, error, track (M, 2) of (image_id, point2D_idx))."""
+    return (_records(sparse / "cameras.bin", _camera), _records(sparse / "images.bin", _image),
+            _records(sparse / "points3D.bin", _point))
 
 
 def rotation(q: np.ndarray) -> np.ndarray:
@@ -105,9 +101,7 @@ def test_model_layout_read_independently(lund_sfm: tuple[Path, dict[str, Any]]) 
     out, report = lund_sfm
     sparse = out / "sparse" / "0"
     assert {"cameras.bin", "images.bin", "points3D.bin"} <= {p.name for p in sparse.iterdir()}
-    cameras = read_cameras(sparse / "cameras.bin")
-    images = read_images(sparse / "images.bin")
-    points = read_points(sparse / "points3D.bin")
+    cameras, images, points = read_model(sparse)
     registered = sorted(n for n in NAMES if n not in report["unregistered"])
     assert sorted(im["name"] for im in images.values()) == registered
     assert sorted(p.name for p in (out / "images").iterdir()) == registered
@@ -124,9 +118,7 @@ def test_model_layout_read_independently(lund_sfm: tuple[Path, dict[str, Any]]) 
 def test_points_reproject_into_the_undistorted_images(lund_sfm: tuple[Path, dict[str, Any]]) -> None:
     out, report = lund_sfm
     sparse = out / "sparse" / "0"
-    cameras = read_cameras(sparse / "cameras.bin")
-    images = read_images(sparse / "images.bin")
-    points = read_points(sparse / "points3D.bin")
+    cameras, images, points = read_model(sparse)
     errors = []
     for pid, pt in points.items():
         assert len(pt["track"]) >= 2
