@@ -45,6 +45,14 @@ lint: $(STAMP) ## ruff on src and tests, mypy on src
 bench-sfm: $(STAMP) ## SfM time and registered fraction, lund-12 and lund-29 at 800 and 1600 px (CPU, ~15 min on 2 cores)
 	$(PY) bench/sfm.py
 
+.PHONY: bench-train
+bench-train: $(STAMP) ## training time/memory/PSNR: GPU lund 7000 steps (gsplat) if CUDA, else CPU lund-12 128 px 300 steps
+	$(PY) bench/train.py
+
+.PHONY: bench-storage
+bench-storage: $(STAMP) ## storage upload/download MiB/s (local S3 server, local folder) and publish time of the guitar sample
+	$(PY) bench/storage.py
+
 # ---- the Kubeflow pipeline (README: The pipeline)
 # KFP_HOST, KFP_TOKEN / KFP_COOKIE / KFP_SA_TOKEN_PATH, KFP_NAMESPACE, KFP_EXPERIMENT come from the environment.
 PIPELINE_YAML ?= build/pipeline.yaml
@@ -84,6 +92,8 @@ IMAGE_ENV = SPLATFLOW_REGISTRY=$(REGISTRY) SPLATFLOW_IMAGE_TAG=$(IMAGE_TAG)
 
 images: $(STAMP) ## build + push every stage image with docker buildx (REGISTRY=... TAG=...; PUSH=0 loads locally)
 	@command -v docker >/dev/null || { echo "error: docker (with buildx) is needed to build the images"; exit 3; }
+	@test -n "$$(ls -A src/splatflow/viewer/assets 2>/dev/null)" || { echo "error: the viewer's files are not in" \
+		"src/splatflow/viewer/assets (the publish image ships them): make viewer-assets"; exit 2; }
 	@git diff --quiet HEAD -- src components pipelines pyproject.toml images || [ -n "$(IMAGE_TAG)" ] || \
 		echo "warning: uncommitted changes go into images tagged with the commit; set TAG=... to tell them apart"
 	@$(IMAGE_ENV) $(PY) -m components.images | while read -r stage image; do \
