@@ -265,6 +265,8 @@ def test_s3_prefix(tmp_path: Path, s3_server: dict[str, str]) -> None:
     s3.upload_file(str(archive), s3_server["bucket"], "zips/scan.zip")
     report = ingest(f"s3://{s3_server['bucket']}/zips/scan.zip", tmp_path / "out2", max_side=300)
     assert (report["source_kind"], report["content"], len(report["kept"])) == ("s3", "zip", 3)
+    with pytest.raises(InputError, match="over the limit"):  # refused before downloading
+        ingest(f"s3://{s3_server['bucket']}/zips/scan.zip", tmp_path / "out3", max_archive_bytes=1000)
     assert _listing(tmp_path) == ["out", "out2", "scan.zip"]
 
 

@@ -3,12 +3,14 @@ rejected) and reconstructed with sequential matching."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from splatflow.cli import main
 from splatflow.errors import ImageError
 from splatflow.stages.ingest import ingest
 
@@ -86,11 +88,15 @@ def test_video_without_frames_or_undecodable(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.mp4", "still.mp4"]
 
 
-def test_video_reconstructed(video: Path, tmp_path: Path) -> None:
-    from splatflow.stages.sfm import sfm
-
+def test_video_reconstructed(video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("pycolmap")
     ingest(str(video), tmp_path / "frames", video_frames=8 * REPEAT, max_side=640)
-    report = sfm(tmp_path / "frames", tmp_path / "sfm", max_side=640, max_features=4096)
+    # through the CLI: `splatflow sfm FRAMES OUT`
+    assert main(["sfm", str(tmp_path / "frames"), str(tmp_path / "sfm"), "--max-side", "640",
+                 "--max-features", "4096"]) == 0
+    report = json.loads((tmp_path / "sfm" / "sfm-report.json").read_text())
+    printed = capsys.readouterr().out
+    assert f"registered {report['registered']}/8 images (sequential matching)" in printed
     assert report["matcher"] == "sequential"  # video frames
     assert report["total"] == 8 and report["registered"] >= 7, report
     assert report["points"] > 200 and report["mean_reprojection_error"] < 2.0

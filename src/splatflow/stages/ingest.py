@@ -80,7 +80,7 @@ def ingest(source: str, out_dir: Path, *, max_images: int = 300, max_side: int =
             atomic_path(out_dir, directory=True) as tmp:
         work = Path(work_s)
         if kind == "s3":
-            local = _download(source, work / "s3")
+            local = _download(source, work / "s3", max_archive_bytes=max_archive_bytes)
         images = tmp / "images"
         images.mkdir()
         content, result = _ingest_local(local, work, images, max_images=max_images, max_side=max_side,
@@ -148,13 +148,17 @@ def _file_kind(path: Path) -> str:
                      "nor a photo", hint="give a folder of photos, a .zip of photos or a video file")
 
 
-def _download(uri: str, dest: Path) -> Path:
+def _download(uri: str, dest: Path, *, max_archive_bytes: int) -> Path:
     """Download an S3 object (a .zip or a video) or every object under an S3 prefix into ``dest``."""
     from splatflow import storage
 
     name = PurePosixPath(uri[5:]).name
     single = Path(name).suffix.lower() in imaging.ARCHIVE_SUFFIXES + imaging.VIDEO_SUFFIXES
     if single and storage.exists(uri):
+        size = storage.stat(uri)["size"]
+        if Path(name).suffix.lower() in imaging.ARCHIVE_SUFFIXES and size > max_archive_bytes:
+            raise InputError(f"archive {uri} is {size:,} bytes, over the limit of {max_archive_bytes:,}",
+                             hint="split it, or raise max_archive_bytes (--max-archive-bytes)")
         step(f"ingest: downloading {uri}")
         return storage.download(uri, dest / name)
     step(f"ingest: downloading objects under {uri}")
