@@ -39,7 +39,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlparse
 
-from splatflow.errors import DependencyMissing, InputError, StorageError
+from splatflow.errors import DependencyMissing, InputError, SplatflowError, StorageError
 from splatflow.fsutil import atomic_path
 
 log = logging.getLogger("splatflow.storage")
@@ -196,7 +196,11 @@ def client(service: str = "s3", *, region: str | None = None) -> Any:
 def _transfer_config() -> Any:
     from boto3.s3.transfer import TransferConfig
 
-    part = _env_int("SPLATFLOW_S3_MULTIPART_MB", 8) << 20
+    mib = _env_int("SPLATFLOW_S3_MULTIPART_MB", 8)
+    if mib < 5:
+        raise InputError(f"SPLATFLOW_S3_MULTIPART_MB={mib} is below S3's minimum part size of 5 MiB",
+                         hint="set it to 5 or more (8 is the default)")
+    part = mib << 20
     return TransferConfig(multipart_threshold=part, multipart_chunksize=part, max_concurrency=4,
                           num_download_attempts=5, use_threads=True)
 
@@ -301,7 +305,7 @@ def _with_retries(action: str, loc: Location, fn: Callable[[], T]) -> T:
     for attempt in range(1, attempts + 1):
         try:
             return fn()
-        except StorageError:
+        except SplatflowError:
             raise
         except Exception as exc:
             if attempt < attempts and _retryable_transfer_error(exc):
@@ -336,6 +340,15 @@ def content_type(name: str) -> str:
     return known.get(ext) or mimetypes.guess_type(name)[0] or "application/octet-stream"
 
 
+def _object(uri: str) -> Location:
+    """Parse a URI that must name one object (an s3:// URI with a key, or a path)."""
+    loc = parse(uri)
+    if loc.scheme == "s3" and (not loc.key or loc.key.endswith("/")):
+        raise InputError(f"{uri!r} names a bucket or folder, not an object",
+                         hint="give the full key: s3://bucket/path/to/file")
+    return loc
+
+
 def _local(loc: Location) -> Path:
     assert loc.path is not None
     return loc.path
@@ -358,7 +371,7 @@ def _local_target(path: Path) -> Iterator[Path]:
 # ---------------------------------------------------------------------------- public API
 def exists(uri: str) -> bool:
     """True when the object (or local file/folder) exists. Errors other than 'not found' raise StorageError."""
-    loc = parse(uri)
+    loc = _object(uri)
     if loc.scheme == "file":
         return _local(loc).exists()
     from botocore.exceptions import ClientError
@@ -380,7 +393,7 @@ def exists(uri: str) -> bool:
 def stat(uri: str) -> dict[str, Any]:
     """Size and SHA-256 of one object: ``{"size": int, "sha256": str | None}``. S3: the SHA-256 recorded when
     this module wrote it (None for objects written by other tools); local files: computed."""
-    loc = parse(uri)
+    loc = _object(uri)
     if loc.scheme == "file":
         p = _local(loc)
         if not p.is_file():
@@ -394,7 +407,7 @@ def upload(local_path: str | os.PathLike[str], uri: str, *, content_type_: str |
     """Copy a local file to ``uri`` (multipart when large); record its SHA-256. Returns the URI written."""
     src = Path(local_path)
     _check_source_file(src)
-    loc = parse(uri)
+    loc = _object(uri)
     if loc.scheme == "file":
         dest = _local(loc)
         if dest.is_dir():
@@ -416,7 +429,7 @@ def upload(local_path: str | os.PathLike[str], uri: str, *, content_type_: str |
 
 def download(uri: str, local_path: str | os.PathLike[str]) -> Path:
     """Copy the object at ``uri`` to ``local_path`` atomically, verifying its SHA-256 (or size). Returns the path."""
-    loc = parse(uri)
+    loc = _object(uri)
     dest = Path(local_path)
     if loc.scheme == "file":
         src = _local(loc)
@@ -513,7 +526,7 @@ def upload_dir(local_dir: str | os.PathLike[str], uri: str) -> list[str]:
 
 def read_bytes(uri: str) -> bytes:
     """The whole content of one object, verified against its recorded SHA-256 (or size)."""
-    loc = parse(uri)
+    loc = _object(uri)
     if loc.scheme == "file":
         p = _local(loc)
         if not p.is_file():
@@ -537,7 +550,7 @@ def read_bytes(uri: str) -> bytes:
 def write_bytes(uri: str, data: bytes, *, content_type_: str | None = None,
                 cache_control: str | None = None) -> str:
     """Write ``data`` as one object (atomically for local files); record its SHA-256. Returns the URI."""
-    loc = parse(uri)
+    loc = _object(uri)
     if loc.scheme == "file":
         with _local_target(_local(loc)) as tmp:
             tmp.write_bytes(data)
@@ -556,7 +569,7 @@ def presign(uri: str, expires: int = 7 * 24 * 3600) -> str:
 
     Local paths answer their ``file://`` URI (nothing to sign).
     """
-    loc = parse(uri)
+    loc = _object(uri)
     if loc.scheme == "file":
         return _local(loc).resolve().as_uri()
     if not 1 <= expires <= 7 * 24 * 3600:
@@ -584,7 +597,7 @@ def public_url(uri: str) -> str:
 
 def delete(uri: str) -> None:
     """Remove one object (or local file); a missing one is not an error."""
-    loc = parse(uri)
+    loc = _object(uri)
     if loc.scheme == "file":
         p = _local(loc)
         if p.is_dir():

@@ -167,3 +167,15 @@ def test_s3_bad_endpoint(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
     with pytest.raises(StorageError, match="cannot be reached") as err:
         storage.read_bytes("s3://b/k")
     assert "AWS_ENDPOINT_URL" in (err.value.hint or "")
+
+
+def test_object_uris_need_a_key(s3_server: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for bad in (f"s3://{s3_server['bucket']}", f"s3://{s3_server['bucket']}/", f"s3://{s3_server['bucket']}/dir/"):
+        with pytest.raises(InputError, match="not an object"):
+            storage.read_bytes(bad)
+        with pytest.raises(InputError, match="not an object"):
+            storage.write_bytes(bad, b"x")
+    monkeypatch.setenv("SPLATFLOW_S3_MULTIPART_MB", "1")
+    (tmp_path / "f").write_bytes(b"x")
+    with pytest.raises(InputError, match="minimum part size"):
+        storage.upload(tmp_path / "f", f"s3://{s3_server['bucket']}/f")
