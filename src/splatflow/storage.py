@@ -172,8 +172,9 @@ def client(service: str = "s3", *, region: str | None = None) -> Any:
                 or None)
     region = region or _region() or ("us-east-1" if endpoint else None)
     attempts = _env_int("SPLATFLOW_S3_MAX_ATTEMPTS", 6)
-    # The key identifies the configuration; the access key id only makes a changed environment get a new client.
-    ident = hashlib.sha256(os.environ.get("AWS_ACCESS_KEY_ID", "").encode()).hexdigest()[:16]
+    # The key identifies the configuration; the identity part only makes a changed environment get a new client.
+    who = "\0".join(os.environ.get(k, "") for k in ("AWS_ACCESS_KEY_ID", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"))
+    ident = hashlib.sha256(who.encode()).hexdigest()[:16]
     cache_key = (service, endpoint, region, attempts, ident, os.environ.get("AWS_PROFILE"))
     with _clients_lock:
         found = _clients.get(cache_key)

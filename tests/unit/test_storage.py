@@ -179,3 +179,25 @@ def test_object_uris_need_a_key(s3_server: dict[str, str], monkeypatch: pytest.M
     (tmp_path / "f").write_bytes(b"x")
     with pytest.raises(InputError, match="minimum part size"):
         storage.upload(tmp_path / "f", f"s3://{s3_server['bucket']}/f")
+
+
+def test_irsa_web_identity_through_the_default_chain(s3_server: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Path) -> None:
+    """EKS IRSA: no keys in the environment, only a web identity token and a role; boto3's default chain trades
+    them for temporary credentials at STS (here the local server's STS, via AWS_ENDPOINT_URL)."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    token = tmp_path / "token"
+    token.write_text("eyJhbGciOiJSUzI1NiJ9.e30.c2ln")  # the projected service-account token
+    monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token))
+    monkeypatch.setenv("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/splatflow-pipeline")
+    monkeypatch.setenv("AWS_ROLE_SESSION_NAME", "splatflow-test")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    uri = f"s3://{s3_server['bucket']}/irsa/x.json"
+    storage.write_bytes(uri, b"{}")
+    assert storage.read_bytes(uri) == b"{}"
+    creds = storage.client()._request_signer._credentials
+    assert creds.method == "assume-role-with-web-identity"
+    assert creds.access_key != s3_server["AWS_ACCESS_KEY_ID"]
