@@ -12,9 +12,10 @@ Reliability:
   ``SPLATFLOW_S3_MULTIPART_MB``, default 8 MiB);
 - every object this module writes carries its SHA-256 in the object metadata (``x-amz-meta-sha256``); downloads
   and reads verify it (and the size, for objects written by others), on top of botocore's CRC checksums;
-- throttling and 5xx answers are retried by botocore (``mode="standard"``, ``SPLATFLOW_S3_MAX_ATTEMPTS``,
-  default 6, exponential backoff with jitter), and a transfer whose connection drops or whose data does not match
-  its checksum is retried as a whole (``SPLATFLOW_S3_TRANSFER_ATTEMPTS``, default 3);
+- throttling and 5xx answers are retried by botocore (``SPLATFLOW_S3_RETRY_MODE``: ``standard`` (default) or
+  ``adaptive``; ``SPLATFLOW_S3_MAX_ATTEMPTS``, default 6; exponential backoff with jitter), and a transfer
+  whose connection drops or whose data does not match its checksum is retried as a whole
+  (``SPLATFLOW_S3_TRANSFER_ATTEMPTS``, default 3);
 - failures raise :class:`~splatflow.errors.StorageError` naming the problem (missing bucket or key, access
   denied, unreachable endpoint, missing credentials) and the fix.
 
@@ -172,17 +173,21 @@ def client(service: str = "s3", *, region: str | None = None) -> Any:
                 or None)
     region = region or _region() or ("us-east-1" if endpoint else None)
     attempts = _env_int("SPLATFLOW_S3_MAX_ATTEMPTS", 6)
+    mode = os.environ.get("SPLATFLOW_S3_RETRY_MODE", "standard")
+    if mode not in ("standard", "adaptive"):
+        raise InputError(f"SPLATFLOW_S3_RETRY_MODE={mode!r} is not standard or adaptive",
+                         hint="adaptive adds client-side rate limiting when S3 throttles; standard is the default")
     # The key identifies the configuration; the identity part only makes a changed environment get a new client.
     who = "\0".join(os.environ.get(k, "") for k in ("AWS_ACCESS_KEY_ID", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"))
     ident = hashlib.sha256(who.encode()).hexdigest()[:16]
-    cache_key = (service, endpoint, region, attempts, ident, os.environ.get("AWS_PROFILE"))
+    cache_key = (service, endpoint, region, attempts, mode, ident, os.environ.get("AWS_PROFILE"))
     with _clients_lock:
         found = _clients.get(cache_key)
         if found is not None:
             return found
         config = Config(
             region_name=region,
-            retries={"mode": "standard", "total_max_attempts": attempts},
+            retries={"mode": mode, "total_max_attempts": attempts},
             connect_timeout=_env_int("SPLATFLOW_S3_CONNECT_TIMEOUT", 10),
             read_timeout=_env_int("SPLATFLOW_S3_READ_TIMEOUT", 60),
             s3={"addressing_style": "path"} if endpoint else None,

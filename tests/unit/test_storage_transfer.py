@@ -223,10 +223,12 @@ def test_faults_are_retried_and_data_is_intact(s3_server: dict[str, str], proxy_
 def test_persistent_503_gives_a_clear_error(s3_server: dict[str, str], proxy_factory,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SPLATFLOW_S3_MAX_ATTEMPTS", "2")
+    monkeypatch.setenv("SPLATFLOW_S3_RETRY_MODE", "adaptive")
     proxy_factory(["503"] * 20)
     with pytest.raises(StorageError, match="kept failing") as err:
         storage.write_bytes(f"s3://{s3_server['bucket']}/faults/never.json", b"{}")
     assert "SPLATFLOW_S3_MAX_ATTEMPTS" in (err.value.hint or "")
+    assert storage.client().meta.config.retries["mode"] == "adaptive"
 
 
 def test_access_denied_is_clear_and_not_retried(s3_server: dict[str, str], proxy_factory, tmp_path: Path) -> None:
