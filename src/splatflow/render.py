@@ -23,7 +23,6 @@ holds at most ``SAMPLES_PER_CHUNK`` (tile, splat, pixel) samples; tiles whose pi
 from __future__ import annotations
 
 import logging
-import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,8 +37,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TILE = 16
-"""Tile edge in pixels (gsplat's default ``tile_size``)."""
+TILE = 4
+"""Tile edge in pixels of the torch backend (gsplat uses 16 on CUDA; the image does not depend on it, and
+small tiles waste fewer samples on CPU)."""
 EPS2D = 0.3
 """Low-pass dilation added to the projected 2-D covariance (pixels squared)."""
 ALPHA_MIN = 1.0 / 255.0
@@ -147,16 +147,16 @@ def camera_center(viewmat: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- the torch backend
-def _tile_intersections(means2d: Tensor, radii: Tensor, depths: Tensor, tiles_x: int, tiles_y: int
-                        ) -> tuple[Tensor, Tensor, Tensor]:
+def _tile_intersections(means2d: Tensor, radii: Tensor, depths: Tensor, tiles_x: int, tiles_y: int,
+                        tile: int = TILE) -> tuple[Tensor, Tensor, Tensor]:
     """Pairs (tile, splat) for M visible splats, sorted by tile then depth.
 
     ``means2d`` (M, 2), ``radii`` (M, 2) pixel half-extents, ``depths`` (M,). Returns ``splat_ids`` (P,),
     ``tile_start`` (T,) and ``tile_end`` (T,) offsets into it for the T = tiles_x * tiles_y tiles.
     """
     dev = means2d.device
-    lo = torch.floor((means2d - radii) / TILE).long()
-    hi = torch.ceil((means2d + radii) / TILE).long()
+    lo = torch.floor((means2d - radii) / tile).long()
+    hi = torch.ceil((means2d + radii) / tile).long()
     x0, x1 = lo[:, 0].clamp(0, tiles_x), hi[:, 0].clamp(0, tiles_x)
     y0, y1 = lo[:, 1].clamp(0, tiles_y), hi[:, 1].clamp(0, tiles_y)
     w = (x1 - x0).clamp_min(0)
@@ -173,83 +173,100 @@ def _tile_intersections(means2d: Tensor, radii: Tensor, depths: Tensor, tiles_x:
     local = torch.arange(total, device=dev) - torch.repeat_interleave(first, counts_o)
     tx = x0[sid] + local % w[sid]
     ty = y0[sid] + torch.div(local, w[sid], rounding_mode="floor")
-    tile = ty * tiles_x + tx
-    tile, perm = torch.sort(tile, stable=True)          # stable: keeps depth order within a tile
+    tile_ids, perm = torch.sort(ty * tiles_x + tx, stable=True)   # stable: keeps depth order within a tile
     sid = sid[perm]
-    per_tile = torch.bincount(tile, minlength=n_tiles)
+    per_tile = torch.bincount(tile_ids, minlength=n_tiles)
     end = torch.cumsum(per_tile, 0)
     return sid, end - per_tile, end
 
 
-def _composite(means2d: Tensor, conics: Tensor, opac: Tensor, colors: Tensor, splat_ids: Tensor,
-               tile_start: Tensor, tile_end: Tensor, tiles_x: int, tiles_y: int, width: int, height: int,
-               background: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Front-to-back compositing of every tile at once, in chunks of splats (see the module docstring).
+def _composite_tiles(active: Tensor, means2d: Tensor, conics: Tensor, log_opac: Tensor, colors: Tensor,
+                     splat_ids: Tensor, tile_start: Tensor, tile_end: Tensor, origin: Tensor, tile: int
+                     ) -> tuple[Tensor, Tensor, Tensor]:
+    """Composite the tiles ``active`` (A,) together; returns their ids (A,) in the order they finished, their
+    rgb (A, P, D) and transmittance (A, P), P = tile * tile pixels in row-major order.
 
-    Inputs are per visible splat (M, ...); returns rgb (H, W, 3) and alpha (H, W, 1).
+    Per chunk of C splats per tile, ``power = log(opacity) - sigma`` is built from per-column and per-row terms
+    (a tile has only ``tile`` distinct pixel-centre x and y values) and transmittance is a cumulative product
+    carried from chunk to chunk. A tile leaves when its splats run out or all its pixels are opaque.
     """
     dev, dtype = means2d.device, means2d.dtype
-    n_tiles = tiles_x * tiles_y
-    pix = torch.arange(TILE * TILE, device=dev)
-    local = torch.stack([pix % TILE, pix // TILE], -1).to(dtype) + 0.5          # (P, 2) pixel centres
-    tile_xy = torch.stack([torch.arange(n_tiles, device=dev) % tiles_x,
-                           torch.arange(n_tiles, device=dev) // tiles_x], -1).to(dtype) * TILE
-    log_tmin = math.log(T_MIN)
-    p = TILE * TILE
-    # per-tile accumulators, written back as tiles finish (list of (tile ids, rgb, logT))
-    done_rgb: list[Tensor] = []
-    done_logt: list[Tensor] = []
+    p, d = tile * tile, colors.shape[1]
+    offs = torch.arange(tile, device=dev, dtype=dtype) + 0.5                    # pixel centres within a tile
     done_ids: list[Tensor] = []
-    active = torch.nonzero(tile_end > tile_start).flatten()
-    rgb = colors.new_zeros(len(active), p, colors.shape[1])
-    logt = means2d.new_zeros(len(active), p)
+    done_rgb: list[Tensor] = []
+    done_t: list[Tensor] = []
+    rgb = colors.new_zeros(len(active), p, d)
+    trans = means2d.new_ones(len(active), p)            # transmittance after the splats composited so far
     finished = torch.zeros(len(active), p, dtype=torch.bool, device=dev)
-    pos = tile_start[active].clone()
-    ends = tile_end[active]
+    pos, ends = tile_start[active], tile_end[active]
     while len(active):
-        chunk = max(8, min(4096, SAMPLES_PER_CHUNK // (len(active) * p)))
-        idx = pos[:, None] + torch.arange(chunk, device=dev)                   # (A, C)
+        c = max(1, min(int((ends - pos).max()), SAMPLES_PER_CHUNK // (len(active) * p)))
+        idx = pos[:, None] + torch.arange(c, device=dev)                        # (A, C)
         valid = idx < ends[:, None]
-        g = splat_ids[torch.minimum(idx, ends[:, None] - 1)]                    # (A, C)
-        px = tile_xy[active][:, None, :] + local[None]                          # (A, P, 2)
-        dx = means2d[g][:, :, None, 0] - px[:, None, :, 0]                      # (A, C, P)
-        dy = means2d[g][:, :, None, 1] - px[:, None, :, 1]
+        g = splat_ids[torch.minimum(idx, ends[:, None] - 1)]                    # (A, C) splat of each slot
+        xy = means2d[g] - origin[active][:, None, :]                            # (A, C, 2) mean within the tile
+        dx = xy[..., 0, None] - offs                                            # (A, C, tile): mean - pixel x
+        dy = xy[..., 1, None] - offs                                            # (A, C, tile): mean - pixel y
         con = conics[g]
-        sigma = 0.5 * (con[..., 0, None] * dx * dx + con[..., 2, None] * dy * dy) + con[..., 1, None] * dx * dy
-        alpha = torch.clamp_max(opac[g][..., None] * torch.exp(-sigma), ALPHA_MAX)
-        keep = (sigma >= 0) & (alpha >= ALPHA_MIN) & valid[..., None] & ~finished[:, None, :]
-        alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
-        lg = torch.log1p(-alpha)
-        after = logt[:, None, :] + torch.cumsum(lg, 1)                          # log T after each splat
-        included = after > log_tmin                                            # the first failing one is excluded
-        before = after - lg
-        weight = torch.where(included, alpha * torch.exp(before), torch.zeros_like(alpha))
+        lo = torch.where(valid, log_opac[g], torch.full_like(log_opac[g], -torch.inf))
+        row = (lo[..., None] - 0.5 * con[..., 0, None] * dx * dx)[:, :, None, :]   # (A, C, 1, tile) x terms
+        col = (-0.5 * con[..., 2, None] * dy * dy)[:, :, :, None]                  # (A, C, tile, 1) y terms
+        power = torch.addcmul(row + col, (-con[..., 1, None] * dy)[:, :, :, None], dx[:, :, None, :])
+        alpha = torch.exp(power.reshape(len(active), c, p)).clamp_max(ALPHA_MAX)   # (A, C, P)
+        alpha = torch.where(alpha >= ALPHA_MIN, alpha, torch.zeros_like(alpha))
+        om = 1 - alpha
+        after = (trans * ~finished)[:, None, :] * torch.cumprod(om, 1)          # T after each splat
+        included = after > T_MIN                                                # a prefix along C
+        weight = torch.where(included, alpha * after / om, torch.zeros_like(alpha))
         rgb = rgb + torch.einsum("acp,acd->apd", weight, colors[g])
-        logt = logt + torch.where(included, lg, torch.zeros_like(lg)).sum(1)
-        finished = finished | ~included[:, -1, :] | (after[:, -1, :] <= log_tmin)
-        pos = pos + chunk
+        count = included.sum(1, keepdim=True)                                   # (A, 1, P)
+        last = torch.gather(after, 1, (count - 1).clamp_min(0)).squeeze(1)
+        trans = torch.where(count.squeeze(1) > 0, last, trans)
+        finished = finished | (after[:, -1, :] <= T_MIN)
+        pos = pos + c
         out = (pos >= ends) | finished.all(1)
         if bool(out.any()):
             done_ids.append(active[out])
             done_rgb.append(rgb[out])
-            done_logt.append(logt[out])
+            done_t.append(trans[out])
             stay = ~out
-            active, rgb, logt, finished, pos, ends = (active[stay], rgb[stay], logt[stay], finished[stay],
-                                                      pos[stay], ends[stay])
-    full_rgb = colors.new_zeros(n_tiles, p, colors.shape[1])
-    full_logt = means2d.new_zeros(n_tiles, p)
-    if done_ids:
-        ids = torch.cat(done_ids)
-        full_rgb = full_rgb.index_put((ids,), torch.cat(done_rgb))
-        full_logt = full_logt.index_put((ids,), torch.cat(done_logt))
-    trans = torch.exp(full_logt)
+            active, rgb, trans, finished, pos, ends = (active[stay], rgb[stay], trans[stay], finished[stay],
+                                                       pos[stay], ends[stay])
+    if not done_ids:
+        return active, rgb, trans
+    return torch.cat(done_ids), torch.cat(done_rgb), torch.cat(done_t)
+
+
+def _composite(means2d: Tensor, conics: Tensor, opac: Tensor, colors: Tensor, splat_ids: Tensor,
+               tile_start: Tensor, tile_end: Tensor, tiles_x: int, tiles_y: int, width: int, height: int,
+               background: Tensor | None, tile: int = TILE) -> tuple[Tensor, Tensor]:
+    """Front-to-back compositing of all tiles, in groups small enough for the sample budget.
+
+    Inputs are per visible splat (M, ...), ``splat_ids`` and ``tile_start``/``tile_end`` from
+    :func:`_tile_intersections`; returns rgb (H, W, D) and alpha (H, W, 1).
+    """
+    dev, dtype = means2d.device, means2d.dtype
+    n_tiles, p, d = tiles_x * tiles_y, tile * tile, colors.shape[1]
+    tid = torch.arange(n_tiles, device=dev)
+    origin = torch.stack([tid % tiles_x, tid // tiles_x], -1).to(dtype) * tile  # (T, 2) tile corners
+    log_opac = torch.log(opac.clamp_min(1e-30))
+    busy = torch.nonzero(tile_end > tile_start).flatten()
+    group = max(1, SAMPLES_PER_CHUNK // (p * 16))      # tiles per group, so that chunks hold >= 16 splats
+    full_rgb = colors.new_zeros(n_tiles, p, d)
+    full_t = means2d.new_ones(n_tiles, p)
+    for i in range(0, len(busy), group):
+        ids, rgb, trans = _composite_tiles(busy[i : i + group], means2d, conics, log_opac, colors, splat_ids,
+                                           tile_start, tile_end, origin, tile)
+        full_rgb = full_rgb.index_put((ids,), rgb)
+        full_t = full_t.index_put((ids,), trans)
     if background is not None:
-        full_rgb = full_rgb + trans[..., None] * background.to(dtype)
-    # (tiles_y, tiles_x, TILE, TILE, D) -> (H, W, D)
-    img = full_rgb.reshape(tiles_y, tiles_x, TILE, TILE, -1).permute(0, 2, 1, 3, 4)
-    img = img.reshape(tiles_y * TILE, tiles_x * TILE, -1)[:height, :width]
-    acc = (1 - trans).reshape(tiles_y, tiles_x, TILE, TILE).permute(0, 2, 1, 3)
-    acc = acc.reshape(tiles_y * TILE, tiles_x * TILE)[:height, :width, None]
+        full_rgb = full_rgb + full_t[..., None] * background.to(dtype)
+    # (tiles_y, tiles_x, tile, tile, D) -> (H, W, D)
+    img = full_rgb.reshape(tiles_y, tiles_x, tile, tile, d).permute(0, 2, 1, 3, 4)
+    img = img.reshape(tiles_y * tile, tiles_x * tile, d)[:height, :width]
+    acc = (1 - full_t).reshape(tiles_y, tiles_x, tile, tile).permute(0, 2, 1, 3)
+    acc = acc.reshape(tiles_y * tile, tiles_x * tile)[:height, :width, None]
     return img, acc
 
 
@@ -271,20 +288,23 @@ def _rasterize_torch(means: Tensor, quats: Tensor, scales: Tensor, opacities: Te
                    & torch.isfinite(m2).all(-1) & torch.isfinite(radii).all(-1))
         radii = torch.where(visible[:, None], radii, torch.zeros_like(radii))
         vis = torch.nonzero(visible).flatten()
-    if info is not None:
-        info.update(means2d=means2d[None], radii=radii.int()[None], depths=depths[None], width=width,
+    if info is not None:  # the (1, N, 2) tensor handed out is the one the compositing uses, so it gets grads
+        batched = means2d[None]
+        means2d = batched[0]
+        info.update(means2d=batched, radii=radii.int()[None], depths=depths[None], width=width,
                     height=height, n_cameras=1, visible=visible)
     if sh_degree is None:
         rgb_v = colors[vis]
     else:
         dirs = means[vis] - camera_center(viewmat)
         rgb_v = torch.clamp_min(eval_sh(sh_degree, colors[vis], dirs) + 0.5, 0.0)
-    tiles_x, tiles_y = -(-width // TILE), -(-height // TILE)
+    tile = TILE
+    tiles_x, tiles_y = -(-width // tile), -(-height // tile)
     with torch.no_grad():
         sid, start, end = _tile_intersections(means2d.detach()[vis], radii[vis], depths.detach()[vis],
-                                              tiles_x, tiles_y)
+                                              tiles_x, tiles_y, tile)
     return _composite(means2d[vis], proj["conics"][vis], opacities[vis], rgb_v, sid, start, end,
-                      tiles_x, tiles_y, width, height, background)
+                      tiles_x, tiles_y, width, height, background, tile)
 
 
 # ---------------------------------------------------------------------------------------------- gsplat backend
