@@ -12,8 +12,10 @@ def compress(model: Input[Model], sog: Output[Artifact]) -> dict:
     """The bundle at ``sog.path/splats.sog``; returns the codec report (bytes, ratio, bytes per splat)."""
     from pathlib import Path
 
+    from components.runtime import task_output
     from splatflow.stages.compress import compress as run_compress
 
+    Path(sog.path).mkdir(parents=True, exist_ok=True)  # KFP creates the artifact's parent, not the folder
     report = run_compress(Path(model.path) / "splats.ply", Path(sog.path) / "splats.sog")
     sog.metadata.update({"bytes": report.get("bytes"), "bytes_per_splat": report.get("bytes_per_splat")})
-    return report
+    return task_output(report)

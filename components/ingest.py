@@ -12,10 +12,9 @@ def ingest(source_uri: str, quality: str, images: Output[Dataset]) -> dict:
     """Validated, de-duplicated images in ``images.path/images/``; returns the ingest report."""
     from pathlib import Path
 
+    from components.runtime import preset, task_output
     from splatflow.stages.ingest import ingest as run_ingest
-
-    from components.runtime import preset
 
     report = run_ingest(source_uri, Path(images.path), max_side=preset(quality)["max_side"])
     images.metadata["kept"] = report.get("kept")
-    return report
+    return task_output(report)

@@ -17,9 +17,8 @@ def publish(output_uri: str, source_uri: str, run_id: str, sog: Input[Artifact],
     import json
     from pathlib import Path
 
+    from components.runtime import scene_name, task_output
     from splatflow.stages.publish import publish as run_publish
-
-    from components.runtime import scene_name
 
     result = run_publish(output_uri, scene=scene_name(source_uri), run_id=run_id,
                          files={"sog": Path(sog.path) / "splats.sog"},
@@ -27,4 +26,4 @@ def publish(output_uri: str, source_uri: str, run_id: str, sog: Input[Artifact],
                                   "compress": compress_report})
     Path(report.path).write_text(json.dumps(result, indent=2, default=str))
     report.metadata.update({"viewer_uri": result.get("viewer_uri"), "manifest_uri": result.get("manifest_uri")})
-    return result
+    return task_output(result)

@@ -7,6 +7,7 @@ and train components look their settings up with :func:`preset`.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -28,7 +29,7 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # CPU smoke run (CI, `make run-local`): minutes on a laptop, a recognisable but rough scene.
-    "tiny": Preset(max_side=640, resolution=160, iterations=60),
+    "tiny": Preset(max_side=640, resolution=128, iterations=30),
     # a quick look on a GPU node
     "preview": Preset(max_side=1200, resolution=800, iterations=3000),
     # the stage defaults (docs/STAGES.md)
@@ -71,6 +72,20 @@ def scene_name(source_uri: str) -> str:
     return slug[:63] or "scene"
 
 
+def task_output(value: Any) -> Any:
+    """A stage report made safe as a KFP output parameter: ``None`` and non-finite numbers dropped, paths and
+    other objects as strings (KFP's protobuf conversion rejects ``None``; kfp.local then aborts the run)."""
+    if isinstance(value, dict):
+        return {str(k): task_output(v) for k, v in value.items() if _keep(v)}
+    if isinstance(value, list | tuple):
+        return [task_output(v) for v in value if _keep(v)]
+    return value if isinstance(value, bool | int | float | str) else str(value)
+
+
+def _keep(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and not math.isfinite(value))
+
+
 # KFP's final states (PipelineTaskFinalStatus.state) -> the status words the notify stage takes.
 _STATES = {"SUCCEEDED": "succeeded", "FAILED": "failed", "CANCELED": "canceled", "CANCELLED": "canceled"}
 
@@ -93,7 +108,7 @@ def published_report(output_uri: str, scene: str, run_id: str, *, source_uri: st
 
     The exit task cannot take the body's outputs (KFP), so the published run is read back from ``output_uri``
     by its manifest (present only when publish completed). Returns ``scene``, ``run_id``, ``source_uri``,
-    ``output_uri`` and, when published, ``manifest_uri``, ``viewer_uri``, ``urls`` and ``summary``.
+    ``output_uri`` and, when published, ``manifest_uri``, ``viewer_uri``, ``content_uri``, ``urls``, ``summary``.
     """
     report: dict[str, Any] = {"scene": scene, "run_id": run_id, "source_uri": source_uri, "output_uri": output_uri}
     if not succeeded:
@@ -108,6 +123,7 @@ def published_report(output_uri: str, scene: str, run_id: str, *, source_uri: st
     report.update({
         "manifest_uri": storage.join(base, MANIFEST),
         "viewer_uri": storage.join(base, manifest["viewer"]) if manifest.get("viewer") else None,
+        "content_uri": storage.join(base, manifest["content"]) if manifest.get("content") else None,
         "urls": {rel: storage.join(base, rel) for rel in manifest.get("objects", {})},
         "summary": manifest.get("summary", {}),
     })

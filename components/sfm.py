@@ -12,10 +12,9 @@ def sfm(images: Input[Dataset], quality: str, sfm_model: Output[Dataset]) -> dic
     """COLMAP model in ``sfm_model.path/sparse/0`` + undistorted images; returns the registration report."""
     from pathlib import Path
 
+    from components.runtime import preset, task_output
     from splatflow.stages.sfm import sfm as run_sfm
-
-    from components.runtime import preset
 
     report = run_sfm(Path(images.path) / "images", Path(sfm_model.path), max_side=preset(quality)["max_side"])
     sfm_model.metadata["registered"] = report.get("registered")
-    return report
+    return task_output(report)

@@ -13,11 +13,11 @@ def train(sfm_model: Input[Dataset], quality: str, iterations: int, max_splats: 
     """The trained PLY at ``model.path/splats.ply`` (INRIA layout); returns the training report."""
     from pathlib import Path
 
-    from components.runtime import preset
+    from components.runtime import preset, task_output
     from splatflow.stages.train import train as run_train
 
     settings = preset(quality, iterations)
     report = run_train(Path(sfm_model.path), Path(model.path), iterations=settings["iterations"],
                        resolution=settings["resolution"], max_splats=max_splats, sh_degree=sh_degree)
     model.metadata.update({"splats": report.get("splats"), "psnr_test": report.get("psnr_test")})
-    return report
+    return task_output(report)

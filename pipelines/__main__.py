@@ -55,7 +55,7 @@ def _run(args: argparse.Namespace) -> int:
     print(json.dumps({"pipeline_version": ids["version_name"], **started}, indent=2))
     if not args.wait:
         return 0
-    state = wait(client, started["run_id"], timeout_s=args.timeout)
+    state = wait(client, started["run_id"], timeout_s=args.timeout, poll_s=args.poll)
     print(f"run {started['run_id']} finished: {state}")
     if started.get("output_prefix"):
         print(f"outputs (published by the run): {started['output_prefix']}")
@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="run name (default: splatflow <scene> <UTC time>)")
     p.add_argument("--wait", action="store_true", help="wait for the run to end; exit 4 unless it succeeded")
     p.add_argument("--timeout", type=float, default=6 * 3600, help="seconds to wait (default 6 h)")
+    p.add_argument("--poll", type=float, default=10.0, help="seconds between status checks (default 10)")
     p.set_defaults(handler=_run)
     return parser
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,8 +100,12 @@ def run_local(source: str | Path, output: Path | str, *, quality: str = LOCAL_DE
     started = time.monotonic()
     pipeline = build_pipeline(retries=False)  # the same graph; failures here are deterministic
     try:
-        pipeline(source_uri=src, output_uri=out.as_uri(), quality=quality, iterations=iterations,
-                       max_splats=max_splats, sh_degree=sh_degree, notify_target=notify_target)
+        with warnings.catch_warnings():
+            # expected locally: the stage images are not used, and Kubernetes resources do not apply
+            warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
+            warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+            pipeline(source_uri=src, output_uri=out.as_uri(), quality=quality, iterations=iterations,
+                     max_splats=max_splats, sh_degree=sh_degree, notify_target=notify_target)
     except RuntimeError as exc:  # kfp.local: "Pipeline splatflow finished with status FAILURE. Inner task failed: ..."
         raise StageError(f"the local pipeline run failed: {_plain(str(exc))}",
                          hint=f"each task's log is above; task outputs are under {root}") from exc

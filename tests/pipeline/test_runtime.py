@@ -1,0 +1,117 @@
+"""Pieces the components and the local runner use: presets, scene names, image names, final status, reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from components import images
+from components.runtime import PRESETS, final_status, preset, published_report, scene_name, task_output
+
+from splatflow.errors import InputError
+
+
+def test_presets_map_quality_to_resolution_and_iterations() -> None:
+    assert list(PRESETS) == ["tiny", "preview", "standard", "high"]
+    assert preset("standard") == {"max_side": 1600, "resolution": 1600, "iterations": 7000}  # the stage defaults
+    assert preset(" High ")["iterations"] == 30000
+    assert preset("preview", 1234)["iterations"] == 1234  # iterations > 0 overrides the preset
+    steps = [preset(q)["iterations"] for q in PRESETS]
+    assert steps == sorted(steps)
+    with pytest.raises(InputError, match="unknown quality preset 'ultra'") as err:
+        preset("ultra")
+    assert "tiny, preview, standard, high" in str(err.value.hint)
+    with pytest.raises(InputError, match="iterations must be 0"):
+        preset("tiny", -5)
+
+
+@pytest.mark.parametrize(("uri", "scene"), [
+    ("s3://bucket/scans/Lund Cathedral.zip", "lund-cathedral"),
+    ("s3://bucket/photos/lund/", "lund"),
+    ("file:///data/photos/lund", "lund"),
+    ("/home/me/Garden%20Walk.MP4", "garden-walk"),
+    ("relative/dir/Kitchen_2024", "kitchen-2024"),
+    ("s3://only-bucket", "only-bucket"),
+    ("s3://b/%%%/", "scene"),
+])
+def test_scene_names_are_url_safe(uri: str, scene: str) -> None:
+    assert scene_name(uri) == scene
+
+
+def test_final_status_maps_kfp_states_and_keeps_the_error() -> None:
+    assert final_status("SUCCEEDED", None, "exit-handler-1") == {"status": "succeeded", "error": None}
+    assert final_status("FAILED", "Task exit-handler-1 failed.", "exit-handler-1") == {
+        "status": "failed", "error": "Task exit-handler-1 failed."}
+    assert final_status("CANCELLED", "", "exit-handler-1") == {
+        "status": "canceled", "error": "pipeline task exit-handler-1 ended in state CANCELLED"}
+    assert final_status("", None, None)["status"] == "failed"  # an unknown state is never reported as success
+
+
+def test_task_outputs_carry_no_none_or_nan() -> None:
+    """kfp.local aborts the whole run (notify included) when an output parameter holds None."""
+    report = {"splats": 3, "resumed_from_step": None, "psnr": float("nan"), "ok": True, "path": Path("/x/y.ply"),
+              "timings": {"a": 1.5, "b": None}, "images": ["1.jpg", None, 2], "ratio": float("inf")}
+    assert task_output(report) == {"splats": 3, "ok": True, "path": "/x/y.ply", "timings": {"a": 1.5},
+                                   "images": ["1.jpg", 2]}
+    from kfp.compiler.pipeline_spec_builder import to_protobuf_value
+
+    to_protobuf_value(task_output(report))  # what kfp.local does with it: must not raise
+
+
+def test_image_names_come_from_registry_and_tag(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPLATFLOW_REGISTRY", "registry.local:5000/team/")
+    monkeypatch.setenv("SPLATFLOW_IMAGE_TAG", "v1.2")
+    assert images.image_for("train") == "registry.local:5000/team/splatflow-train:v1.2"
+    assert set(images.all_images()) == set(images.STAGES)
+    monkeypatch.delenv("SPLATFLOW_IMAGE_TAG")
+    commit = images.git_commit()
+    assert images.tag() == (commit or "latest")
+    monkeypatch.setenv("SPLATFLOW_IMAGE_TAG", "bad tag")
+    with pytest.raises(ValueError, match="not a valid image tag"):
+        images.image_for("sfm")
+    monkeypatch.setenv("SPLATFLOW_IMAGE_TAG", "ok")
+    monkeypatch.setenv("SPLATFLOW_REGISTRY", "Bad Registry")
+    with pytest.raises(ValueError, match="not a valid image registry"):
+        images.image_for("sfm")
+    with pytest.raises(ValueError, match="unknown stage 'render'"):
+        images.image_for("render")
+
+
+def test_published_report_reads_back_what_publish_wrote(tmp_path: Path) -> None:
+    from splatflow.stages.publish import publish
+
+    sog = tmp_path / "splats.sog"
+    sog.write_bytes(b"PK\x05\x06" + bytes(18))  # publish copies bytes; the viewer page (off here) would parse it
+    out = (tmp_path / "out").as_uri()
+    base = {"scene": "lund", "run_id": "run-1", "source_uri": "s3://in/lund", "output_uri": out}
+    assert published_report(out, "lund", "run-1", source_uri="s3://in/lund", succeeded=True) == base  # nothing yet
+    result = publish(out, scene="lund", run_id="run-1", files={"sog": sog},
+                     reports={"compress": {"splats": 7, "bytes": 22, "seconds": 1.5}}, viewer=False)
+    report = published_report(out, "lund", "run-1", source_uri="s3://in/lund", succeeded=True)
+    assert report["manifest_uri"] == result["manifest_uri"]
+    assert report["content_uri"] == result["content_uri"]
+    assert report["summary"]["splats"] == 7
+    assert set(report["urls"]) == set(result["urls"])
+    assert published_report(out, "lund", "run-1", source_uri="s3://in/lund", succeeded=False) == base
+
+
+def test_local_runner_rejects_a_missing_source_and_a_used_output(tmp_path: Path) -> None:
+    from pipelines.local import LocalRun, run_local, summary_lines
+
+    with pytest.raises(InputError, match="does not exist"):
+        run_local(tmp_path / "nope", tmp_path / "out")
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "x").write_text("keep me")
+    with pytest.raises(InputError, match="exists and is not empty"):
+        run_local(tmp_path, used)
+    assert (used / "x").read_text() == "keep me"
+    run = LocalRun(output=tmp_path, pipeline_root=tmp_path / "pipeline-root", seconds=3.0, publish={
+        "content_uri": (tmp_path / "lund" / "r" / "lund.sog").as_uri(),
+        "viewer_uri": (tmp_path / "lund" / "r" / "index.html").as_uri(),
+        "manifest_uri": (tmp_path / "lund" / "r" / "manifest.json").as_uri(), "summary": {"splats": 5},
+        "urls": {"reports/train.json": (tmp_path / "lund" / "r" / "reports" / "train.json").as_uri()}})
+    text = "\n".join(summary_lines(run))
+    assert str(tmp_path / "lund" / "r" / "lund.sog") in text and "train.json" in text
+    assert json.dumps({"splats": 5}) in text
