@@ -76,11 +76,11 @@ def blur(grid: torch.Tensor, radius: float) -> torch.Tensor:
 
 
 def plas(features: torch.Tensor, h: int, w: int, *, seed: int = 0, min_block: int = 16,
-         shrink: float = 0.95, improve_threshold: float = 1e-4, max_passes: int = 4,
-         start_radius: float | None = None) -> torch.Tensor:
+         shrink: float = 0.95, improve_threshold: float = 1e-4, max_passes: int = 2,
+         start_radius: float = 32.0) -> torch.Tensor:
     """PLAS: order (h*w,) int64 placing the rows of ``features`` (h*w, C) on an h x w grid so that neighbours
     are similar. Vectorized swaps of random groups of 4 inside blocks, against a blurred target of the grid,
-    for blur radii shrinking by ``shrink`` per step down to 1.
+    for blur radii shrinking by ``shrink`` per step down to 1 (at most ``max_passes`` passes per radius).
     """
     n, ch = features.shape
     assert n == h * w, "PLAS needs exactly h*w items"
@@ -92,7 +92,8 @@ def plas(features: torch.Tensor, h: int, w: int, *, seed: int = 0, min_block: in
     order = torch.empty(n, dtype=torch.int64, device=dev)
     order[_grid_morton(h, w, dev)] = start
     grid = features[order]                                           # (n, C) flat, texel-major
-    radius = start_radius if start_radius is not None else max(h, w) / 2.0
+    # the 2-D Z-curve start is already coherent at large scales, so the blur radius starts at start_radius
+    radius = min(start_radius, max(h, w) / 2.0)
     while radius >= 1.0:
         target = blur(grid.view(h, w, ch), radius).reshape(n, ch)
         block = max(min_block, 2 * int(radius) + 1)

@@ -1,0 +1,239 @@
+"""Codec benchmark: splatflow compress vs PlayCanvas splat-transform -g cpu, same machine, same run.
+
+For each input (guitar SH0, playbot_lod2 125k SH2, fruit_drops_minimal SH3, a synthetic 1M SH3 scene from
+bench/make_synthetic.py) runs both tools as child processes and records wall time, peak RSS, output bytes,
+bytes/splat and per-attribute mean/max errors after decoding (both outputs decoded by our decoder, matched to
+the source splats by nearest position), plus render PSNR against the source (splatflow.render, CPU, small
+orbit views) for inputs up to --psnr-max splats. splat-transform runs under a timeout (--peer-timeout); a run
+that hits it is reported as a lower bound.
+
+Usage: python bench/codec.py [--only NAME ...] [--device cpu] [--peer-timeout 900] [--skip-peer NAME ...]
+Writes bench/results/codec-<device>.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "bench" / "work" / "codec"
+RESULTS = ROOT / "bench" / "results"
+ST = ROOT / "node_modules" / ".bin" / "splat-transform"
+PY = sys.executable
+
+
+def inputs() -> dict[str, Path]:
+    shared = ROOT.parent / "shared" / "data" / "splats"
+    found = {}
+    for name in ("guitar", "playbot_lod2", "fruit_drops_minimal"):
+        for base in (ROOT / "data" / "splats", shared):
+            if (base / f"{name}.ply").exists():
+                found[name] = base / f"{name}.ply"
+                break
+    synth = WORK / "synthetic_1m_sh3.ply"
+    if not synth.exists():
+        synth.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([PY, str(ROOT / "bench" / "make_synthetic.py"), str(synth)], check=True)
+    found["synthetic_1m_sh3"] = synth
+    return found
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores, memory, load and the versions of everything measured."""
+    from importlib.metadata import version
+
+    import torch
+
+    cpu = platform.processor()
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal"):
+                mem = int(line.split()[1]) * 1024
+    st = subprocess.run([str(ST), "--version"], capture_output=True, text=True).stdout.strip()
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "memory_bytes": mem, "platform": platform.platform(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "splatflow": version("splatflow"), "pillow": version("pillow"), "numpy": version("numpy"),
+                     "splat-transform": st},
+        "load_average_at_start": os.getloadavg(),
+    }
+
+
+def timed(cmd: list[str], timeout: float | None) -> dict[str, Any]:
+    """Run ``cmd``; wall seconds, peak RSS of the child (bytes), exit code, whether it timed out."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=WORK)
+    timed_out = False
+    deadline = None if timeout is None else start + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if deadline is not None and time.perf_counter() > deadline:
+            proc.kill()
+            pid, status, usage = os.wait4(proc.pid, 0)
+            timed_out = True
+            break
+        time.sleep(0.2)
+    wall = time.perf_counter() - start
+    out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+    return {"wall_s": round(wall, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+            "peak_rss_bytes": usage.ru_maxrss * 1024, "rc": os.waitstatus_to_exitcode(status),
+            "timed_out": timed_out, "log_tail": out[-600:]}
+
+
+def matched_errors(src_path: Path, sog: Path) -> dict[str, Any]:
+    """Decode ``sog`` and compare with the source PLY, splat by splat (nearest decoded position)."""
+    from scipy.spatial import cKDTree  # bench-only: matching a reordered output to its source
+
+    from splatflow.io.ply import read_ply
+    from splatflow.sog.decode import attribute_errors, read_sog
+
+    src = read_ply(src_path)
+    dec, _, _ = read_sog(sog)
+    _, idx = cKDTree(dec.means.astype(np.float64)).query(src.means.astype(np.float64))
+    dec_m = dec.subset(idx)
+    return {"errors": attribute_errors(src.with_sh_degree(min(src.sh_degree, dec.sh_degree)), dec_m),
+            "matched_unique": int(len(np.unique(idx))), "splats": len(src), "decoded": dec_m, "src": src}
+
+
+def render_psnr(src: Any, dec: Any, views: int = 4, size: int = 192) -> float | None:
+    """Mean PSNR (dB) of renders of the decoded cloud against renders of the source (orbit views, CPU)."""
+    try:
+        from splatflow.cameras import orbit_cameras
+        from splatflow.metrics import psnr
+        from splatflow.render import render_cloud
+    except ImportError:
+        return None
+    cams = orbit_cameras(src, views=views, width=size, height=size)
+    vals = [psnr(render_cloud(dec, c, device="cpu", background=(0, 0, 0)),
+                 render_cloud(src, c, device="cpu", background=(0, 0, 0))) for c in cams]
+    return round(float(np.mean(vals)), 3)
+
+
+def one(name: str, ply: Path, args: argparse.Namespace) -> dict[str, Any]:
+    row: dict[str, Any] = {"input": name, "ply_bytes": ply.stat().st_size}
+    ours = WORK / f"{name}.ours.sog"
+    r = timed([PY, "-m", "splatflow.cli", "-q", "compress", str(ply), str(ours), "--overwrite", "--device",
+               args.device, "--json"], None)
+    if r["rc"] != 0:
+        raise SystemExit(f"splatflow failed on {name}: {r['log_tail']}")
+    report = json.loads((WORK / f"{ours.name}.report.json").read_text())
+    row["splats"] = report["splats"]
+    row["splatflow"] = {**{k: r[k] for k in ("wall_s", "cpu_s", "peak_rss_bytes")}, "bytes": ours.stat().st_size,
+                        "bytes_per_splat": round(ours.stat().st_size / report["splats"], 3),
+                        "timings": report["timings"], "device": report["device"]}
+    m = matched_errors(ply, ours)
+    row["splatflow"]["errors"] = m["errors"]
+    if m["splats"] <= args.psnr_max:
+        row["splatflow"]["psnr_db"] = render_psnr(m["src"], m["decoded"])
+    theirs = WORK / f"{name}.st.sog"
+    theirs.unlink(missing_ok=True)
+    if name in args.skip_peer:
+        row["splat_transform"] = {"skipped": True}
+    else:
+        t = timed([str(ST), "-w", "-g", "cpu", str(ply), str(theirs)], args.peer_timeout)
+        peer: dict[str, Any] = {k: t[k] for k in ("wall_s", "cpu_s", "peak_rss_bytes", "timed_out")}
+        if t["timed_out"] or t["rc"] != 0 or not theirs.exists():
+            peer["note"] = (f"timed out after {args.peer_timeout} s: wall time is a lower bound" if t["timed_out"]
+                            else f"failed: {t['log_tail']}")
+        else:
+            peer["bytes"] = theirs.stat().st_size
+            peer["bytes_per_splat"] = round(peer["bytes"] / report["splats"], 3)
+            mt = matched_errors(ply, theirs)
+            peer["errors"] = mt["errors"]
+            if mt["splats"] <= args.psnr_max:
+                peer["psnr_db"] = render_psnr(mt["src"], mt["decoded"])
+            row["size_ratio_ours_vs_peer"] = round(row["splatflow"]["bytes"] / peer["bytes"], 4)
+            row["errors_not_worse"] = {k: m["errors"][k]["mean"] <= v["mean"] for k, v in mt["errors"].items()}
+        row["speedup_vs_peer"] = round(peer["wall_s"] / row["splatflow"]["wall_s"], 2)
+        row["cpu_time_ratio_peer_vs_ours"] = round(peer["cpu_s"] / max(row["splatflow"]["cpu_s"], 1e-3), 2)
+        row["splat_transform"] = peer
+    return row
+
+
+def markdown(result: dict[str, Any]) -> str:
+    mach = result["machine"]
+    lines = [f"# Codec benchmark ({result['date']}, device {result['device']})", "",
+             f"Machine: {mach['cpu']}, {mach['cores']} cores, {mach['memory_bytes'] / 2**30:.0f} GiB; "
+             f"load average at start {mach['load_average_at_start']}. {result['note']}", "",
+             f"Versions: {mach['versions']}", "",
+             "| input | splats | tool | wall s | CPU s | peak RSS MB | bytes | B/splat | pos mean | log-scale mean | "
+             "colour mean (8-bit) | opacity mean (8-bit) | quat mean deg | SH mean | PSNR dB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in result["rows"]:
+        for tool in ("splatflow", "splat_transform"):
+            r = row.get(tool, {})
+            if r.get("skipped"):
+                lines.append(f"| {row['input']} | {row['splats']:,} | {tool} | skipped | | | | | | | | | | | |")
+                continue
+            e = r.get("errors", {})
+
+            def g(k: str, e: dict[str, Any] = e) -> str:
+                return f"{e[k]['mean']:.4g}" if k in e else "-"
+            wall = f"{r.get('wall_s', '-')}" + (" (timeout, lower bound)" if r.get("timed_out") else "")
+            lines.append(
+                f"| {row['input']} | {row['splats']:,} | {tool} | {wall} | {r.get('cpu_s', '-')} | "
+                f"{r.get('peak_rss_bytes', 0) / 1e6:.0f} | "
+                f"{r.get('bytes', '-')} | {r.get('bytes_per_splat', '-')} | {g('position')} | {g('log_scale')} | "
+                f"{g('colour_8bit')} | {g('opacity_8bit')} | {g('quat_deg')} | {g('sh')} | "
+                f"{r.get('psnr_db', '-')} |")
+    lines += ["", "Errors: mean over splats of |decoded - source| (position: Euclidean distance; quaternion: "
+              "rotation angle), both outputs decoded by splatflow's decoder and matched to the source by nearest "
+              "position. PSNR: renders of the decoded splats vs renders of the source (4 orbit views, 192 px, "
+              "splatflow.render on CPU); '-' where the input is above the PSNR size limit.", ""]
+    for row in result["rows"]:
+        if "speedup_vs_peer" in row:
+            lines.append(f"- {row['input']}: splatflow {row['speedup_vs_peer']}x faster (wall) and "
+                         f"{row['cpu_time_ratio_peer_vs_ours']}x less CPU time than splat-transform"
+                         + (f", size ratio {row['size_ratio_ours_vs_peer']}" if "size_ratio_ours_vs_peer" in row
+                            else "") + (f", mean errors not worse: {row['errors_not_worse']}"
+                                        if "errors_not_worse" in row else ""))
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="SOG codec benchmark vs splat-transform")
+    ap.add_argument("--only", nargs="*", default=None)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--peer-timeout", type=float, default=900.0)
+    ap.add_argument("--skip-peer", nargs="*", default=[])
+    ap.add_argument("--psnr-max", type=int, default=200_000)
+    ap.add_argument("--note", default="", help="e.g. that the machine was shared with other work")
+    args = ap.parse_args()
+    WORK.mkdir(parents=True, exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "device": args.device,
+                              "machine": machine(), "note": args.note, "rows": []}
+    out_json = RESULTS / f"codec-{args.device}.json"
+    for name, ply in inputs().items():
+        if args.only and name not in args.only:
+            continue
+        print(f"== {name}", flush=True)
+        result["rows"].append(one(name, ply, args))
+        result["machine"]["load_average_at_end"] = os.getloadavg()
+        out_json.write_text(json.dumps(result, indent=2))
+        (RESULTS / f"codec-{args.device}.md").write_text(markdown(result))
+        print(json.dumps({k: v for k, v in result["rows"][-1].items()}, default=str)[:1500], flush=True)
+
+
+if __name__ == "__main__":
+    main()

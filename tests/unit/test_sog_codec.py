@@ -1,0 +1,293 @@
+"""Unit tests of the SOG codec: the pieces (codebooks, quaternion packing, orders, palette, layout) and whole
+round trips through our own decoder, plus bad input that must fail cleanly without partial output."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from splatflow.errors import EnvironmentProblem, InputError, InvalidValuesError, OutputExistsError, PlyError, SogError
+from splatflow.gaussians import GaussianCloud
+from splatflow.io.ply import write_ply
+from splatflow.sog.codebook import quantize_1d
+from splatflow.sog.decode import attribute_errors, read_sog, unpack_quats
+from splatflow.sog.encode import pack_quats, resolve_device
+from splatflow.sog.kmeans import kmeans_palette, palette_size
+from splatflow.sog.meta import texture_size
+from splatflow.sog.sort import grid_order, morton_order, plas
+from splatflow.stages.compress import compress
+
+
+def make_cloud(n: int, sh_degree: int = 3, seed: int = 0) -> GaussianCloud:
+    """A random but plausible cloud: clustered positions, log-scales around -4, smooth colours."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 2, (8, 3))
+    means = centers[rng.integers(0, 8, n)] + rng.normal(0, 0.3, (n, 3))
+    k = {0: 0, 1: 3, 2: 8, 3: 15}[sh_degree]
+    return GaussianCloud(
+        means=means.astype(np.float32),
+        scales=rng.normal(-4, 1, (n, 3)).astype(np.float32),
+        quats=rng.normal(0, 1, (n, 4)).astype(np.float32),
+        opacities=rng.normal(0, 2, n).astype(np.float32),
+        sh0=rng.normal(0, 0.8, (n, 3)).astype(np.float32),
+        shN=(rng.normal(0, 0.1, (n, k, 3)) * (1 + (means[:, :1, None] > 0))).astype(np.float32),
+    )
+
+
+# ---------------------------------------------------------------------------- pieces
+def test_quantize_1d_beats_uniform_and_is_exact_for_few_values() -> None:
+    x = torch.from_numpy(np.random.default_rng(1).normal(-5, 2, 50_000).astype(np.float32))
+    cb, lab = quantize_1d(x)
+    assert cb.shape == (256,) and lab.dtype == torch.uint8 and bool((cb[1:] >= cb[:-1]).all())
+    err = (cb[lab.long()] - x).abs().mean()
+    lo, hi = x.min(), x.max()
+    uni = torch.linspace(float(lo), float(hi), 256)
+    uerr = (uni[((x - lo) / (hi - lo) * 255).round().long()] - x).abs().mean()
+    assert err < 0.8 * uerr
+    few = torch.tensor([3.0, -1.0, 3.0, 2.5])
+    cb, lab = quantize_1d(few)
+    assert torch.equal(cb[lab.long()], few)
+
+
+def test_quaternion_packing_round_trip_within_a_degree() -> None:
+    rng = np.random.default_rng(2)
+    q = rng.normal(size=(5000, 4)).astype(np.float32)
+    q[0] = 0  # a zero quaternion becomes the identity
+    dec = unpack_quats(pack_quats(torch.from_numpy(q)).numpy())
+    qn = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
+    qn[0] = (1, 0, 0, 0)
+    ang = np.degrees(2 * np.arccos(np.clip(np.abs((qn * dec).sum(1)), 0, 1)))
+    assert ang.max() < 1.0 and ang.mean() < 0.4
+    packed = pack_quats(torch.from_numpy(q)).numpy()
+    assert set(np.unique(packed[:, 3])) <= {252, 253, 254, 255}
+
+
+def test_morton_order_is_a_permutation_that_groups_neighbours() -> None:
+    pts = torch.rand(4096, 3)
+    order = morton_order(pts)
+    assert torch.equal(torch.sort(order).values, torch.arange(4096))
+    step = (pts[order][1:] - pts[order][:-1]).norm(dim=1).mean()
+    assert step < 0.5 * (pts[1:] - pts[:-1]).norm(dim=1).mean()
+
+
+def test_plas_is_a_permutation_and_smooths_the_grid() -> None:
+    g = torch.Generator().manual_seed(0)
+    feats = torch.rand(32 * 48, 4, generator=g)
+    order = plas(feats, 32, 48)
+    assert torch.equal(torch.sort(order).values, torch.arange(32 * 48))
+    grid = feats[order].view(32, 48, 4)
+    rough = (grid[:, 1:] - grid[:, :-1]).abs().mean()
+    raw = feats.view(32, 48, 4)
+    assert rough < 0.5 * (raw[:, 1:] - raw[:, :-1]).abs().mean()
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 1000, 1037])
+def test_grid_order_keeps_every_splat(n: int) -> None:
+    feats = torch.rand(n, 10)
+    w, _ = texture_size(n)
+    order = grid_order(feats, w, "plas")
+    assert torch.equal(torch.sort(order).values, torch.arange(n))
+
+
+def test_palette_size_and_kmeans_palette() -> None:
+    assert palette_size(1) == 1 and palette_size(1500) == 1024 and palette_size(5000) == 4096
+    assert palette_size(65_536) == 65_536 and palette_size(10_000_000) == 65_536
+    x = torch.from_numpy(np.random.default_rng(3).normal(size=(6000, 9)).astype(np.float32))
+    cen, lab = kmeans_palette(x, 512, leaf=64)
+    assert cen.shape == (512, 9) and lab.shape == (6000,) and int(lab.max()) < 512
+    err = ((cen[lab] - x) ** 2).sum(1).mean()
+    assert err < 0.75 * ((x - x.mean(0)) ** 2).sum(1).mean()
+    # every point's label is its nearest centroid within its leaf, so a fresh global assignment is no worse
+    assert err <= 1.05 * torch.cdist(x, cen).min(1).values.pow(2).mean()
+
+
+def test_texture_size_formula_and_limit() -> None:
+    assert texture_size(31_000) == (180, 176)  # as in PlayCanvas's playbot-lod3 reference
+    assert texture_size(1) == (4, 4)
+    assert texture_size(307_128, "v1") == (555, 555)
+    with pytest.raises(SogError, match="16383"):
+        texture_size(16_400 ** 2)
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    if not torch.cuda.is_available():
+        with pytest.raises(EnvironmentProblem, match="CUDA"):
+            resolve_device("cuda")
+
+
+# ---------------------------------------------------------------------------- round trips
+@pytest.mark.parametrize("fmt", ["v2", "v1"])
+@pytest.mark.parametrize("degree", [0, 3])
+def test_encode_decode_round_trip(tmp_path: Path, fmt: str, degree: int) -> None:
+    cloud = make_cloud(1500, degree)
+    ply = tmp_path / "in.ply"
+    write_ply(cloud, ply)
+    out = tmp_path / ("out.sog" if fmt == "v2" else "outdir")
+    rep = compress(ply, out, format=fmt, sort="plas" if degree else "morton", device="cpu")
+    dec, nbytes, kind = read_sog(out)
+    assert kind == f"sog-{fmt}" and len(dec) == 1500 and dec.sh_degree == degree
+    assert rep["bytes"] == nbytes and rep["splats"] == 1500
+    assert json.loads((tmp_path / f"{out.name}.report.json").read_text())["bytes"] == nbytes
+    # decoded splats are a permutation of the source: match each source splat to its nearest decoded one
+    nearest = torch.cdist(torch.from_numpy(cloud.means), torch.from_numpy(dec.means)).argmin(1).numpy()
+    assert len(np.unique(nearest)) == len(cloud)
+    errs = attribute_errors(cloud, dec.subset(nearest))
+    span = float((cloud.means.max(0) - cloud.means.min(0)).max())
+    assert errs["position"]["max"] < 1e-3 * span
+    assert errs["quat_deg"]["mean"] < 0.5
+    assert errs["opacity_8bit"]["max"] <= 0.51 if fmt == "v2" else errs["opacity_8bit"]["max"] < 3
+    assert errs["log_scale"]["mean"] < 0.05 and errs["colour_8bit"]["mean"] < 1.5
+    if degree:
+        assert errs["sh"]["mean"] < 0.05
+    assert rep["errors"]["position"]["mean"] == pytest.approx(errs["position"]["mean"], rel=1e-6)
+
+
+def test_sog_bundle_layout(tmp_path: Path) -> None:
+    ply = tmp_path / "in.ply"
+    write_ply(make_cloud(500, 1), ply)
+    out = tmp_path / "a.sog"
+    compress(ply, out, sort="morton", device="cpu")
+    raw = out.read_bytes()
+    assert raw[-22:-18] == b"PK\x05\x06" and raw[-2:] == b"\x00\x00"  # end record last, no comment
+    with zipfile.ZipFile(out) as zf:
+        infos = zf.infolist()
+        assert infos[0].filename == "meta.json"
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in infos)
+        meta = json.loads(zf.read("meta.json"))
+    assert meta["version"] == 2 and meta["count"] == 500 and meta["shN"]["bands"] == 1
+    assert [i.filename for i in infos][1:] == [f for k in ("means", "scales", "quats", "sh0", "shN")
+                                               for f in meta[k]["files"]]
+    assert len(meta["scales"]["codebook"]) == 256 and len(meta["sh0"]["codebook"]) == 256
+
+
+def test_v1_meta_keys_match_the_reference(tmp_path: Path, data_dir: Path) -> None:
+    ref = json.loads((data_dir / "sog-reference" / "playcanvas-logo-v1" / "meta.json").read_text())
+    ply = tmp_path / "in.ply"
+    write_ply(make_cloud(700, 2), ply)
+    compress(ply, tmp_path / "v1", format="v1", device="cpu", sort="morton")
+    meta = json.loads((tmp_path / "v1" / "meta.json").read_text())
+    assert list(meta)[:4] == list(ref)
+    for key in ref:
+        assert list(meta[key]) == list(ref[key]), key
+    assert meta["means"]["shape"] == [700, 3] and meta["sh0"]["shape"] == [700, 1, 4]
+    assert set(meta["shN"]) == {"shape", "dtype", "mins", "maxs", "quantization", "files"}
+    assert meta["shN"]["shape"] == [700, 24]
+
+
+def test_sh_bands_option_truncates(tmp_path: Path) -> None:
+    ply = tmp_path / "in.ply"
+    write_ply(make_cloud(800, 3), ply)
+    compress(ply, tmp_path / "b1.sog", sh_bands=1, device="cpu", sort="morton")
+    compress(ply, tmp_path / "b0.sog", sh_bands=0, device="cpu", sort="morton")
+    assert read_sog(tmp_path / "b1.sog")[0].sh_degree == 1
+    b0, _, _ = read_sog(tmp_path / "b0.sog")
+    assert b0.sh_degree == 0
+    with zipfile.ZipFile(tmp_path / "b0.sog") as zf:
+        assert "shN_labels.webp" not in zf.namelist()
+
+
+# ---------------------------------------------------------------------------- bad input
+def _leftovers(folder: Path, keep: set[str]) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name not in keep)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_tiny_scenes(tmp_path: Path, n: int) -> None:
+    ply = tmp_path / "in.ply"
+    cloud = make_cloud(n, 3)
+    write_ply(cloud, ply)
+    compress(ply, tmp_path / "o.sog", device="cpu")
+    dec, _, _ = read_sog(tmp_path / "o.sog")
+    assert len(dec) == n
+    assert np.allclose(np.sort(dec.means, axis=0), np.sort(cloud.means, axis=0), atol=1e-3)
+
+
+def test_nan_input_needs_drop_invalid(tmp_path: Path) -> None:
+    cloud = make_cloud(600, 1)
+    cloud.means[5, 1] = np.nan
+    cloud.scales[9, 0] = np.inf
+    ply = tmp_path / "in.ply"
+    write_ply(cloud, ply)
+    with pytest.raises(InvalidValuesError, match="2 of 600") as exc:
+        compress(ply, tmp_path / "o.sog", device="cpu")
+    assert "--drop-invalid" in (exc.value.hint or "")
+    assert _leftovers(tmp_path, {"in.ply"}) == []
+    rep = compress(ply, tmp_path / "o.sog", device="cpu", drop_invalid=True, sort="morton")
+    assert rep["splats"] == 598 and rep["dropped_invalid"] == 2
+    assert read_sog(tmp_path / "o.sog")[0].invalid_mask().sum() == 0
+
+
+def test_zero_splats_and_oversized_scene_fail_before_work(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.ply"
+    empty.write_bytes(b"ply\nformat binary_little_endian 1.0\nelement vertex 0\nproperty float x\nend_header\n")
+    with pytest.raises(PlyError, match="zero splats"):
+        compress(empty, tmp_path / "o.sog", device="cpu")
+    huge = tmp_path / "huge.ply"  # the header claims 300M splats; the data is absent: we must fail on the header
+    props = "".join(f"property float {p}\n" for p in
+                    ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",
+                     "rot_0", "rot_1", "rot_2", "rot_3"])
+    huge.write_bytes(f"ply\nformat binary_little_endian 1.0\nelement vertex 300000000\n{props}end_header\n".encode())
+    with pytest.raises(SogError, match="16383"):
+        compress(huge, tmp_path / "o.sog", device="cpu")
+    assert _leftovers(tmp_path, {"empty.ply", "huge.ply"}) == []
+
+
+def test_existing_and_unwritable_outputs(tmp_path: Path) -> None:
+    ply = tmp_path / "in.ply"
+    write_ply(make_cloud(300, 0), ply)
+    out = tmp_path / "o.sog"
+    out.write_bytes(b"keep me")
+    with pytest.raises(OutputExistsError, match="already exists") as exc:
+        compress(ply, out, device="cpu")
+    assert "--overwrite" in (exc.value.hint or "") and out.read_bytes() == b"keep me"
+    compress(ply, out, device="cpu", overwrite=True, sort="morton")
+    assert read_sog(out)[1] == out.stat().st_size
+    with pytest.raises(InputError, match="does not exist"):
+        compress(ply, tmp_path / "missing" / "o.sog", device="cpu")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if not os.access(locked, os.W_OK):  # root ignores permissions: nothing to test then
+            with pytest.raises(InputError, match="not writable"):
+                compress(ply, locked / "o.sog", device="cpu")
+        assert list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o700)
+    assert _leftovers(tmp_path, {"in.ply", "o.sog", "o.sog.report.json", "locked"}) == []
+
+
+def test_damaged_sog_inputs(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.sog"
+    bad.write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(SogError):
+        read_sog(bad)
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "meta.json").write_text(json.dumps({"version": 2, "count": 4, "means": {"files": ["x.webp"]}}))
+    with pytest.raises(SogError, match="missing|no 'scales'|scales"):
+        read_sog(folder / "meta.json")
+    with pytest.raises(SogError, match="no meta.json"):
+        read_sog(tmp_path)
+
+
+# ---------------------------------------------------------------------------- CPU vs CUDA
+@pytest.mark.gpu
+def test_cpu_and_cuda_give_the_same_size_and_errors(tmp_path: Path) -> None:
+    ply = tmp_path / "in.ply"
+    write_ply(make_cloud(20_000, 3), ply)
+    cpu = compress(ply, tmp_path / "cpu.sog", device="cpu")
+    gpu = compress(ply, tmp_path / "gpu.sog", device="cuda")
+    assert gpu["device"].startswith("cuda")
+    assert math.isclose(cpu["bytes"], gpu["bytes"], rel_tol=0.02)
+    for name, e in cpu["errors"].items():
+        assert math.isclose(gpu["errors"][name]["mean"], e["mean"], rel_tol=0.05, abs_tol=1e-9), name
