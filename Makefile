@@ -66,7 +66,7 @@ PARAMS ?= pipelines/params.example.yaml
 WAIT ?= 0
 SOURCE ?= data/photos/lund
 OUTPUT ?=
-.PHONY: compile upload run-pipeline
+.PHONY: compile upload run-pipeline bench-pipeline
 
 compile: $(STAMP) ## compile the pipeline to build/pipeline.yaml (images: REGISTRY=... TAG=..., default tag: git commit)
 	$(IMAGE_ENV) $(PY) -m pipelines compile --output $(PIPELINE_YAML)
@@ -76,6 +76,9 @@ upload: compile ## upload the pipeline, or a new version of it, to KFP_HOST
 
 run-pipeline: compile ## upload a new version and start a run with PARAMS=file.yaml (WAIT=1: wait, print the outcome)
 	$(IMAGE_ENV) $(PY) -m pipelines run --package $(PIPELINE_YAML) --params $(PARAMS) $(if $(filter 1,$(WAIT)),--wait)
+
+bench-pipeline: $(STAMP) ## local pipeline run on the sample (tiny, CPU): wall time, seconds per stage, kfp.local overhead
+	$(PY) bench/pipeline.py
 
 run-local: $(STAMP) ## set up and run the whole pipeline locally (kfp.local, CPU) on SOURCE (default: the sample photos)
 	$(VENV)/bin/splatflow run $(SOURCE) $(OUTPUT)
