@@ -96,6 +96,10 @@ def test_message_text_and_blocks() -> None:
     fields = [f["text"] for b in slack["blocks"] if "fields" in b for f in b["fields"]]
     assert "*PSNR*\n26.43 dB" in fields and "*Ratio*\n4.2x" in fields
 
+    escaped = build_message("failed", scene="g", report={"content_uri": "https://h/g.sog?a=1&b=2"},
+                            error="x < y && z > w").slack()
+    assert "x &lt; y &amp;&amp; z &gt; w" in json.dumps(escaped) and "a=1&amp;b=2|Download" in json.dumps(escaped)
+
     fail = build_message("failed", scene="guitar", report={"run_id": "r"}, failed_stage="train",
                          error="CUDA out of memory\n" + "x" * 5000)
     assert fail.title == "splatflow: guitar failed at train"

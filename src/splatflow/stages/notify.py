@@ -125,6 +125,11 @@ def _link(uri: str, expires: int) -> str:
     return uri
 
 
+def _esc(text: str) -> str:
+    """Escape the three characters Slack's mrkdwn reserves (&, <, >)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 @dataclass
 class Message:
     """One notification, rendered for every channel."""
@@ -155,16 +160,16 @@ class Message:
             {"type": "header", "text": {"type": "plain_text", "text": self.title[:150]}},
         ]
         if self.lines:
-            fields = [{"type": "mrkdwn", "text": f"*{label}*\n{value}"[:2000]} for label, value in self.lines]
+            fields = [{"type": "mrkdwn", "text": f"*{label}*\n{_esc(value)}"[:2000]} for label, value in self.lines]
             for i in range(0, len(fields), 10):  # Slack allows 10 fields per section
                 blocks.append({"type": "section", "fields": fields[i:i + 10]})
         if self.failed_stage or self.error:
             text = f"*Failed stage:* {self.failed_stage or 'unknown'}"
             if self.error:
-                text += f"\n```{self.error}```"
+                text += f"\n```{_esc(self.error)}```"
             blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": text[:3000]}})
         if self.links:
-            links = " · ".join(f"<{url}|{label}>" for label, url in self.links)
+            links = " · ".join(f"<{_esc(url)}|{label}>" for label, url in self.links)
             blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": links[:3000]}})
         return {"text": f"{_ICON.get(self.status, '')} {self.title}".strip(), "blocks": blocks}
 
