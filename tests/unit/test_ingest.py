@@ -80,6 +80,12 @@ def test_exif_orientation_png_and_heic_report(tmp_path: Path) -> None:
         pixels = np.asarray(im.convert("RGB"), dtype=np.float32)
     Image.fromarray(pixels.astype(np.uint8)).save(src / "05.png")
     (src / "06.heic").write_bytes(b"not really heic")
+    if imaging.heic_supported():  # an iPhone-style HEIC with the same EXIF orientation
+        with Image.open(_photos(6)[5]) as im:
+            exif = im.getexif()
+            exif[0x0112] = 6
+            im.save(src / "08.heic", quality=90, exif=exif.tobytes())
+            heic_expected = np.rot90(np.asarray(im.convert("RGB"), dtype=np.float32), k=-1)
     (src / "sub").mkdir()
     shutil.copy(_photos(5)[4], src / "sub" / "07 photo.JPG")
     report = ingest(str(src), tmp_path / "out", max_side=1024)
@@ -95,7 +101,10 @@ def test_exif_orientation_png_and_heic_report(tmp_path: Path) -> None:
     if not imaging.heic_supported():
         assert "HEIC" in report["rejected"]["06.heic"]
     else:
-        assert "06.heic" in report["rejected"]
+        assert "not a readable image" in report["rejected"]["06.heic"]
+        with Image.open(images / "08.jpg") as im:  # decoded, upright, stored as JPEG
+            assert im.size == (768, 1024)
+            assert np.abs(np.asarray(im, dtype=np.float32) - heic_expected).mean() < 6.0
 
 
 def test_corrupt_duplicate_and_bomb_rejected_not_fatal(tmp_path: Path) -> None:
