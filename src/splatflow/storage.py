@@ -589,18 +589,6 @@ def presign(uri: str, expires: int = 7 * 24 * 3600) -> str:
     return url
 
 
-def public_url(uri: str) -> str:
-    """The plain (unsigned) https URL of an object, for public buckets; local paths answer their file:// URI."""
-    loc = parse(uri)
-    if loc.scheme == "file":
-        return _local(loc).resolve().as_uri()
-    endpoint = endpoint_url()
-    if endpoint:
-        return f"{endpoint.rstrip('/')}/{loc.bucket}/{loc.key}"
-    region = _region() or "us-east-1"
-    return f"https://{loc.bucket}.s3.{region}.amazonaws.com/{loc.key}"
-
-
 def delete(uri: str) -> None:
     """Remove one object (or local file); a missing one is not an error."""
     loc = _object(uri)
