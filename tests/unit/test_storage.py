@@ -121,19 +121,16 @@ def test_s3_bytes_and_presign(s3: str) -> None:
         storage.presign(uri, 0)
 
 
-def test_s3_tampered_object_is_detected(s3: str, tmp_path: Path) -> None:
+def test_s3_tampered_object_is_detected(s3: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An object whose bytes no longer match the recorded SHA-256 is refused after the retries."""
     loc = storage.parse(s3 + "/t.bin")
     boto3.client("s3").put_object(Bucket=loc.bucket, Key=loc.key, Body=b"evil",
                                   Metadata={"sha256": hashlib.sha256(b"good").hexdigest()})
-    os.environ["SPLATFLOW_S3_TRANSFER_ATTEMPTS"] = "1"
-    try:
-        with pytest.raises(StorageError, match="SHA-256"):
-            storage.download(str(loc), tmp_path / "t.bin")
-        with pytest.raises(StorageError, match="SHA-256"):
-            storage.read_bytes(str(loc))
-    finally:
-        del os.environ["SPLATFLOW_S3_TRANSFER_ATTEMPTS"]
+    monkeypatch.setenv("SPLATFLOW_S3_TRANSFER_ATTEMPTS", "1")
+    with pytest.raises(StorageError, match="SHA-256"):
+        storage.download(str(loc), tmp_path / "t.bin")
+    with pytest.raises(StorageError, match="SHA-256"):
+        storage.read_bytes(str(loc))
     assert not (tmp_path / "t.bin").exists()
 
 
