@@ -73,7 +73,7 @@ def ingest(source: str, out_dir: Path, *, max_images: int = 300, max_side: int =
     if max_images < imaging.MIN_IMAGES or video_frames < imaging.MIN_IMAGES or max_side < imaging.MIN_SIDE:
         raise InputError(f"max_images and video_frames must be >= {imaging.MIN_IMAGES}, max_side >= "
                          f"{imaging.MIN_SIDE}", hint="raise the option")
-    _check_out_dir(out_dir, overwrite=overwrite)
+    check_out_dir(out_dir, overwrite=overwrite)
     kind, local = _resolve(source)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.work.", dir=out_dir.parent) as work_s, \
@@ -104,8 +104,8 @@ def ingest(source: str, out_dir: Path, *, max_images: int = 300, max_side: int =
 
 
 # ---------------------------------------------------------------------------- source resolution
-def _check_out_dir(out_dir: Path, *, overwrite: bool) -> None:
-    """An existing output folder must be empty (a fresh KFP output path) unless ``overwrite``."""
+def check_out_dir(out_dir: Path, *, overwrite: bool) -> None:
+    """An existing output folder must be empty (a fresh KFP output path) unless ``overwrite`` (also used by sfm)."""
     if out_dir.exists():
         if not out_dir.is_dir():
             raise OutputExistsError(f"output {out_dir} exists and is not a folder", hint="choose another path")

@@ -29,9 +29,10 @@ from typing import Any
 from PIL import Image
 
 from splatflow import imaging
-from splatflow.errors import DependencyMissing, ImageError, InputError, OutputExistsError, SfmError
+from splatflow.errors import DependencyMissing, ImageError, InputError, SfmError
 from splatflow.fsutil import atomic_path
 from splatflow.progress import step
+from splatflow.stages.ingest import check_out_dir
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def sfm(images_dir: Path, out_dir: Path, *, matcher: str = "auto", max_side: int
     if not 0.0 < min_registered <= 1.0:
         raise InputError(f"min_registered must be in (0, 1], got {min_registered}", hint="e.g. 0.5")
     out_dir = Path(out_dir)
-    _check_out_dir(out_dir, overwrite=overwrite)
+    check_out_dir(out_dir, overwrite=overwrite)
     folder = _images_folder(Path(images_dir))
     cameras, skipped = _usable_images(folder)
     names = list(cameras)
@@ -116,12 +117,6 @@ def _pycolmap() -> Any:
     except ImportError as exc:
         raise DependencyMissing("pycolmap is not installed", hint="pip install 'splatflow[sfm]'") from exc
     return pycolmap
-
-
-def _check_out_dir(out_dir: Path, *, overwrite: bool) -> None:
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-        raise OutputExistsError(f"output {out_dir} already exists and is not an empty folder",
-                                hint="pass --overwrite to replace it, or choose another path")
 
 
 def _images_folder(path: Path) -> Path:
