@@ -492,11 +492,12 @@ def list_uris(uri: str) -> list[str]:
     return _with_retries("list", loc, listing)
 
 
-def _relative(child: str, parent: Location) -> str:
-    loc = parse(child)
+def relative_name(child: str, parent: str) -> str:
+    """The POSIX path of ``child`` (a URI from ``list_uris(parent)``) below the folder ``parent``."""
+    loc, base = parse(child), parse(parent)
     if loc.scheme == "s3":
-        return _safe_rel(loc.key[len(_folder_key(parent.key)):], str(parent))
-    return _local(loc).relative_to(_local(parent)).as_posix()
+        return _safe_rel(loc.key[len(_folder_key(base.key)):], str(base))
+    return _local(loc).relative_to(_local(base)).as_posix()
 
 
 def download_prefix(uri: str, local_dir: str | os.PathLike[str]) -> list[Path]:
@@ -512,7 +513,7 @@ def download_prefix(uri: str, local_dir: str | os.PathLike[str]) -> list[Path]:
     if not children:
         raise StorageError(f"nothing to download: {loc} is empty or does not exist",
                            hint="check the prefix (and that an earlier stage wrote it)")
-    pairs = [(child, out_dir / _relative(child, loc)) for child in children]
+    pairs = [(child, out_dir / relative_name(child, uri)) for child in children]
     with ThreadPoolExecutor(max_workers=_PARALLEL_FILES) as pool:
         paths = list(pool.map(lambda pair: download(*pair), pairs))
     return sorted(paths)

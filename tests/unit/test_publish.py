@@ -171,6 +171,16 @@ def test_changed_content_needs_overwrite_and_stale_objects_go(sample_sog: Path, 
     assert res["objects"] == len(objects) - 1
 
 
+def test_file_uri_with_a_space(sample_sog: Path, tmp_path: Path) -> None:
+    out = (tmp_path / "my output").as_uri()  # file:///.../my%20output
+    first = publish(out, scene="s", run_id="r", files={"sog": sample_sog}, reports=REPORTS)
+    again = publish(out, scene="s", run_id="r", files={"sog": sample_sog}, reports=REPORTS)
+    assert again["uploaded"] == 0 and again["objects"] == first["objects"]
+    run = tmp_path / "my output" / "s" / "r"
+    assert (run / "manifest.json").is_file() and (run / "s.sog").read_bytes() == sample_sog.read_bytes()
+    assert read_latest(out, "s")["run_id"] == "r"  # type: ignore[index]
+
+
 def test_meta_folder_only_and_no_viewer(sog_dir: Path, tmp_path: Path) -> None:
     out = str(tmp_path / "out")
     res = publish(out, scene="s", run_id="r", files={"meta": sog_dir / "meta.json"}, reports={}, viewer=False)

@@ -197,9 +197,8 @@ def publish(output_uri: str, *, scene: str, run_id: str, files: dict[str, Path],
         with ThreadPoolExecutor(max_workers=_PARALLEL) as pool:
             done = list(pool.map(lambda o: _upload_one(o[0], o[1], entries[o[0]]["sha256"],
                                                        entries[o[0]]["bytes"], base), objects))
-        keep = {storage.join(base, rel) for rel in entries} | {manifest_uri}
         for stale in storage.list_uris(base):
-            if stale not in keep:
+            if storage.relative_name(stale, base) not in (*entries, MANIFEST):
                 log.info("removing stale object %s", stale)
                 storage.delete(stale)
         with ThreadPoolExecutor(max_workers=_PARALLEL) as pool:
