@@ -157,6 +157,44 @@ def test_interrupted_publish_keeps_previous_latest(s3_server: dict[str, str], sa
     _check_manifest(f"{out}/guitar/new", _objects(f"{out}/guitar/new"))
 
 
+def test_killed_publish_process(s3_server: dict[str, str], sample_sog: Path, tmp_path: Path,
+                                request: pytest.FixtureRequest) -> None:
+    """A real interruption: `splatflow publish` is SIGKILLed while a large object is on its way."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import boto3
+
+    out = f"s3://{s3_server['bucket']}/{request.node.name}"
+    publish(out, scene="big", run_id="old", files={"sog": sample_sog}, reports={}, viewer=False)
+    latest_before = storage.read_bytes(f"{out}/big/latest.json")
+    big = tmp_path / "big.ply"
+    big.write_bytes(os.urandom(48 << 20))  # not a real PLY: only its bytes travel (no viewer page)
+    cmd = [sys.executable, "-m", "splatflow.cli", "publish", out, "--scene", "big", "--run-id", "new",
+           "--sog", str(sample_sog), "--ply", str(big), "--no-viewer"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    s3 = boto3.client("s3")
+    prefix = storage.parse(f"{out}/big/new/").key
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if s3.list_objects_v2(Bucket=s3_server["bucket"], Prefix=prefix).get("KeyCount", 0):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "publish finished before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert storage.list_uris(f"{out}/big/new")  # something was written ...
+    assert not storage.exists(f"{out}/big/new/manifest.json")  # ... but the run is not marked complete
+    assert storage.read_bytes(f"{out}/big/latest.json") == latest_before
+    res = publish(out, scene="big", run_id="new", files={"sog": sample_sog, "ply": big}, reports={}, viewer=False)
+    assert res["uploaded"] < res["objects"]  # the re-run resumed
+    assert read_latest(out, "big")["run_id"] == "new"  # type: ignore[index]
+    _check_manifest(f"{out}/big/new", _objects(f"{out}/big/new"))
+
+
 def test_changed_content_needs_overwrite_and_stale_objects_go(sample_sog: Path, tmp_path: Path,
                                                               splat_paths: dict[str, Path]) -> None:
     out = str(tmp_path / "out")
