@@ -10,6 +10,7 @@ Scheduling, retries, caching and credentials are set here, per task, from the ta
   Secret) and on-prem clusters (a MinIO Secret + endpoint ConfigMap). Names only: values never enter the YAML.
 """
 
+# no `from __future__ import annotations`: kfp reads the pipeline function's real annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path

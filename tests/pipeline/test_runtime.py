@@ -115,3 +115,15 @@ def test_local_runner_rejects_a_missing_source_and_a_used_output(tmp_path: Path)
     text = "\n".join(summary_lines(run))
     assert str(tmp_path / "lund" / "r" / "lund.sog") in text and "train.json" in text
     assert json.dumps({"splats": 5}) in text
+
+
+def test_splatflow_run_reports_bad_input_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipelines.local import default_output
+
+    from splatflow.cli import main
+
+    assert main(["run", str(tmp_path / "no-photos-here"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "error: source" in err and "does not exist" in err and "hint:" in err
+    assert not (tmp_path / "out").exists()  # nothing created for a run that cannot start
+    assert default_output().parent == Path("runs") and default_output("x").name[:2] == "20"

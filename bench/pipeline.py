@@ -1,0 +1,74 @@
+"""Benchmark of the local pipeline run (`splatflow run`): wall time of the whole kfp.local run on the 12-photo
+sample with the tiny CPU preset, each stage's own seconds (from its report) and what kfp.local adds around
+them (one Python process per task, executor input/output, artifact copies).
+
+    python bench/pipeline.py                      # quality tiny, the `splatflow run` defaults
+    python bench/pipeline.py --iterations 10      # what the CI test runs
+
+Writes bench/results/pipeline-local.json and bench/results/pipeline-local.md (machine, versions, the run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def run(iterations: int, quality: str) -> dict[str, Any]:
+    """One local run in a temporary folder; seconds overall, per stage, and the kfp.local overhead."""
+    from pipelines.local import LOCAL_DEFAULTS, run_local
+
+    settings = {**LOCAL_DEFAULTS, "quality": quality, "iterations": iterations}
+    os.environ.pop("SPLATFLOW_WEBHOOK_URL", None)  # no notification channel: notify runs and sends nothing
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
+        start = time.perf_counter()
+        result = run_local(ROOT / "data" / "photos" / "lund", Path(tmp) / "run", **settings)
+        wall = time.perf_counter() - start
+    summary = result.publish.get("summary", {})
+    stages = {k: round(float(v), 1) for k, v in summary.get("seconds", {}).items()}
+    return {"settings": settings, "wall_seconds": round(wall, 1), "stage_seconds": stages,
+            "kfp_local_overhead_seconds": round(wall - sum(stages.values()), 1),
+            "splats": summary.get("splats"), "bytes": summary.get("bytes"), "psnr": summary.get("psnr"),
+            "psnr_source": summary.get("psnr_source")}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=0, help="training steps (0: the preset's)")
+    parser.add_argument("--quality", default="tiny")
+    args = parser.parse_args()
+    from importlib.metadata import version
+
+    from sfm import machine  # bench/sfm.py: CPU, cores, memory, platform, versions
+
+    info = machine()
+    info["versions"].update({p: version(p) for p in ("kfp", "kfp-kubernetes")})
+    result = {"machine": info, "run": run(args.iterations, args.quality)}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "pipeline-local.json").write_text(json.dumps(result, indent=2) + "\n")
+    r = result["run"]
+    lines = ["# Local pipeline run (kfp.local SubprocessRunner, CPU)", "",
+             f"Machine: {json.dumps(info)} (a busy shared machine runs slower: see load_average_at_start)", "",
+             f"Settings: {json.dumps(r['settings'])}", "",
+             "| stage | seconds |", "|---|---|",
+             *[f"| {k} | {v} |" for k, v in r["stage_seconds"].items()],
+             f"| kfp.local overhead (6 task processes, I/O) | {r['kfp_local_overhead_seconds']} |",
+             f"| **wall** | **{r['wall_seconds']}** |", "",
+             f"Result: {r['splats']} splats, {r['bytes']} bytes published, PSNR {r['psnr']} ({r['psnr_source']})."]
+    (RESULTS / "pipeline-local.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
