@@ -4,7 +4,8 @@ S3 goes through boto3 with the standard AWS configuration only: credentials from
 shared config, IRSA's ``AWS_WEB_IDENTITY_TOKEN_FILE`` + ``AWS_ROLE_ARN`` on EKS, instance roles), the endpoint
 from ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (MinIO, SeaweedFS, a local test server) and the region from
 ``AWS_REGION`` / ``AWS_DEFAULT_REGION``. When a custom endpoint is set, path-style addressing is used
-(``http://host/bucket/key``), which every S3-compatible server accepts; on AWS the default virtual-host style.
+(``http://host/bucket/key``), which every S3-compatible server accepts, and botocore's CRC checksum headers are
+sent only where an operation requires them (many S3-compatible servers refuse them); on AWS the defaults.
 
 Reliability:
 
@@ -180,7 +181,8 @@ def client(service: str = "s3", *, region: str | None = None) -> Any:
     # The key identifies the configuration; the identity part only makes a changed environment get a new client.
     who = "\0".join(os.environ.get(k, "") for k in ("AWS_ACCESS_KEY_ID", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"))
     ident = hashlib.sha256(who.encode()).hexdigest()[:16]
-    cache_key = (service, endpoint, region, attempts, mode, ident, os.environ.get("AWS_PROFILE"))
+    cache_key = (service, endpoint, region, attempts, mode, ident, os.environ.get("AWS_PROFILE"),
+                 os.environ.get("AWS_REQUEST_CHECKSUM_CALCULATION"), os.environ.get("AWS_RESPONSE_CHECKSUM_VALIDATION"))
     with _clients_lock:
         found = _clients.get(cache_key)
         if found is not None:
@@ -193,10 +195,26 @@ def client(service: str = "s3", *, region: str | None = None) -> Any:
             s3={"addressing_style": "path"} if endpoint else None,
             max_pool_connections=16,
             signature_version="s3v4" if service == "s3" else None,
+            **_checksum_options(endpoint),
         )
         made = boto3.session.Session().client(service, endpoint_url=endpoint, config=config)
         _clients[cache_key] = made
         return made
+
+
+def _checksum_options(endpoint: str | None) -> dict[str, str]:
+    """botocore's flexible checksums (CRC32 headers, on by default since 1.36) for AWS; ``when_required`` for
+    other endpoints, many of which (older MinIO, Ceph, SeaweedFS, B2 ...) refuse those headers. The standard
+    ``AWS_REQUEST_CHECKSUM_CALCULATION`` / ``AWS_RESPONSE_CHECKSUM_VALIDATION`` variables still win. Integrity
+    does not depend on it: every object carries its SHA-256, checked on every read."""
+    if not endpoint:
+        return {}
+    out = {}
+    if not os.environ.get("AWS_REQUEST_CHECKSUM_CALCULATION"):
+        out["request_checksum_calculation"] = "when_required"
+    if not os.environ.get("AWS_RESPONSE_CHECKSUM_VALIDATION"):
+        out["response_checksum_validation"] = "when_required"
+    return out
 
 
 def _transfer_config() -> Any:

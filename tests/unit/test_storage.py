@@ -198,3 +198,19 @@ def test_irsa_web_identity_through_the_default_chain(s3_server: dict[str, str], 
     creds = storage.client()._request_signer._credentials
     assert creds.method == "assume-role-with-web-identity"
     assert creds.access_key != s3_server["AWS_ACCESS_KEY_ID"]
+
+
+def test_checksum_headers_off_for_custom_endpoints(s3_server: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path) -> None:
+    """S3-compatible servers (MinIO, Ceph, SeaweedFS) often refuse botocore's default CRC headers: with a custom
+    endpoint they are sent only when required, unless the standard AWS variable asks for them."""
+    cfg = storage.client().meta.config
+    assert (cfg.request_checksum_calculation, cfg.response_checksum_validation) == ("when_required",) * 2
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_supported")
+    assert storage.client().meta.config.request_checksum_calculation == "when_supported"
+    (tmp_path / "a").write_bytes(b"abc" * 1000)
+    uri = storage.upload(tmp_path / "a", f"s3://{s3_server['bucket']}/crc/a")  # and it still works with them
+    assert storage.read_bytes(uri) == b"abc" * 1000
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    monkeypatch.delenv("AWS_REQUEST_CHECKSUM_CALCULATION")
+    assert storage.client().meta.config.request_checksum_calculation == "when_supported"  # AWS: the default
