@@ -102,3 +102,11 @@ def test_video_reconstructed(video: Path, tmp_path: Path, capsys: pytest.Capture
     assert report["points"] > 200 and report["mean_reprojection_error"] < 2.0
     assert sorted(p.name for p in (tmp_path / "sfm" / "images").iterdir()) == sorted(
         n for n in (f"frame_{i * REPEAT:06d}.jpg" for i in range(8)) if n not in report["unregistered"])
+
+
+def test_video_without_a_frame_count_in_its_header(tmp_path: Path) -> None:
+    mkv = write_video(tmp_path / "walk.mkv", _photo_frames(4, (320, 240)))
+    with av.open(str(mkv)) as container:
+        assert container.streams.video[0].frames == 0  # Matroska: frames are counted by demuxing
+    report = ingest(str(mkv), tmp_path / "out", video_frames=4 * REPEAT, max_side=320)
+    assert report["kept"] == [f"frame_{i * REPEAT:06d}.jpg" for i in range(4)]
