@@ -133,7 +133,7 @@ def upload(client: Any, package: Path, *, version: str | None = None, namespace:
     flt = json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": name}]})
     found = client.list_pipelines(filter=flt, namespace=namespace).pipelines or []
     if len(found) > 1:
-        raise InputError(f"{len(found)} pipelines are named {name!r} on {client._uihost}",
+        raise InputError(f"{len(found)} pipelines are named {name!r} on the KFP server",
                          hint="delete the duplicates in the KFP UI; the name must be unique")
     if found:
         pipeline_id = found[0].pipeline_id

@@ -244,3 +244,12 @@ def test_without_kfp_host_it_says_what_to_set(package: Path, monkeypatch: pytest
 def test_missing_package_says_to_compile(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "--package", str(tmp_path / "nope.yaml")]) == 2
     assert "make compile" in capsys.readouterr().err
+
+
+def test_two_pipelines_with_the_same_name_are_refused(kfp_server: FakeKfp, package: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    for pid in ("a", "b"):
+        kfp_server.pipelines[pid] = {"pipeline_id": pid, "display_name": "splatflow"}
+    assert main(["upload", "--package", str(package)]) == 2
+    assert "2 pipelines are named 'splatflow'" in capsys.readouterr().err
+    assert not [c for c in kfp_server.calls if c["method"] == "POST"]
