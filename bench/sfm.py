@@ -12,42 +12,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from machine import machine_info
+
 ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("splatflow", "pycolmap", "numpy", "pillow", "pillow-heif", "av")
 SETS = {
     "lund-12": ROOT / "data" / "photos" / "lund",
     "lund-29": ROOT.parent / "shared" / "data" / "photos" / "lund" / "images",
 }
-
-
-def machine() -> dict[str, Any]:
-    """CPU model, cores, memory and library versions."""
-    from importlib.metadata import version
-
-    cpu = platform.processor()
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem = 0
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal"):
-                mem = int(line.split()[1]) * 1024
-    return {
-        "cpu": cpu, "cores": os.cpu_count(), "memory_bytes": mem, "platform": platform.platform(),
-        "python": platform.python_version(),
-        "versions": {p: version(p) for p in ("splatflow", "pycolmap", "numpy", "pillow", "av")},
-        "load_average_at_start": os.getloadavg(),
-    }
 
 
 def run(name: str, photos: Path, size: int, max_features: int, work: Path) -> dict[str, Any]:
@@ -83,7 +61,7 @@ def markdown(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = [
         "# SfM benchmark (ingest + sfm, pycolmap on CPU)", "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_bytes'] / 2**30:.0f} GiB; {m['platform']}; "
+        f"Machine: {m['cpu']}, {m['cores']} cores, {(m['memory_bytes'] or 0) / 2**30:.0f} GiB; {m['platform']}; "
         f"load average at start {', '.join(f'{x:.1f}' for x in m['load_average_at_start'])} (a shared machine: "
         "times are upper bounds).",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + f"; Python {m['python']}.",
@@ -117,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result: dict[str, Any] = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                               "command": " ".join(["python", "bench/sfm.py", *(argv or sys.argv[1:])]),
-                              "machine": machine(), "runs": []}
+                              "machine": machine_info(PACKAGES), "runs": []}
     for name in args.sets.split(","):
         photos = SETS[name]
         if not photos.is_dir():
