@@ -57,7 +57,11 @@ bench-storage: $(STAMP) ## storage upload/download MiB/s (local S3 server, local
 bench-codec: $(STAMP) ## SOG codec vs splat-transform -g cpu: time, RSS, size, errors, PSNR (guitar, playbot_lod2, fruit, synthetic 1M SH3)
 	$(PY) bench/codec.py --device $(or $(DEVICE),cpu)
 
-bench: bench-codec bench-sfm ## run every benchmark (results: bench/results/*.json + .md)
+.PHONY: bench-render
+bench-render: $(STAMP) ## renderer time and peak memory per view: playbot_lod2 at 256/512 px, 1M synthetic splats (CPU; + gsplat if CUDA)
+	$(PY) bench/render.py
+
+bench: bench-codec bench-sfm bench-render ## run every benchmark (results: bench/results/*.json + .md)
 
 # ---- the Kubeflow pipeline (README: The pipeline)
 # KFP_HOST, KFP_TOKEN / KFP_COOKIE / KFP_SA_TOKEN_PATH, KFP_NAMESPACE, KFP_EXPERIMENT come from the environment.
