@@ -107,8 +107,9 @@ def matched_errors(src_path: Path, sog: Path) -> dict[str, Any]:
     from splatflow.io.ply import read_ply
     from splatflow.sog.decode import attribute_errors, read_sog
 
-    src = read_ply(src_path)
+    src = read_ply(src_path, on_invalid="drop")
     dec, _, _ = read_sog(sog)
+    dec = dec.drop_invalid()[0]
     _, idx = cKDTree(dec.means.astype(np.float64)).query(src.means.astype(np.float64))
     dec_m = dec.subset(idx)
     return {"errors": attribute_errors(src.with_sh_degree(min(src.sh_degree, dec.sh_degree)), dec_m),
@@ -132,8 +133,8 @@ def render_psnr(src: Any, dec: Any, views: int = 4, size: int = 192) -> float | 
 def one(name: str, ply: Path, args: argparse.Namespace) -> dict[str, Any]:
     row: dict[str, Any] = {"input": name, "ply_bytes": ply.stat().st_size}
     ours = WORK / f"{name}.ours.sog"
-    r = timed([PY, "-m", "splatflow.cli", "-q", "compress", str(ply), str(ours), "--overwrite", "--device",
-               args.device, "--json"], None)
+    r = timed([PY, "-m", "splatflow.cli", "-q", "compress", str(ply), str(ours), "--overwrite", "--drop-invalid",
+               "--device", args.device, "--json"], None)
     if r["rc"] != 0:
         raise SystemExit(f"splatflow failed on {name}: {r['log_tail']}")
     report = json.loads((WORK / f"{ours.name}.report.json").read_text())
@@ -216,14 +217,16 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--peer-timeout", type=float, default=900.0)
     ap.add_argument("--skip-peer", nargs="*", default=[])
-    ap.add_argument("--psnr-max", type=int, default=200_000)
+    ap.add_argument("--psnr-max", type=int, default=100_000)
+    ap.add_argument("--tag", default="", help="suffix of the result files (parallel partial runs)")
     ap.add_argument("--note", default="", help="e.g. that the machine was shared with other work")
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "device": args.device,
                               "machine": machine(), "note": args.note, "rows": []}
-    out_json = RESULTS / f"codec-{args.device}.json"
+    stem = f"codec-{args.device}" + (f"-{args.tag}" if args.tag else "")
+    out_json = RESULTS / f"{stem}.json"
     for name, ply in inputs().items():
         if args.only and name not in args.only:
             continue
@@ -231,7 +234,7 @@ def main() -> None:
         result["rows"].append(one(name, ply, args))
         result["machine"]["load_average_at_end"] = os.getloadavg()
         out_json.write_text(json.dumps(result, indent=2))
-        (RESULTS / f"codec-{args.device}.md").write_text(markdown(result))
+        (RESULTS / f"{stem}.md").write_text(markdown(result))
         print(json.dumps({k: v for k, v in result["rows"][-1].items()}, default=str)[:1500], flush=True)
 
 

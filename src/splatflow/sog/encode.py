@@ -103,10 +103,20 @@ def pack_quats(q: torch.Tensor) -> torch.Tensor:
 
 
 def _palette(shn: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """SH palette of (N, K, 3) coefficients: centroids (k, K, 3) and labels (N,) int64."""
+    """SH palette of (N, K, 3) coefficients (in texel order): centroids (k, K, 3) and labels (N,) int64.
+
+    Centroids are renumbered in order of first use along the texels, so neighbouring splats get nearby labels
+    and neighbouring palette entries hold similar SH: both textures compress better.
+    """
     n, k_coeffs, _ = shn.shape
     cen, lab = kmeans_palette(shn.reshape(n, k_coeffs * 3), palette_size(n), seed=seed)
-    return cen.reshape(-1, k_coeffs, 3), lab
+    k = cen.shape[0]
+    first = torch.full((k,), n, dtype=torch.int64, device=lab.device)
+    first.scatter_reduce_(0, lab, torch.arange(n, device=lab.device), reduce="amin")
+    perm = torch.argsort(first, stable=True)              # new index -> old index
+    rank = torch.empty_like(perm)
+    rank[perm] = torch.arange(k, device=perm.device)
+    return cen[perm].reshape(-1, k_coeffs, 3), rank[lab]
 
 
 def _centroid_image(idx: torch.Tensor) -> np.ndarray:
@@ -119,7 +129,7 @@ def _centroid_image(idx: torch.Tensor) -> np.ndarray:
     return img.reshape(rows, 64, kc, 4).reshape(rows, 64 * kc, 4).cpu().numpy()
 
 
-def encode_cloud(cloud: GaussianCloud, *, format: str = "v2", sort: str = "plas", sh_bands: int | None = None,
+def encode_cloud(cloud: GaussianCloud, *, format: str = "v2", sort: str = "morton", sh_bands: int | None = None,
                  device: str = "auto", webp_method: int = webp.DEFAULT_METHOD,
                  webp_quality: int = webp.DEFAULT_QUALITY, seed: int = 0, threads: int | None = None) -> Encoded:
     """Encode a cloud (finite values only) as a SOG file set; see the module docstring."""
@@ -146,7 +156,8 @@ def encode_cloud(cloud: GaussianCloud, *, format: str = "v2", sort: str = "plas"
 
     t = cloud.to_torch(dev)
     lap("load")
-    order = grid_order(sort_features(t["means"], t["scales"], t["sh0"], t["opacities"]), w, sort, seed=seed)
+    feats = t["means"] if sort == "morton" else sort_features(t["means"], t["scales"], t["sh0"], t["opacities"])
+    order = grid_order(feats, w, sort, seed=seed)
     lap("sort")
     means = t["means"][order].double()
     scales, sh0, opac = t["scales"][order], t["sh0"][order], t["opacities"][order]

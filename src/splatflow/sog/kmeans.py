@@ -97,6 +97,12 @@ def kmeans_palette(x: torch.Tensor, k: int, *, iters: int = 10, seed: int = 0,
     gen = torch.Generator().manual_seed(seed)
     if k == n:
         return x.clone(), torch.arange(n, device=x.device)
+    # few distinct rows (e.g. a scene that was decoded from a SOG): the palette is exact
+    probe = x.double() @ torch.randn(d, dtype=torch.float64, generator=gen).to(x.device)
+    if torch.unique(probe).numel() <= k:
+        uniq, inverse = torch.unique(x, dim=0, return_inverse=True)
+        if uniq.shape[0] <= k:
+            return uniq, inverse
     leaves: list[tuple[torch.Tensor, int]] = []
     _split(x, torch.arange(n, device=x.device), k, leaves, iters=iters, gen=gen, cap=sample_per_centroid, leaf=leaf)
     sizes = torch.tensor([li.numel() for li, _ in leaves])

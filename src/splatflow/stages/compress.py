@@ -40,11 +40,13 @@ def report_path(out: Path) -> Path:
     return out.with_name(out.name + ".report.json")
 
 
-def compress(ply: Path, out: Path, *, format: str = "v2", sort: str = "plas", sh_bands: int | None = None,
+def compress(ply: Path, out: Path, *, format: str = "v2", sort: str = "morton", sh_bands: int | None = None,
              device: str = "auto", overwrite: bool = False, drop_invalid: bool = False,
              webp_method: int | None = None, webp_quality: int | None = None, seed: int = 0) -> dict[str, Any]:
     """Compress ``ply`` to ``out`` (``name.sog`` = one ZIP, anything else = a folder of meta.json + WebP).
 
+    ``sort`` defaults to ``morton``: on playbot_lod2 (125k, SH2) PLAS measured a 2.4% larger file (the high
+    position bytes compress far better in Z-order) at 75x the sort time; ``plas`` stays available.
     Checks the arguments, the output path and the texture-size limit before any work; writes atomically;
     returns (and writes beside ``out``) the report: splats, bytes, bytes_per_splat, ratio, seconds, errors.
     """
