@@ -110,3 +110,29 @@ def test_video_without_a_frame_count_in_its_header(tmp_path: Path) -> None:
         assert container.streams.video[0].frames == 0  # Matroska: frames are counted by demuxing
     report = ingest(str(mkv), tmp_path / "out", video_frames=4 * REPEAT, max_side=320)
     assert report["kept"] == [f"frame_{i * REPEAT:06d}.jpg" for i in range(4)]
+
+
+def test_phone_video_rotation_is_applied(tmp_path: Path) -> None:
+    frames = []
+    for im in _photo_frames(3, (320, 240))[::REPEAT]:
+        im = im.copy()
+        im.paste((255, 0, 0), (0, 0, 40, 40))  # a red marker in the stored frame's top-left corner
+        frames.append(im)
+    path = tmp_path / "portrait.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=2)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        stream.set_display_rotation(-90)  # what phones write for portrait video: show it turned 90 degrees clockwise
+        for im in frames:
+            for packet in stream.encode(av.VideoFrame.from_image(im)):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    report = ingest(str(path), tmp_path / "out", video_frames=3, max_side=320)
+    assert len(report["kept"]) == 3
+    with Image.open(tmp_path / "out" / "images" / report["kept"][0]) as im:
+        assert im.size == (240, 320)  # upright portrait
+        px = np.asarray(im, dtype=np.float32)
+    red = np.array([255.0, 0.0, 0.0])
+    assert np.abs(px[5:35, -35:-5] - red).mean() < 40  # turned clockwise: the marker is now top-right
+    assert np.abs(px[5:35, 5:35] - red).mean() > 100
