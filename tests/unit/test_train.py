@@ -178,6 +178,9 @@ def test_missing_folder_and_images_and_bad_options(tmp_path: Path, tiny_sfm: Pat
         train(tiny_sfm, tmp_path / "out", **{**OPTS, "strategy": "magic"})
     with pytest.raises(InputError, match="max-splats"):
         train(tiny_sfm, tmp_path / "out", **{**OPTS, "max_splats": 0})
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="is a file"):
+        train(tiny_sfm, tmp_path / "file", **OPTS)
     sfm = _write_model(tmp_path / "sfm", points=True, registered=True)
     (sfm / "images" / "a.png").unlink()
     with pytest.raises(InputError, match="missing"):

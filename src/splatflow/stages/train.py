@@ -273,6 +273,8 @@ def train(sfm_dir: Path, out_dir: Path, *, iterations: int = 7000, max_splats: i
                          hint="use more images or --test-every 0")
     if not out_dir.parent.exists():
         raise InputError(f"output folder {out_dir.parent} does not exist", hint="create it first")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"output {out_dir} is a file, not a folder", hint="choose a folder path for OUT_DIR")
     render = Renderer(dev)  # fails early when gsplat is missing on CUDA
     sched = _schedule(iterations, sh_degree, sh_interval)
     config = {"iterations": iterations, "max_splats": max_splats, "sh_degree": sh_degree, "strategy": strategy,

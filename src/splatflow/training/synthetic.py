@@ -13,26 +13,13 @@ import numpy as np
 import torch
 
 
-def look_at(eye: np.ndarray, target: np.ndarray, up: tuple[float, float, float] = (0.0, 0.0, 1.0)) -> np.ndarray:
-    """(4, 4) OpenCV world-to-camera matrix of a camera at ``eye`` looking at ``target`` (y down, z forward)."""
-    fwd = target - eye
-    fwd = fwd / np.linalg.norm(fwd)
-    right = np.cross(fwd, up)
-    right = right / np.linalg.norm(right)
-    down = np.cross(fwd, right)
-    R = np.stack([right, down, fwd])
-    m = np.eye(4)
-    m[:3, :3] = R
-    m[:3, 3] = -R @ eye
-    return m
-
-
 def make_synthetic_sfm(out_dir: Path, *, n_splats: int = 400, n_points: int = 150, n_cameras: int = 10,
                        size: int = 64, seed: int = 0) -> Path:
     """Write a synthetic SfM folder at ``out_dir`` (created) and return it; images are ``size`` x ``size`` PNGs."""
     import pycolmap
     from PIL import Image
 
+    from splatflow.cameras import look_at
     from splatflow.render import rasterize
 
     rng = np.random.default_rng(seed)
@@ -62,7 +49,7 @@ def make_synthetic_sfm(out_dir: Path, *, n_splats: int = 400, n_points: int = 15
     for i in range(n_cameras):
         a = 2 * np.pi * i / n_cameras
         eye = np.array([3.2 * np.cos(a), 3.2 * np.sin(a), 1.0 + 0.6 * np.sin(3 * a)])
-        vm = look_at(eye, np.zeros(3))
+        vm = look_at(eye, np.zeros(3), np.array([0.0, 0.0, 1.0])).astype(np.float64)
         with torch.no_grad():
             img, _ = rasterize(gt["means"], gt["quats"], gt["scales"], gt["opacities"], gt["colors"],
                                torch.tensor(vm, dtype=torch.float32), torch.tensor(K, dtype=torch.float32),
