@@ -1,7 +1,8 @@
 """The published viewer page in a real headless Chromium (Debian's chromium, software WebGL via SwiftShader):
 the page loads the published .sog from its own folder, draws a non-blank picture with the scene framed by the
 fitted camera, and fetches nothing from anywhere else. Served two ways: a plain HTTP server on the published
-folder, and the S3 bucket itself (the objects' Content-Types must let a browser run the page)."""
+folder (a .sog written by our codec), and the S3 bucket itself (a .sog written by PlayCanvas's splat-transform;
+the objects' Content-Types must let a browser run the page)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import pytest
 
 from splatflow.stages.publish import publish
 
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--no-sandbox", "--headless"]
 SIZE = {"width": 480, "height": 360}
@@ -37,10 +39,21 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def published(sample_sog: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sample scene published to a local folder; returns the run folder."""
+def our_sog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The guitar sample compressed by OUR codec (Morton order: the fast path, same format), so the browser test
+    runs the chain compress -> publish -> PlayCanvas's viewer end to end."""
+    from splatflow.stages.compress import compress
+
+    out = tmp_path_factory.mktemp("ours") / "guitar.sog"
+    compress(ROOT / "data" / "splats" / "guitar.ply", out, sort="morton", drop_invalid=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def published(our_sog: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Our .sog published to a local folder (the viewer camera fitted to its decoded splats); the run folder."""
     out = tmp_path_factory.mktemp("published")
-    publish(str(out), scene="guitar", run_id="run-1", files={"sog": sample_sog}, reports={})
+    publish(str(out), scene="guitar", run_id="run-1", files={"sog": our_sog}, reports={})
     return out / "guitar" / "run-1"
 
 
