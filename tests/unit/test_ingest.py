@@ -204,6 +204,11 @@ def test_zip_of_photos(tmp_path: Path) -> None:
     assert report["rejected"]["__MACOSX/scan/._01.jpg"] == "hidden or system file"
     assert "not a photo" in report["rejected"]["scan/readme.txt"]
     assert _listing(tmp_path) == ["out", "scan.zip"]
+    # a folder (or S3 prefix) that holds just one archive is read through it
+    (tmp_path / "upload").mkdir()
+    archive.rename(tmp_path / "upload" / "scan.zip")
+    report = ingest(str(tmp_path / "upload"), tmp_path / "out2", max_side=256)
+    assert (report["source_kind"], report["content"], len(report["kept"])) == ("folder", "zip", 5)
 
 
 @pytest.mark.parametrize("evil", ["../evil.jpg", "scan/../../evil.jpg", "/etc/evil.jpg", "C:/evil.jpg",
