@@ -40,7 +40,7 @@ MATCHERS = ("auto", "exhaustive", "sequential")
 #: ``auto`` matches exhaustively up to this many images, sequentially above.
 EXHAUSTIVE_LIMIT = 150
 #: The exhaustive fallback after sequential matching is tried up to this many images (it is quadratic).
-FALLBACK_EXHAUSTIVE_LIMIT = 400
+FALLBACK_EXHAUSTIVE_LIMIT = 200
 #: Fallbacks run while fewer than this fraction of the images is registered.
 GOOD_ENOUGH = 0.95
 #: Sequential matching: each image is matched with this many following ones (plus quadratic steps).
