@@ -145,6 +145,9 @@ def test_targets(monkeypatch: pytest.MonkeyPatch) -> None:
         notify("maybe", scene="s", report={})
     res = notify("failed", scene="s", report={}, target="smtp://mail.example.com?to=a@example.com")
     assert res["delivered"] is False  # nothing listens there: reported, not raised
+    monkeypatch.setenv("SPLATFLOW_WEBHOOK_URL_FILE", "/nonexistent/secret")  # a Secret that is not mounted
+    res = notify("succeeded", scene="s", report={})
+    assert res["delivered"] is False and "cannot be read" in res["channels"]["target"]["error"]
 
 
 # ---------------------------------------------------------------------------- SNS (moto server)

@@ -438,8 +438,14 @@ def notify(status: str, *, scene: str, report: dict, target: str | None = None, 
     if link_expires is None:
         raw = os.environ.get("SPLATFLOW_LINK_EXPIRES", "")
         link_expires = int(raw) if raw.isdigit() else 7 * 24 * 3600
-    specs = _targets(target)
     result: dict[str, Any] = {"status": norm, "delivered": False, "channel": "none", "channels": {}}
+    try:
+        specs = _targets(target)
+    except InputError as exc:  # e.g. a *_FILE secret that is not mounted: reported like a failed delivery
+        specs = ["invalid-config"]
+        setup_error: InputError | None = exc
+    else:
+        setup_error = None
     if specs == ["none"] or not specs:
         log.info("no notification target configured; nothing sent")
         return result
@@ -449,6 +455,8 @@ def notify(status: str, *, scene: str, report: dict, target: str | None = None, 
     for spec in specs:
         label = _kind(spec)
         try:
+            if setup_error is not None:
+                raise setup_error
             label, send = _plan(spec, message)
             send()
             result["channels"][label] = {"delivered": True}
