@@ -231,19 +231,18 @@ def publish(output_uri: str, *, scene: str, run_id: str, files: dict[str, Path],
     }
 
 
-def read_latest(output_uri: str, scene: str) -> dict[str, Any] | None:
-    """The ``latest.json`` pointer of a scene, or None when nothing was published yet."""
-    uri = storage.join(output_uri, _check_name("scene", scene), LATEST)
+def _read_json(uri: str) -> dict[str, Any] | None:
     if not storage.exists(uri):
         return None
     data: dict[str, Any] = json.loads(storage.read_bytes(uri))
     return data
+
+
+def read_latest(output_uri: str, scene: str) -> dict[str, Any] | None:
+    """The ``latest.json`` pointer of a scene, or None when nothing was published yet."""
+    return _read_json(storage.join(output_uri, _check_name("scene", scene), LATEST))
 
 
 def read_manifest(output_uri: str, scene: str, run_id: str) -> dict[str, Any] | None:
     """A run's manifest, or None when the run is absent or incomplete (no manifest yet)."""
-    uri = storage.join(output_uri, _check_name("scene", scene), _check_name("run id", run_id), MANIFEST)
-    if not storage.exists(uri):
-        return None
-    data: dict[str, Any] = json.loads(storage.read_bytes(uri))
-    return data
+    return _read_json(storage.join(output_uri, _check_name("scene", scene), _check_name("run id", run_id), MANIFEST))
