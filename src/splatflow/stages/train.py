@@ -303,7 +303,7 @@ def train(sfm_dir: Path, out_dir: Path, *, iterations: int = 7000, max_splats: i
 
     start_step, resumed_from, elapsed_before = 0, None, 0.0
     initial: dict[str, Any] = {}
-    ckpt = load_latest(ckpt_dir, map_location=dev) if resume else None
+    ckpt = load_latest(ckpt_dir, map_location="cpu") if resume else None
     if not resume and ckpt_dir.exists():
         for p in ckpt_dir.glob("step-*.pt"):
             p.unlink()
@@ -315,7 +315,8 @@ def train(sfm_dir: Path, out_dir: Path, *, iterations: int = 7000, max_splats: i
         optimizers = make_optimizers(params, scene.scene_scale, boost)
         for k, opt in optimizers.items():
             opt.load_state_dict(ckpt["optimizers"][k])
-        strat_state = ckpt["strategy_state"]
+        strat_state = {k: v.to(dev) if isinstance(v, torch.Tensor) else v
+                       for k, v in ckpt["strategy_state"].items()}
         gen.set_state(ckpt["generator"])
         torch.set_rng_state(ckpt["torch_rng"])
         if dev.type == "cuda" and ckpt.get("cuda_rng") is not None:
@@ -469,6 +470,8 @@ def _make_strategy(strategy: str, gsplat: bool, max_splats: int, sched: dict[str
         strat = CpuMCMCStrategy(cap_max=max_splats, **common)
     else:
         strat = CpuDefaultStrategy(cap_max=max_splats, reset_every=sched["reset_every"], **common)
+    if gsplat and strategy == "mcmc":  # gsplat's MCMCStrategy.initialize_state takes no scene scale
+        return strat, strat.initialize_state()
     return strat, strat.initialize_state(scene_scale=scene_scale)
 
 
