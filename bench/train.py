@@ -1,8 +1,8 @@
 """Benchmark of the training stage: time, peak memory, held-out PSNR/SSIM and splat count on the lund photos.
 
     python bench/train.py      # with CUDA: lund-29 (or lund-12) at full size, 7000 steps, default and mcmc
-                               #   -> bench/results/train-gpu-<gpu>.json; without: lund-12, 128 px, 300 steps
-    python bench/train.py --device cpu --iterations 300 --resolution 128 --strategies default mcmc
+                               #   -> bench/results/train-gpu-<gpu>.json; without: lund-12, 64 px, 150 steps
+    python bench/train.py --device cpu --iterations 300 --resolution 128 --strategies mcmc
 
 The SfM stage runs first (cached under bench/work/). Results: bench/results/train-<cpu|gpu-NAME>.json and .md,
 with the machine, the library versions and the load average (the CPU numbers depend on what else runs).
@@ -93,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if gpu else "cpu")
     ap.add_argument("--set", default=None, help="lund-12 or lund-29 (default: lund-29 on a GPU when present)")
-    ap.add_argument("--iterations", type=int, default=7000 if gpu else 300)
-    ap.add_argument("--resolution", type=int, default=1600 if gpu else 128)
-    ap.add_argument("--strategies", nargs="+", default=["default", "mcmc"] if gpu else ["default"])
+    ap.add_argument("--iterations", type=int, default=7000 if gpu else 150)
+    ap.add_argument("--resolution", type=int, default=1600 if gpu else 64)
+    ap.add_argument("--strategies", nargs="+", default=["default", "mcmc"])
     ap.add_argument("--max-splats", type=int, default=1_000_000)
     ap.add_argument("--sfm-side", type=int, default=1600 if gpu else 512, help="max image side for SfM")
     args = ap.parse_args(argv)
