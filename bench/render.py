@@ -35,20 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def machine() -> dict[str, Any]:
-    """The shared machine description (bench/sfm.py) plus the render stack's versions and the GPU, if any."""
-    from importlib.metadata import PackageNotFoundError, version
+    """The machine description shared by the benchmarks (bench/machine.py) with the render stack's versions."""
+    from machine import machine_info
 
-    import torch
-    from sfm import machine as common
-
-    info: dict[str, Any] = common()
-    for p in ("torch", "torchmetrics", "pytorch-msssim", "gsplat"):
-        try:
-            info["versions"][p] = version(p)
-        except PackageNotFoundError:
-            info["versions"][p] = None
-    info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return info
+    return machine_info(("splatflow", "torch", "numpy", "torchmetrics", "pytorch-msssim", "gsplat"))
 
 
 def one(path: str, size: int, views: int, backend: str, device: str, threads: int, backward: bool) -> dict:

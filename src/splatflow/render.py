@@ -9,7 +9,7 @@ alpha (H, W, 1))``. Backends:
   every splat input. It follows gsplat's "classic" mode step by step: EWA projection of the 3-D covariance with
   the 0.3-pixel low-pass dilation, the opacity-aware 3-sigma screen box, SH evaluation up to degree 3 with the
   gsplat/INRIA constants (``colour = max(SH(dir) + 0.5, 0)``, ``dir`` from the camera centre to the splat),
-  depth-sorted front-to-back compositing per 16x16 tile with gsplat's constants (alpha clamped at 0.999, splats
+  depth-sorted front-to-back compositing per tile with gsplat's constants (alpha clamped at 0.999, splats
   with alpha < 1/255 skipped, a pixel stops at transmittance <= 1e-4, pixel centres at +0.5).
 - ``"auto"``: gsplat when the tensors are on CUDA and gsplat imports, else torch.
 
