@@ -17,5 +17,5 @@ def compress(model: Input[Model], sog: Output[Artifact]) -> dict:
 
     Path(sog.path).mkdir(parents=True, exist_ok=True)  # KFP creates the artifact's parent, not the folder
     report = run_compress(Path(model.path) / "splats.ply", Path(sog.path) / "splats.sog")
-    sog.metadata.update({"bytes": report.get("bytes"), "bytes_per_splat": report.get("bytes_per_splat")})
+    sog.metadata.update(task_output({"bytes": report.get("bytes"), "bytes_per_splat": report.get("bytes_per_splat")}))
     return task_output(report)

@@ -16,5 +16,5 @@ def ingest(source_uri: str, quality: str, images: Output[Dataset]) -> dict:
     from splatflow.stages.ingest import ingest as run_ingest
 
     report = run_ingest(source_uri, Path(images.path), max_side=preset(quality)["max_side"])
-    images.metadata["kept"] = report.get("kept")
+    images.metadata.update(task_output({"kept": len(report.get("kept") or [])}))
     return task_output(report)

@@ -25,5 +25,6 @@ def publish(output_uri: str, source_uri: str, run_id: str, sog: Input[Artifact],
                          reports={"ingest": ingest_report, "sfm": sfm_report, "train": train_report,
                                   "compress": compress_report})
     Path(report.path).write_text(json.dumps(result, indent=2, default=str))
-    report.metadata.update({"viewer_uri": result.get("viewer_uri"), "manifest_uri": result.get("manifest_uri")})
+    report.metadata.update(task_output({"viewer_uri": result.get("viewer_uri"),
+                                         "manifest_uri": result.get("manifest_uri")}))
     return task_output(result)

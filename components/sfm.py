@@ -16,5 +16,5 @@ def sfm(images: Input[Dataset], quality: str, sfm_model: Output[Dataset]) -> dic
     from splatflow.stages.sfm import sfm as run_sfm
 
     report = run_sfm(Path(images.path) / "images", Path(sfm_model.path), max_side=preset(quality)["max_side"])
-    sfm_model.metadata["registered"] = report.get("registered")
+    sfm_model.metadata.update(task_output({"registered": report.get("registered")}))
     return task_output(report)

@@ -1,4 +1,4 @@
-"""KFP component: train 3D Gaussian splats on the SfM model (GPU; resumes from its checkpoint on retry)."""
+"""KFP component: train 3D Gaussian splats on the SfM model (GPU; a retry resumes from the checkpoint it finds)."""
 
 # no `from __future__ import annotations`: kfp reads the real annotation objects (Input[Model] ...)
 from kfp import dsl
@@ -19,5 +19,5 @@ def train(sfm_model: Input[Dataset], quality: str, iterations: int, max_splats: 
     settings = preset(quality, iterations)
     report = run_train(Path(sfm_model.path), Path(model.path), iterations=settings["iterations"],
                        resolution=settings["resolution"], max_splats=max_splats, sh_degree=sh_degree)
-    model.metadata.update({"splats": report.get("splats"), "psnr_test": report.get("psnr_test")})
+    model.metadata.update(task_output({"splats": report.get("splats"), "psnr_test": report.get("psnr_test")}))
     return task_output(report)
