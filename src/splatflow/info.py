@@ -57,13 +57,10 @@ def load_any(path: str | os.PathLike[str]) -> tuple[GaussianCloud, int, str]:
     p = Path(path)
     if p.suffix.lower() == ".ply":
         return read_ply(p), p.stat().st_size, "ply"
-    try:
-        from splatflow.sog.decode import read_sog  # the codec, when installed
-    except ImportError:
-        read_sog = None
-    if read_sog is not None and (p.suffix.lower() == ".sog" or p.name == "meta.json" or p.is_dir()):
-        cloud, nbytes, kind = read_sog(p)
-        return cloud, nbytes, kind
+    if p.suffix.lower() == ".sog" or p.name == "meta.json" or p.is_dir():
+        from splatflow.sog.decode import read_sog
+
+        return read_sog(p)
     raise InputError(f"{p}: unknown splat file type", hint="give a .ply, a .sog or a SOG meta.json")
 
 
