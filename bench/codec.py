@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -50,31 +49,13 @@ def inputs() -> dict[str, Path]:
 
 
 def machine() -> dict[str, Any]:
-    """CPU model, cores, memory, load and the versions of everything measured."""
-    from importlib.metadata import version
+    """CPU model, cores, memory, load and the versions of everything measured (splat-transform included)."""
+    from machine import machine_info  # bench/machine.py
 
-    import torch
-
-    cpu = platform.processor()
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem = 0
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal"):
-                mem = int(line.split()[1]) * 1024
-    st = subprocess.run([str(ST), "--version"], capture_output=True, text=True).stdout.strip()
-    return {
-        "cpu": cpu, "cores": os.cpu_count(), "memory_bytes": mem, "platform": platform.platform(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "splatflow": version("splatflow"), "pillow": version("pillow"), "numpy": version("numpy"),
-                     "splat-transform": st},
-        "load_average_at_start": os.getloadavg(),
-    }
+    info = machine_info(("splatflow", "torch", "numpy", "pillow", "faiss-cpu"))
+    info["versions"]["splat-transform"] = subprocess.run(
+        [str(ST), "--version"], capture_output=True, text=True).stdout.strip()
+    return info
 
 
 def timed(cmd: list[str], timeout: float | None) -> dict[str, Any]:

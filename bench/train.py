@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import sys
 from pathlib import Path
@@ -30,27 +29,9 @@ RESULTS = ROOT / "bench" / "results"
 
 def machine() -> dict[str, Any]:
     """CPU, cores, memory, GPU and library versions."""
-    from importlib.metadata import PackageNotFoundError, version
+    from machine import machine_info  # bench/machine.py
 
-    import torch
-
-    cpu = platform.processor()
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    versions = {}
-    for pkg in ("splatflow", "torch", "gsplat", "pycolmap", "numpy"):
-        try:
-            versions[pkg] = version(pkg)
-        except PackageNotFoundError:
-            versions[pkg] = None
-    return {
-        "cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "versions": versions, "load_average_at_start": os.getloadavg(),
-    }
+    return machine_info(("splatflow", "torch", "gsplat", "pycolmap", "numpy"))
 
 
 def sfm_folder(name: str, max_side: int) -> Path:
