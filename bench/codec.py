@@ -53,8 +53,8 @@ def machine() -> dict[str, Any]:
     from machine import machine_info  # bench/machine.py
 
     info = machine_info(("splatflow", "torch", "numpy", "pillow", "faiss-cpu"))
-    info["versions"]["splat-transform"] = subprocess.run(
-        [str(ST), "--version"], capture_output=True, text=True).stdout.strip()
+    pkg = ROOT / "node_modules" / "@playcanvas" / "splat-transform" / "package.json"
+    info["versions"]["splat-transform"] = json.loads(pkg.read_text())["version"] if pkg.exists() else None
     return info
 
 
