@@ -22,9 +22,12 @@ $(STAMP): pyproject.toml package.json
 	$(PIP) install -q -e ".[all,dev]"
 	npm install --no-audit --no-fund --loglevel=error
 	$(PY) -m splatflow.viewer install-assets
+	@# Debian's chromium drives the viewer page's browser test (Playwright's own browser download is not used)
+	command -v chromium >/dev/null 2>&1 || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv with splatflow and every extra (CPU torch), and the npm reference tools
+install: $(STAMP) ## create .venv with splatflow and every extra (CPU torch), the npm reference tools and chromium
 
 viewer-assets: $(STAMP) ## copy the viewer page's files (npm @playcanvas/supersplat-viewer) into src/splatflow/viewer/assets
 	npm install --no-audit --no-fund --loglevel=error
