@@ -16,6 +16,6 @@ def compress(model: Input[Model], sog: Output[Artifact]) -> dict:
     from splatflow.stages.compress import compress as run_compress
 
     Path(sog.path).mkdir(parents=True, exist_ok=True)  # KFP creates the artifact's parent, not the folder
-    report = run_compress(Path(model.path) / "splats.ply", Path(sog.path) / "splats.sog")
+    report = run_compress(Path(model.path) / "splats.ply", Path(sog.path) / "splats.sog", fidelity_views=4)
     sog.metadata.update(task_output({"bytes": report.get("bytes"), "bytes_per_splat": report.get("bytes_per_splat")}))
     return task_output(report)

@@ -365,6 +365,9 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.add_argument("--drop-invalid", action="store_true", help="drop splats with NaN/Inf values instead of failing")
+    p.add_argument("--fidelity-views", type=int, default=0, metavar="N",
+                   help="also render N orbit views (256 px) of the source and of the decoded SOG and report "
+                        "PSNR/SSIM, e.g. 4 (default 0: skipped; on a CPU it takes longer than the encoding)")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.set_defaults(handler=_run_compress)
 
@@ -375,13 +378,15 @@ def _run_compress(args: argparse.Namespace) -> int:
     from splatflow.stages.compress import compress
 
     r = compress(Path(args.ply), Path(args.out), format=args.format, sort=args.sort, sh_bands=args.sh_bands,
-                 device=args.device, overwrite=args.overwrite, drop_invalid=args.drop_invalid)
+                 device=args.device, overwrite=args.overwrite, drop_invalid=args.drop_invalid,
+                 fidelity_views=args.fidelity_views)
     if args.json:
         _print_json(r)
     else:
+        fid = r["fidelity"]
         print(f"{r['output']}: {r['splats']:,} splats, {r['bytes']:,} bytes, {r['bytes_per_splat']:.2f} bytes/splat, "
-              f"{r['ratio']:.1f}x smaller than the PLY, {r['seconds']:.1f} s ({r['format']}, {r['sort']}, "
-              f"{r['device']})")
+              f"{r['ratio']:.1f}x smaller than the PLY, {r['codec_seconds']:.1f} s ({r['format']}, {r['sort']}, "
+              f"{r['device']})" + (f"; renders {fid['psnr']:.1f} dB PSNR vs the PLY" if fid else ""))
     return 0
 
 

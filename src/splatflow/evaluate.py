@@ -95,14 +95,18 @@ def _stats(values: np.ndarray, unit: str) -> dict[str, Any]:
             "max": float(f"{v.max():.6g}"), "unit": unit}
 
 
-def attribute_errors(source: GaussianCloud, candidate: GaussianCloud, index: np.ndarray) -> dict[str, dict]:
-    """Per-attribute absolute errors (mean, p99, max) of ``candidate[i]`` against ``source[index[i]]``.
+def attribute_errors(source: GaussianCloud, candidate: GaussianCloud,
+                     index: np.ndarray | None = None) -> dict[str, dict]:
+    """Per-attribute absolute errors (mean, p99, max) of ``candidate[i]`` against ``source[index[i]]`` (``index``
+    None: the same order).
 
     Rows: ``position`` (distance, scene units), ``log_scale`` (natural log, per axis), ``color`` (base colour
     0.5 + C0 * sh0 in 8-bit levels, per channel), ``opacity`` (alpha in 8-bit levels), ``rotation`` (angle between
     the quaternions in degrees), ``sh_rest`` (higher-order coefficients over the bands both have, if any).
     """
-    src = source.subset(index)
+    src = source if index is None else source.subset(index)
+    if len(src) != len(candidate):
+        raise InputError(f"cannot compare {len(candidate)} splats with {len(src)}")
     qa, qb = src.normalized_quats().astype(np.float64), candidate.normalized_quats().astype(np.float64)
     qb = qb * np.where((qa * qb).sum(1, keepdims=True) < 0, -1.0, 1.0)    # q and -q are the same rotation
     angle = 4.0 * np.arctan2(np.linalg.norm(qa - qb, axis=1), np.linalg.norm(qa + qb, axis=1))  # stable near 0
@@ -120,6 +124,49 @@ def attribute_errors(source: GaussianCloud, candidate: GaussianCloud, index: np.
 
 
 # ------------------------------------------------------------------------------------------- evaluation
+def compare_renders(source: GaussianCloud, candidate: GaussianCloud, cameras: list[Camera], *,
+                    backend: str = "auto", device: str | None = None,
+                    background: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> tuple[list[dict[str, Any]], list[str]]:
+    """Render both clouds from every camera: (per-view PSNR/SSIM/coverage rows, names of the cameras that see
+    nothing of the source). InputError when no camera sees the source."""
+    from splatflow.render import cloud_tensors, render_cloud, resolve_device
+
+    dev = resolve_device(device)
+    ts, tc = cloud_tensors(source, dev), cloud_tensors(candidate, dev)
+    per_view: list[dict[str, Any]] = []
+    blind: list[str] = []
+    for cam in cameras:
+        a = render_cloud(source, cam, backend=backend, device=str(dev), background=background, tensors=ts,
+                         with_alpha=True)
+        coverage = float(a[..., 3].mean())
+        if coverage < MIN_COVERAGE:
+            blind.append(cam.name)
+            continue
+        b = render_cloud(candidate, cam, backend=backend, device=str(dev), background=background, tensors=tc)
+        value = psnr(a[..., :3], b)
+        per_view.append({"camera": cam.name, "psnr": finite_db(value), "ssim": round(ssim(a[..., :3], b), 6),
+                         "coverage": round(coverage, 4)})
+        log.info("view %s: PSNR %.2f dB, SSIM %.4f", cam.name, value, per_view[-1]["ssim"])
+    if not per_view:
+        raise InputError(f"none of the {len(cameras)} cameras sees the source splats",
+                         hint="the cameras must be in the splats' coordinate frame (the sfm output the splats "
+                              "were trained from); omit --cameras to orbit the scene instead")
+    return per_view, blind
+
+
+def render_fidelity(source: GaussianCloud, candidate: GaussianCloud, *, views: int = 4, size: int = 256,
+                    device: str | None = None) -> dict[str, Any]:
+    """Mean/min PSNR (dB) and mean SSIM of ``candidate`` against ``source`` over an orbit of ``views`` square
+    ``size``-pixel views around the source's dense region (what the compress report and the codec benchmark
+    carry)."""
+    from splatflow.cameras import orbit_cameras
+
+    rows, _ = compare_renders(source, candidate, orbit_cameras(source, views=views, width=size, height=size),
+                              device=device)
+    return {"psnr": round(float(np.mean([r["psnr"] for r in rows])), 3), "psnr_min": min(r["psnr"] for r in rows),
+            "ssim": round(float(np.mean([r["ssim"] for r in rows])), 6), "views": len(rows), "size": size}
+
+
 def evaluate(source: str | os.PathLike[str], candidate: str | os.PathLike[str], *,
              cameras: str | os.PathLike[str] | list[Camera] | None = None, views: int = 8,
              size: tuple[int, int] | None = None, backend: str = "auto", device: str | None = None,
@@ -134,8 +181,6 @@ def evaluate(source: str | os.PathLike[str], candidate: str | os.PathLike[str], 
     infinite; the report stores it as ``MAX_PSNR`` (100 dB) since JSON has no infinity. ``json_out`` writes the
     report there atomically.
     """
-    from splatflow.render import cloud_tensors, render_cloud, resolve_device
-
     t0 = time.monotonic()
     src, src_bytes, _ = load_splats(source)
     cand, cand_bytes, cand_kind = load_splats(candidate)
@@ -147,26 +192,7 @@ def evaluate(source: str | os.PathLike[str], candidate: str | os.PathLike[str], 
     cams = cameras if isinstance(cameras, list) else load_cameras(cameras, src, views=views, size=size)
     if isinstance(cameras, list) and size is not None:
         cams = [c.resized(*size) for c in cams]
-    dev = resolve_device(device)
-    ts, tc = cloud_tensors(src, dev), cloud_tensors(cand, dev)
-    per_view: list[dict[str, Any]] = []
-    blind: list[str] = []
-    for cam in cams:
-        a = render_cloud(src, cam, backend=backend, device=str(dev), background=background, tensors=ts,
-                         with_alpha=True)
-        coverage = float(a[..., 3].mean())
-        if coverage < MIN_COVERAGE:
-            blind.append(cam.name)
-            continue
-        b = render_cloud(cand, cam, backend=backend, device=str(dev), background=background, tensors=tc)
-        value = psnr(a[..., :3], b)
-        per_view.append({"camera": cam.name, "psnr": finite_db(value), "ssim": round(ssim(a[..., :3], b), 6),
-                         "coverage": round(coverage, 4)})
-        log.info("view %s: PSNR %.2f dB, SSIM %.4f", cam.name, value, per_view[-1]["ssim"])
-    if not per_view:
-        raise InputError(f"none of the {len(cams)} cameras sees the source splats",
-                         hint="the cameras must be in the splats' coordinate frame (the sfm output the splats "
-                              "were trained from); omit --cameras to orbit the scene instead")
+    per_view, blind = compare_renders(src, cand, cams, backend=backend, device=device, background=background)
     if blind:
         notes.append(f"{len(blind)} of {len(cams)} cameras see nothing of the source and were left out: "
                      + ", ".join(blind[:5]) + (" ..." if len(blind) > 5 else ""))

@@ -23,7 +23,7 @@ from splatflow.stages.notify import build_message, notify
 TOKEN = "xoxb-T0SECRET/B0SECRET/VerySecretWebhookToken42"
 PASSWORD = "pw-Sup3r-S3cret-Value"
 SUMMARY = {"splats": 90854, "bytes": 1196155, "bytes_per_splat": 13.17, "ratio": 4.25, "psnr": 26.43,
-           "seconds": {"train": 600.5, "compress": 7.5}, "total_seconds": 608.0}
+           "codec_psnr": 61.25, "seconds": {"train": 600.5, "compress": 7.5}, "total_seconds": 608.0}
 REPORT: dict[str, Any] = {"run_id": "run-7", "summary": SUMMARY, "source_uri": "s3://in/scans/guitar.zip",
                           "viewer_uri": "/srv/out/guitar/run-7/index.html",
                           "manifest_uri": "/srv/out/guitar/run-7/manifest.json",
@@ -85,7 +85,8 @@ def test_message_text_and_blocks() -> None:
     msg = build_message("succeeded", scene="guitar", report=REPORT)
     text = msg.text()
     for fact in ("guitar published", "Status: succeeded", "Run: run-7", "Splats: 90,854", "Size: 1.2 MB",
-                 "13.17 B/splat", "Ratio: 4.2x", "PSNR: 26.43 dB", "Time: 10 min 08 s (train 10 min 00 s, "
+                 "13.17 B/splat", "Ratio: 4.2x", "PSNR: 26.43 dB", "SOG vs PLY: 61.25 dB PSNR",
+                 "Time: 10 min 08 s (train 10 min 00 s, "
                  "compress 7.5 s)", "Open the viewer: /srv/out/guitar/run-7/index.html",
                  "Download the SOG: /srv/out/guitar/run-7/guitar.sog"):
         assert fact in text, fact

@@ -19,7 +19,7 @@ from splatflow.stages.publish import publish, read_latest, read_manifest, run_su
 REPORTS: dict[str, dict[str, Any]] = {
     "train": {"iterations": 7000, "splats": 90854, "psnr_test": 27.1, "ssim_test": 0.88, "seconds": 600.5},
     "compress": {"splats": 90854, "bytes": 1196155, "bytes_per_splat": 13.17, "ratio": 4.25, "seconds": 7.5,
-                 "psnr": 26.4},
+                 "fidelity": {"psnr": 61.2, "ssim": 0.9999, "views": 4, "size": 256}},
 }
 VIEWER_FILES = {"index.html", "index.js", "index.css", "LICENSE-supersplat-viewer.txt", "settings.json"}
 
@@ -64,7 +64,8 @@ def test_publish_local_layout(sample_sog: Path, sog_dir: Path, tmp_path: Path, s
     assert objects["guitar.ply"] == splat_paths["guitar"].read_bytes()
     assert json.loads(objects["reports/compress.json"]) == REPORTS["compress"]
     assert manifest["content"] == "guitar.sog" and manifest["viewer"] == "index.html"
-    assert manifest["summary"]["psnr"] == 26.4 and manifest["summary"]["psnr_source"] == "compress"
+    assert manifest["summary"]["psnr"] == 27.1 and manifest["summary"]["psnr_source"] == "train"
+    assert manifest["summary"]["codec_psnr"] == 61.2
     assert manifest["summary"]["total_seconds"] == pytest.approx(608.0)
     # the page names its content and settings itself: no query string needed, nothing outside the folder
     html = objects["index.html"].decode()
@@ -260,7 +261,9 @@ def test_missing_viewer_assets_fail_before_writing(sample_sog: Path, tmp_path: P
 def test_run_summary() -> None:
     s = run_summary(REPORTS)
     assert s["splats"] == 90854 and s["ratio"] == 4.25 and s["bytes"] == 1196155
-    assert s["psnr"] == 26.4 and s["ssim"] == 0.88 and s["ssim_source"] == "train"
+    assert s["psnr"] == 27.1 and s["ssim"] == 0.88 and s["ssim_source"] == "train" and s["codec_psnr"] == 61.2
+    # an evaluate report (the scene against photos) wins over training's held-out numbers
+    assert run_summary({**REPORTS, "evaluate": {"psnr": 25.0}})["psnr_source"] == "evaluate"
     assert s["seconds"] == {"train": 600.5, "compress": 7.5}
     assert run_summary({}) == {}
 

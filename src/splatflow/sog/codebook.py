@@ -1,8 +1,12 @@
 """1-D codebooks: the 256-entry scalar quantizers of SOG v2 (scales, sh0 colours, SH palette coefficients).
 
 A weighted 1-D k-means (Lloyd from weighted-quantile seeds) over a fine histogram of the pooled values, then a
-few Lloyd steps on the raw values. (An exact dynamic programme over the histogram, as PlayCanvas does, measured
-10x slower for the same error at 1024 bins.) Runs in torch on the values' device.
+few weighted Lloyd steps on the raw values. (An exact dynamic programme over the histogram, as PlayCanvas does,
+measured 10x slower for the same error at 1024 bins.) Runs in torch on the values' device.
+
+Weights say how much an error in each value costs on screen; the encoder passes them so that the 256 entries
+go where the picture needs them (see :func:`scale_weights` and :func:`footprint_weights`). Without weights
+every value counts the same, which is what PlayCanvas does.
 """
 
 from __future__ import annotations
@@ -23,64 +27,90 @@ def _weighted_kmeans_1d(x: torch.Tensor, w: torch.Tensor, k: int, iters: int) ->
     q = (torch.arange(k, dtype=torch.float64, device=x.device) + 0.5) / k * cw[-1]
     cb = x[torch.searchsorted(cw, q).clamp_(max=x.numel() - 1)]
     for _ in range(iters):
-        mid = (cb[1:] + cb[:-1]) * 0.5
-        lab = torch.bucketize(x, mid)
-        sw = torch.zeros(k, dtype=torch.float64, device=x.device).index_add_(0, lab, w)
-        sx = torch.zeros(k, dtype=torch.float64, device=x.device).index_add_(0, lab, w * x)
-        new = torch.where(sw > 0, sx / sw.clamp_min(1e-300), cb)
-        new, _ = torch.sort(new)
+        new = _weighted_means(x, w, cb)
         if torch.equal(new, cb):
             break
         cb = new
     return cb
 
 
-def _lloyd_1d(values: torch.Tensor, codebook: torch.Tensor, iters: int) -> torch.Tensor:
-    """A few Lloyd steps on the raw values; ``codebook`` sorted (k,). Returns the refined sorted codebook."""
-    k = codebook.shape[0]
-    for _ in range(iters):
-        labels = assign_1d(values, codebook)
-        cnt = torch.bincount(labels, minlength=k).to(torch.float64)
-        tot = torch.zeros(k, dtype=torch.float64, device=values.device).index_add_(0, labels, values.double())
-        new = torch.where(cnt > 0, tot / cnt.clamp_min(1), codebook.double()).to(codebook.dtype)
-        codebook, _ = torch.sort(new)
-    return codebook
+def _weighted_means(x: torch.Tensor, w: torch.Tensor, cb: torch.Tensor) -> torch.Tensor:
+    """One weighted Lloyd step: the weighted mean of the values ``x`` (M,) nearest to each entry of the sorted
+    ``cb`` (k,) (an entry with no weight stays); returns the new sorted (k,) float64 codebook."""
+    k = cb.shape[0]
+    lab = assign_1d(x, cb)
+    sw = torch.zeros(k, dtype=torch.float64, device=x.device).index_add_(0, lab, w)
+    sx = torch.zeros(k, dtype=torch.float64, device=x.device).index_add_(0, lab, w * x)
+    return torch.sort(torch.where(sw > 0, sx / sw.clamp_min(1e-300), cb.double()))[0]
 
 
 def assign_1d(values: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """Index of the nearest entry of a sorted ``codebook`` (k,) for every value; same shape as ``values``, int64."""
     mid = (codebook[1:] + codebook[:-1]) * 0.5
-    return torch.bucketize(values.contiguous(), mid.contiguous())
+    return torch.bucketize(values.contiguous(), mid.contiguous().to(values.dtype))
 
 
-def quantize_1d(values: torch.Tensor, k: int = 256, *, bins: int = DEFAULT_BINS,
-                lloyd_iters: int = 2, hist_iters: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+def scale_weights(log_scales: torch.Tensor, opacity_logits: torch.Tensor) -> torch.Tensor:
+    """(N, 3) weights for the log-scale codebook: alpha * exp(2 * log-scale).
+
+    A log-scale error d changes the splat's extent along that axis by about exp(s) * d, so these weights make
+    the codebook minimise the alpha-weighted squared error of the linear extent, which is what the renderer
+    draws. Large, opaque splats get fine steps; tiny or transparent ones, whose size cannot be seen, coarse
+    ones. (Measured on fruit_drops and guitar: +9 to +22 dB render PSNR over equal weights for the scales.)
+    """
+    s = log_scales.double()
+    return torch.sigmoid(opacity_logits.double())[:, None] * torch.exp(2.0 * (s - s.max()))
+
+
+def footprint_weights(log_scales: torch.Tensor, opacity_logits: torch.Tensor) -> torch.Tensor:
+    """(N,) weights for colour codebooks: alpha times the splat's area (the product of its two largest
+    extents), i.e. how many pixels, and how strongly, a colour error reaches."""
+    s = log_scales.double()
+    area = s.sum(1) - s.min(1).values
+    return torch.sigmoid(opacity_logits.double()) * torch.exp(area - area.max())
+
+
+def quantize_1d(values: torch.Tensor, k: int = 256, *, weights: torch.Tensor | None = None,
+                bins: int = DEFAULT_BINS, lloyd_iters: int = 2,
+                hist_iters: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
     """Pool ``values`` (any shape, finite) into a sorted k-entry codebook.
 
-    Returns (codebook (k,) float32, labels: same shape as ``values``, uint8 for k <= 256 else int64).
-    Codebook entries beyond the number of distinct values repeat the largest one (any decoder reads them).
+    ``weights``: None (all equal) or non-negative, broadcastable to ``values``' shape; the codebook minimises
+    the weighted squared error. Returns (codebook (k,) float32, labels: same shape as ``values``, uint8 for
+    k <= 256 else int64). Codebook entries beyond the number of distinct values repeat the largest one (any
+    decoder reads them).
     """
     flat = values.reshape(-1).float()
     dev = flat.device
     if flat.numel() == 0:
         cb = torch.zeros(k, dtype=torch.float32, device=dev)
         return cb, torch.zeros(values.shape, dtype=torch.uint8, device=dev)
+    wflat = (torch.ones_like(flat, dtype=torch.float64) if weights is None
+             else torch.broadcast_to(weights.to(dev, torch.float64), values.shape).reshape(-1))
+    if weights is not None and not bool((wflat > 0).any()):
+        wflat = torch.ones_like(wflat)  # every weight underflowed: fall back to equal weights
     uniq = torch.unique(flat) if flat.numel() <= 65536 else None
     if uniq is not None and uniq.numel() <= k:
         cb = torch.cat([uniq, uniq[-1:].expand(k - uniq.numel())])
     else:
         lo, hi = flat.min(), flat.max()
         b = ((flat - lo) / (hi - lo).clamp_min(1e-30) * bins).long().clamp_(0, bins - 1)
-        w = torch.bincount(b, minlength=bins).double()
-        s = torch.zeros(bins, dtype=torch.float64, device=dev).index_add_(0, b, flat.double())
-        keep = w > 0
-        w, s = w[keep], s[keep]
-        centers = s / w
+        occupied = torch.bincount(b, minlength=bins) > 0
+        w = torch.zeros(bins, dtype=torch.float64, device=dev).index_add_(0, b, wflat)
+        s = torch.zeros(bins, dtype=torch.float64, device=dev).index_add_(0, b, flat.double() * wflat)
+        # a bin whose values all weigh 0 still holds values: give it a tiny weight at its plain mean
+        plain = torch.zeros(bins, dtype=torch.float64, device=dev).index_add_(0, b, flat.double())
+        cnt = torch.bincount(b, minlength=bins).double()
+        tiny = w[w > 0].min() * 1e-6 if bool((w > 0).any()) else torch.tensor(1.0, dtype=torch.float64)
+        centers = torch.where(w > 0, s / w.clamp_min(1e-300), plain / cnt.clamp_min(1))[occupied]
+        w = torch.where(w > 0, w, tiny.expand_as(w))[occupied]
         if w.numel() <= k:
             cb = centers.float()
             cb = torch.cat([cb, cb[-1:].expand(k - cb.numel())])
         else:
-            cb = _weighted_kmeans_1d(centers, w, k, hist_iters).float()
-            cb = _lloyd_1d(flat, cb, lloyd_iters)
+            cb64 = _weighted_kmeans_1d(centers, w, k, hist_iters)
+            for _ in range(lloyd_iters):
+                cb64 = _weighted_means(flat.double(), wflat, cb64)
+            cb = cb64.float()
     labels = assign_1d(flat, cb).reshape(values.shape)
     return cb, labels.to(torch.uint8) if k <= 256 else labels

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from splatflow.errors import SogError
-from splatflow.gaussians import SH_C0, GaussianCloud, logit
+from splatflow.gaussians import GaussianCloud, logit
 from splatflow.sog import webp
 from splatflow.sog.bundle import read_files
 from splatflow.sog.meta import CENTROID_WIDTHS
@@ -134,27 +134,3 @@ def read_sog(path: str | os.PathLike[str]) -> tuple[GaussianCloud, int, str]:
     meta, blobs, nbytes = read_files(Path(path))
     cloud, kind = decode_files(meta, blobs)
     return cloud, nbytes, kind
-
-
-def attribute_errors(src: GaussianCloud, dec: GaussianCloud) -> dict[str, dict[str, float]]:
-    """Per-attribute mean and max error of ``dec`` against ``src`` (same splat order, same N).
-
-    position: Euclidean distance (scene units); log_scale: |d log-scale|; colour: |d (0.5 + C0*sh0)| in 8-bit
-    levels (x255); opacity: |d sigmoid(opacity)| in 8-bit levels; quat_deg: rotation angle between the
-    normalized quaternions in degrees; sh: |d f_rest| over the bands both hold.
-    """
-    if len(src) != len(dec):
-        raise ValueError(f"cannot compare {len(src)} splats with {len(dec)}")
-    qa, qb = src.normalized_quats().astype(np.float64), dec.normalized_quats().astype(np.float64)
-    dot = np.clip(np.abs((qa * qb).sum(1)), 0.0, 1.0)
-    parts = {
-        "position": np.linalg.norm(src.means.astype(np.float64) - dec.means, axis=1),
-        "log_scale": np.abs(src.scales.astype(np.float64) - dec.scales),
-        "colour_8bit": np.abs(src.sh0.astype(np.float64) - dec.sh0) * SH_C0 * 255.0,
-        "opacity_8bit": np.abs(src.alphas().astype(np.float64) - dec.alphas()) * 255.0,
-        "quat_deg": np.degrees(2.0 * np.arccos(dot)),
-    }
-    k = min(src.shN.shape[1], dec.shN.shape[1])
-    if k:
-        parts["sh"] = np.abs(src.shN[:, :k].astype(np.float64) - dec.shN[:, :k])
-    return {name: {"mean": float(v.mean()), "max": float(v.max())} for name, v in parts.items()}

@@ -22,7 +22,7 @@ from splatflow.gaussians import SH_COEFFS, GaussianCloud
 from splatflow.sog import meta as sogmeta
 from splatflow.sog import webp
 from splatflow.sog.bundle import meta_bytes
-from splatflow.sog.codebook import quantize_1d
+from splatflow.sog.codebook import footprint_weights, quantize_1d, scale_weights
 from splatflow.sog.kmeans import kmeans_palette, palette_size
 from splatflow.sog.sort import grid_order, sort_features
 
@@ -102,14 +102,15 @@ def pack_quats(q: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _palette(shn: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """SH palette of (N, K, 3) coefficients (in texel order): centroids (k, K, 3) and labels (N,) int64.
+def _palette(shn: torch.Tensor, weights: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """SH palette of (N, K, 3) coefficients (in texel order), k-means weighted by ``weights`` (N,): centroids
+    (k, K, 3) and labels (N,) int64.
 
     Centroids are renumbered in order of first use along the texels, so neighbouring splats get nearby labels
     and neighbouring palette entries hold similar SH: both textures compress better.
     """
     n, k_coeffs, _ = shn.shape
-    cen, lab = kmeans_palette(shn.reshape(n, k_coeffs * 3), palette_size(n), seed=seed)
+    cen, lab = kmeans_palette(shn.reshape(n, k_coeffs * 3), palette_size(n), weights=weights, seed=seed)
     k = cen.shape[0]
     first = torch.full((k,), n, dtype=torch.int64, device=lab.device)
     first.scatter_reduce_(0, lab, torch.arange(n, device=lab.device), reduce="amin")
@@ -177,12 +178,15 @@ def encode_cloud(cloud: GaussianCloud, *, format: str = "v2", sort: str = "morto
     sh_info: dict[str, Any] | None = None
     if kc:
         assert shn is not None
-        cen, lab = _palette(shn, seed)
+        wts = footprint_weights(scales, opac)
+        cen, lab = _palette(shn, wts, seed)
         lap("kmeans")
         lab_px = torch.stack([(lab & 0xFF), (lab >> 8)], 1).to(torch.uint8)
         images["shN_labels.webp"] = _rgba(lab_px, w, h)
         if format == "v2":
-            sh_cb, cen_idx = quantize_1d(cen)
+            # each centroid weighs what its members weigh on screen
+            cen_w = torch.zeros(cen.shape[0], dtype=torch.float64, device=cen.device).index_add_(0, lab, wts)
+            sh_cb, cen_idx = quantize_1d(cen, weights=cen_w[:, None, None])
             sh_info = {"count": int(cen.shape[0]), "bands": bands, "codebook": sh_cb.tolist()}
         else:
             lo, hi = cen.min().double(), cen.max().double()
@@ -193,8 +197,8 @@ def encode_cloud(cloud: GaussianCloud, *, format: str = "v2", sort: str = "morto
 
     alpha = _u8(torch.sigmoid(opac.double()) * 255)
     if format == "v2":
-        s_cb, s_idx = quantize_1d(scales)
-        c_cb, c_idx = quantize_1d(sh0)
+        s_cb, s_idx = quantize_1d(scales, weights=scale_weights(scales, opac))
+        c_cb, c_idx = quantize_1d(sh0, weights=footprint_weights(scales, opac)[:, None])
         images["scales.webp"] = _rgba(s_idx, w, h)
         images["sh0.webp"] = _rgba(torch.cat([c_idx, alpha[:, None]], 1), w, h)
         meta = sogmeta.v2_meta(n, mins.tolist(), maxs.tolist(), s_cb.tolist(), c_cb.tolist(), sh_info)

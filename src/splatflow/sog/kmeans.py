@@ -37,26 +37,28 @@ def assign(x: torch.Tensor, c: torch.Tensor, *, chunk_bytes: int = 64 << 20) -> 
     return out
 
 
-def _sums(x: torch.Tensor, lab: torch.Tensor, k: int, *, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-centroid point counts (k,) and coordinate sums (k, D) as one-hot matrix products (scatter-adds are
-    much slower on CPU)."""
+def _sums(x: torch.Tensor, lab: torch.Tensor, k: int, w: torch.Tensor, *,
+          chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-centroid weights (k,) and weighted coordinate sums (k, D) of the rows of ``x`` (n, D) with weights
+    ``w`` (n,), as one-hot matrix products (scatter-adds are much slower on CPU)."""
     cnt = torch.zeros(k, dtype=x.dtype, device=x.device)
     tot = torch.zeros((k, x.shape[1]), dtype=x.dtype, device=x.device)
     for s in range(0, x.shape[0], chunk):
-        oh = torch.nn.functional.one_hot(lab[s:s + chunk], k).to(x.dtype)
+        oh = torch.nn.functional.one_hot(lab[s:s + chunk], k).to(x.dtype) * w[s:s + chunk, None]
         cnt += oh.sum(0)
         tot += oh.T @ x[s:s + chunk]
     return cnt, tot
 
 
-def _lloyd(x: torch.Tensor, k: int, iters: int, gen: torch.Generator) -> torch.Tensor:
-    """Plain Lloyd k-means of ``x`` (n, D), n > k, seeded with k distinct random rows; returns (k, D) centroids."""
+def _lloyd(x: torch.Tensor, w: torch.Tensor, k: int, iters: int, gen: torch.Generator) -> torch.Tensor:
+    """Weighted Lloyd k-means of ``x`` (n, D) with weights ``w`` (n,), n > k, seeded with k distinct random rows;
+    returns (k, D) centroids."""
     n = x.shape[0]
     c = x[torch.randperm(n, generator=gen)[:k].to(x.device)].clone()
     for _ in range(iters):
         lab = assign(x, c)
-        cnt, tot = _sums(x, lab, k)
-        c = torch.where((cnt > 0)[:, None], tot / cnt.clamp_min(1)[:, None], c)
+        cnt, tot = _sums(x, lab, k, w)
+        c = torch.where((cnt > 0)[:, None], tot / cnt.clamp_min(1e-30)[:, None], c)
     return c
 
 
@@ -83,10 +85,11 @@ def _allocate(sizes: torch.Tensor, k: int) -> torch.Tensor:
     return alloc
 
 
-def kmeans_palette(x: torch.Tensor, k: int, *, iters: int = 10, seed: int = 0,
-                   sample_per_centroid: int = 32, batch: int = 16,
+def kmeans_palette(x: torch.Tensor, k: int, *, weights: torch.Tensor | None = None, iters: int = 10,
+                   seed: int = 0, sample_per_centroid: int = 32, batch: int = 16,
                    leaf: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cluster the rows of ``x`` (N, D) float32 into at most ``k`` centroids.
+    """Cluster the rows of ``x`` (N, D) float32 into at most ``k`` centroids, minimising the squared error
+    weighted by ``weights`` (N,) (None: all rows count the same).
 
     Returns (centroids (k', D) float32, labels (N,) int64) with k' = min(k, N). Coarse and fine Lloyd steps run on
     a random subsample of at most ``sample_per_centroid`` points per centroid; every point is then assigned to
@@ -103,8 +106,12 @@ def kmeans_palette(x: torch.Tensor, k: int, *, iters: int = 10, seed: int = 0,
         uniq, inverse = torch.unique(x, dim=0, return_inverse=True)
         if uniq.shape[0] <= k:
             return uniq, inverse
+    w = torch.ones(n, dtype=x.dtype, device=x.device) if weights is None else weights.to(x.device, x.dtype)
+    if weights is not None:  # scaled to max 1; every row keeps a little weight (all zero: equal weights)
+        w = (w / w.max().clamp_min(1e-30)).clamp_min(1e-12)
     leaves: list[tuple[torch.Tensor, int]] = []
-    _split(x, torch.arange(n, device=x.device), k, leaves, iters=iters, gen=gen, cap=sample_per_centroid, leaf=leaf)
+    _split(x, w, torch.arange(n, device=x.device), k, leaves, iters=iters, gen=gen, cap=sample_per_centroid,
+           leaf=leaf)
     sizes = torch.tensor([li.numel() for li, _ in leaves])
     ks = torch.tensor([kc for _, kc in leaves])
     order = torch.cat([li for li, _ in leaves])
@@ -116,13 +123,13 @@ def kmeans_palette(x: torch.Tensor, k: int, *, iters: int = 10, seed: int = 0,
     by_size = torch.argsort(sizes, descending=True)
     for b0 in range(0, by_size.numel(), batch):
         ids = by_size[b0: b0 + batch]
-        _fine_batch(x, order, starts[ids], sizes[ids], ks[ids], cen_off[ids], centroids, labels,
+        _fine_batch(x, w, order, starts[ids], sizes[ids], ks[ids], cen_off[ids], centroids, labels,
                     iters=iters, gen=gen, cap=sample_per_centroid)
     return centroids, labels
 
 
-def _split(x: torch.Tensor, idx: torch.Tensor, k: int, out: list[tuple[torch.Tensor, int]], *, iters: int,
-           gen: torch.Generator, cap: int, leaf: int) -> None:
+def _split(x: torch.Tensor, w: torch.Tensor, idx: torch.Tensor, k: int, out: list[tuple[torch.Tensor, int]], *,
+           iters: int, gen: torch.Generator, cap: int, leaf: int) -> None:
     """Split the points ``x[idx]`` into leaves of at most ``leaf`` centroids: appends (point indices, k) to ``out``.
 
     A node with more than ``leaf`` centroids is clustered into ceil(k / leaf) coarse clusters (Lloyd on a
@@ -133,7 +140,7 @@ def _split(x: torch.Tensor, idx: torch.Tensor, k: int, out: list[tuple[torch.Ten
         return
     k1 = min(math.ceil(k / leaf), idx.numel())
     sample = idx[torch.randperm(idx.numel(), generator=gen)[: k1 * cap].to(idx.device)]
-    coarse = _lloyd(x[sample], k1, iters, gen) if sample.numel() > k1 else x[sample].clone()
+    coarse = _lloyd(x[sample], w[sample], k1, iters, gen) if sample.numel() > k1 else x[sample].clone()
     top = assign(x[idx], coarse)
     sizes = torch.bincount(top, minlength=coarse.shape[0])
     alloc = _allocate(sizes, k)
@@ -145,10 +152,10 @@ def _split(x: torch.Tensor, idx: torch.Tensor, k: int, out: list[tuple[torch.Ten
                 out.append((order[s: s + n_c], min(k_c, n_c)))
                 continue
             del c
-            _split(x, order[s: s + n_c], k_c, out, iters=iters, gen=gen, cap=cap, leaf=leaf)
+            _split(x, w, order[s: s + n_c], k_c, out, iters=iters, gen=gen, cap=cap, leaf=leaf)
 
 
-def _fine_batch(x: torch.Tensor, order: torch.Tensor, starts: torch.Tensor, sizes: torch.Tensor,
+def _fine_batch(x: torch.Tensor, wts: torch.Tensor, order: torch.Tensor, starts: torch.Tensor, sizes: torch.Tensor,
                 ks: torch.Tensor, offs: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor, *,
                 iters: int, gen: torch.Generator, cap: int) -> None:
     """Lloyd k-means of B clusters at once (padded to the largest); writes ``centroids`` and ``labels`` in place.
@@ -174,18 +181,19 @@ def _fine_batch(x: torch.Tensor, order: torch.Tensor, starts: torch.Tensor, size
     sub_pos = torch.argsort(keys, dim=1)[:, :sub_n].to(dev)
     xs = torch.gather(xb, 1, sub_pos[:, :, None].expand(-1, -1, xb.shape[2]))
     svalid = torch.gather(valid.to(dev), 1, sub_pos)
+    sw = torch.gather(wts[pidx], 1, sub_pos)                               # (B, n_sub) point weights
     big = torch.finfo(x.dtype).max / 4
 
     def nearest(pts: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         c_sq = torch.where(cvalid, (c * c).sum(2), torch.full_like(cvalid, big, dtype=c.dtype))
         return torch.argmin(c_sq[:, None, :] - 2.0 * torch.bmm(pts, c.transpose(1, 2)), dim=2)
 
-    w = svalid.to(x.dtype)[:, :, None]
+    w = (svalid.to(x.dtype) * sw)[:, :, None]
     for _ in range(iters):
         oh = torch.nn.functional.one_hot(nearest(xs, cb), k_max).to(x.dtype) * w     # (B, n_sub, k_max)
         cnt = oh.sum(1)                                                              # (B, k_max)
         tot = torch.bmm(oh.transpose(1, 2), xs)                                      # (B, k_max, D)
-        cb = torch.where((cnt > 0)[:, :, None], tot / cnt.clamp_min(1)[:, :, None], cb)
+        cb = torch.where((cnt > 0)[:, :, None], tot / cnt.clamp_min(1e-30)[:, :, None], cb)
     lab = nearest(xb, cb)                                                    # (B, n_max)
     for i in range(bsz):
         n_i, k_i, o = int(sizes[i]), int(ks[i]), int(offs[i])

@@ -180,7 +180,8 @@ def build_message(status: str, *, scene: str, report: dict[str, Any], failed_sta
     ``summary`` (see publish.run_summary) or the same keys at the top level, ``viewer_uri``, ``manifest_uri``,
     ``content_uri``, ``urls``, ``source_uri``)."""
     summary = dict(report.get("summary") or {})
-    for key in ("splats", "bytes", "ratio", "bytes_per_splat", "psnr", "ssim", "seconds", "total_seconds"):
+    for key in ("splats", "bytes", "ratio", "bytes_per_splat", "psnr", "ssim", "codec_psnr", "seconds",
+                "total_seconds"):
         if key not in summary and key in report:
             summary[key] = report[key]
     word = {"succeeded": "published", "failed": "failed", "canceled": "canceled"}[status]
@@ -203,6 +204,8 @@ def build_message(status: str, *, scene: str, report: dict[str, Any], failed_sta
         lines.append(("PSNR", f"{float(summary['psnr']):.2f} dB"))
     if "ssim" in summary:
         lines.append(("SSIM", f"{float(summary['ssim']):.4f}"))
+    if "codec_psnr" in summary:
+        lines.append(("SOG vs PLY", f"{float(summary['codec_psnr']):.2f} dB PSNR"))
     seconds = summary.get("seconds")
     if isinstance(seconds, dict) and seconds:
         total = summary.get("total_seconds", sum(seconds.values()))

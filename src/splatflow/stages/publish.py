@@ -86,8 +86,10 @@ def _collect_files(scene: str, files: dict[str, Path]) -> tuple[list[tuple[str, 
 def run_summary(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The headline numbers of a run from its stage reports: splats, bytes, ratio, PSNR/SSIM, seconds per stage.
 
-    Values missing from the reports are left out. PSNR/SSIM come from the delivered asset's evaluation when a
-    report has one (``psnr``), else from training's held-out views (``psnr_test``).
+    Values missing from the reports are left out. PSNR/SSIM (the scene against photos) come from an
+    ``evaluate`` report when there is one (``psnr``), else from training's held-out views (``psnr_test``);
+    ``codec_psnr`` is how
+    closely the published SOG renders like the trained PLY (the compress report's ``fidelity``).
     """
     out: dict[str, Any] = {}
     comp = reports.get("compress", {})
@@ -95,13 +97,16 @@ def run_summary(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
         if key in comp:
             out[key] = comp[key]
     for metric in ("psnr", "ssim"):
-        for name in ("evaluate", "compress", "train"):
+        for name in ("evaluate", "train"):
             rep = reports.get(name, {})
             value = rep.get(metric, rep.get(f"{metric}_test"))
             if value is not None:
                 out[metric] = value
                 out[f"{metric}_source"] = name
                 break
+    fidelity = comp.get("fidelity")
+    if isinstance(fidelity, dict) and fidelity.get("psnr") is not None:
+        out["codec_psnr"] = fidelity["psnr"]
     seconds = {name: rep["seconds"] for name, rep in reports.items()
                if isinstance(rep, dict) and isinstance(rep.get("seconds"), int | float)}
     if seconds:
