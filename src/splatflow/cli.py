@@ -111,6 +111,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test-every", type=int, default=8, help="hold out every Nth image for PSNR/SSIM (0: none)")
     p.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints (default 1000)")
     p.add_argument("--no-resume", action="store_true", help="discard checkpoints in OUT_DIR and start over")
+    p.add_argument("--checkpoint-uri", default=None,
+                   help="also keep the checkpoints at this s3:// or file:// folder, so a retry on another machine "
+                        "(an empty OUT_DIR) resumes from there")
+    p.add_argument("--drop-checkpoints", action="store_true",
+                   help="delete the checkpoints (local and --checkpoint-uri) once the PLY and report are written")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(handler=_run_train)
@@ -124,7 +129,8 @@ def _run_train(args: argparse.Namespace) -> int:
     report = train(Path(args.sfm_dir), Path(args.out_dir), iterations=args.iterations, max_splats=args.max_splats,
                    sh_degree=args.sh_degree, sh_interval=args.sh_interval, strategy=args.strategy,
                    device=args.device, resolution=args.resolution, test_every=args.test_every,
-                   checkpoint_every=args.checkpoint_every, resume=not args.no_resume, seed=args.seed)
+                   checkpoint_every=args.checkpoint_every, resume=not args.no_resume,
+                   checkpoint_uri=args.checkpoint_uri, keep_checkpoints=not args.drop_checkpoints, seed=args.seed)
     if args.json:
         _print_json(report)
         return 0

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -84,17 +85,14 @@ def test_rerun_on_a_finished_run_resumes_without_training(full_run: tuple[Path, 
     assert again["splats"] == report["splats"] and again["psnr_test"] == report["psnr_test"]
 
 
-def test_resume_after_sigterm_matches_an_uninterrupted_run(full_run: tuple[Path, dict[str, Any]], tiny_sfm: Path,
-                                                           tmp_path: Path) -> None:
-    """SIGTERM (pod preemption) after the first checkpoint: a checkpoint is saved, the run stops with exit 4, and
-    running the same command again ends where an uninterrupted run ends."""
-    out = tmp_path / "out"
-    ckpts = out / "checkpoints"
+def _preempted_run(tiny_sfm: Path, out: Path, watch: Path, **extra: Any) -> list[int]:
+    """Run training and SIGTERM it (like the kubelet) as soon as the first periodic checkpoint exists in ``watch``;
+    returns the checkpoint steps found there. Checks the stop: exit code 4, no outputs, handler restored."""
     stop = threading.Event()
 
-    def preempt() -> None:  # like the kubelet: SIGTERM as soon as the first periodic checkpoint exists
+    def preempt() -> None:
         while not stop.is_set():
-            if ckpts.is_dir() and any(ckpts.glob("step-*.pt")):
+            if watch.is_dir() and any(watch.glob("step-*.pt")):
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
             time.sleep(0.02)
@@ -103,22 +101,57 @@ def test_resume_after_sigterm_matches_an_uninterrupted_run(full_run: tuple[Path,
     watcher.start()
     try:
         with pytest.raises(TrainError, match="SIGTERM") as exc:
-            train(tiny_sfm, out, **OPTS)
+            train(tiny_sfm, out, **OPTS, **extra)
     finally:
         stop.set()
         watcher.join()
     assert exc.value.exit_code == 4
     assert not (out / "splats.ply").exists() and not (out / "train-report.json").exists()
-    steps = sorted(int(p.stem.split("-")[1]) for p in ckpts.glob("step-*.pt"))
-    assert steps and 8 <= steps[-1] < ITERS
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is restored
+    steps = sorted(int(p.stem.split("-")[1]) for p in watch.glob("step-*.pt"))
+    assert steps and 8 <= steps[-1] < ITERS
+    return steps
 
-    resumed = train(tiny_sfm, out, **OPTS)
-    assert resumed["resumed_from_step"] == steps[-1]
-    _, full = full_run
+
+def _same_result(resumed: dict[str, Any], full: dict[str, Any]) -> None:
     assert resumed["splats"] == full["splats"]
     assert abs(resumed["psnr_test"] - full["psnr_test"]) < 0.1
     assert abs(resumed["psnr_train"] - full["psnr_train"]) < 0.1
+
+
+def test_resume_after_sigterm_matches_an_uninterrupted_run(full_run: tuple[Path, dict[str, Any]], tiny_sfm: Path,
+                                                           tmp_path: Path) -> None:
+    """SIGTERM (pod preemption) after the first checkpoint: a checkpoint is saved, the run stops with exit 4, and
+    running the same command again ends where an uninterrupted run ends."""
+    out = tmp_path / "out"
+    steps = _preempted_run(tiny_sfm, out, out / "checkpoints")
+    resumed = train(tiny_sfm, out, **OPTS)
+    assert resumed["resumed_from_step"] == steps[-1]
+    _same_result(resumed, full_run[1])
+
+
+def test_a_retry_in_a_new_pod_resumes_from_the_s3_mirror(full_run: tuple[Path, dict[str, Any]], tiny_sfm: Path,
+                                                          tmp_path: Path, s3_server: dict[str, str]) -> None:
+    """A KFP retry runs in a new pod with an empty disk: with --checkpoint-uri the checkpoints are mirrored to S3
+    (the local S3 server over HTTP), the retry fetches the newest one and ends like an uninterrupted run; with
+    keep_checkpoints=False nothing is left behind, locally or in the bucket."""
+    from splatflow import storage
+
+    mirror = f"s3://{s3_server['bucket']}/runs/retry-test/checkpoints"
+    first_pod = tmp_path / "pod1" / "model"
+    first_pod.parent.mkdir()
+    _preempted_run(tiny_sfm, first_pod, first_pod / "checkpoints", checkpoint_uri=mirror)
+    mirrored = [storage.relative_name(u, mirror) for u in storage.list_uris(mirror)]
+    assert mirrored and len(mirrored) <= 2 and all(m.startswith("step-") for m in mirrored)
+    newest = max(int(m[5:12]) for m in mirrored)
+
+    second_pod = tmp_path / "pod2" / "model"
+    second_pod.parent.mkdir()
+    resumed = train(tiny_sfm, second_pod, **OPTS, checkpoint_uri=mirror, keep_checkpoints=False)
+    assert resumed["resumed_from_step"] == newest
+    _same_result(resumed, full_run[1])
+    assert sorted(p.name for p in second_pod.iterdir()) == ["splats.ply", "train-report.json"]
+    assert storage.list_uris(mirror) == []
 
 
 def test_checkpoints_of_another_run_are_refused(full_run: tuple[Path, dict[str, Any]], tiny_sfm: Path) -> None:
@@ -128,8 +161,12 @@ def test_checkpoints_of_another_run_are_refused(full_run: tuple[Path, dict[str, 
     assert "--no-resume" in (exc.value.hint or "")
 
 
-def test_budget_smaller_than_the_initial_cloud_downsamples(tiny_sfm: Path, tmp_path: Path) -> None:
-    report = train(tiny_sfm, tmp_path / "out", **{**OPTS, "iterations": 6, "max_splats": 50, "strategy": "mcmc"})
+def test_budget_smaller_than_the_initial_cloud_downsamples(tiny_sfm: Path, tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="splatflow.stages.train"):
+        report = train(tiny_sfm, tmp_path / "out", **{**OPTS, "iterations": 6, "max_splats": 50, "strategy": "mcmc"})
+    assert any("120 points, over the budget of 50 splats" in r.getMessage() and "downsampled" in r.getMessage()
+               for r in caplog.records)
     assert report["downsampled"] is True
     assert report["initial_points"] == 120 and report["initial_splats"] == 50
     assert report["splats"] <= 50
@@ -194,3 +231,20 @@ def test_cli_reports_bad_input_with_exit_code_2(tmp_path: Path, capsys: pytest.C
     err = capsys.readouterr().err
     assert code == 2
     assert "error:" in err and "no 3D points" in err and "hint:" in err
+
+
+def test_the_cpu_path_runs_where_gsplat_cannot_be_imported(tiny_sfm: Path, tmp_path: Path) -> None:
+    """gsplat needs CUDA; a CPU-only install may not have it at all: CPU training must not import it."""
+    code = (
+        "import sys; sys.modules['gsplat'] = None\n"  # any `import gsplat` now raises ImportError
+        "from pathlib import Path\n"
+        "from splatflow.stages.train import train\n"
+        f"r = train(Path({str(tiny_sfm)!r}), Path({str(tmp_path / 'out')!r}), iterations=6, max_splats=400, "
+        "resolution=32, sh_degree=1, device='cpu')\n"
+        "assert not [m for m in sys.modules if m.startswith('gsplat.')]\n"
+        "print('backend', r['backend'], r['splats'])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "backend torch" in proc.stdout
+    assert (tmp_path / "out" / "splats.ply").is_file()

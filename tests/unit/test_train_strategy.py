@@ -113,7 +113,7 @@ def test_mcmc_relocates_dead_splats_and_grows_to_the_cap() -> None:
     out = strat.step_post_backward(params, opts, state, 1, {}, gen, lr=1e-3)
     assert out == {"relocated": 5, "added": 1}
     assert len(params["means"]) == 21
-    assert float(torch.sigmoid(params["opacities"]).min()) > strat.min_opacity
+    assert float(torch.sigmoid(params["opacities"].detach()).min()) > strat.min_opacity
     for _ in range(5):
         strat.step_post_backward(params, opts, state, 2, {}, gen, lr=1e-3)
     assert len(params["means"]) == 22  # never over the cap
@@ -140,3 +140,43 @@ def test_schedule_fits_inside_the_run(iterations: int) -> None:
     assert 0 < s["refine_start"] < s["refine_stop"] <= iterations
     assert 3 * s["sh_interval"] < iterations  # SH degree 3 is reached during the run
     assert s["sh_interval"] <= 1000
+
+
+def _gsplat_info(params: dict[str, torch.nn.Parameter], grad: float) -> dict:
+    """What gsplat's rasterization hands its DefaultStrategy after backward: 2-D means with a gradient, radii."""
+    n = len(params["means"])
+    means2d = torch.zeros((1, n, 2), requires_grad=True)
+    (means2d.sum() * grad).backward()
+    return {"means2d": means2d, "radii": torch.full((1, n, 2), 5, dtype=torch.int32), "width": 64, "height": 64,
+            "n_cameras": 1, "gaussian_ids": None}
+
+
+def test_gsplat_default_strategy_path_resets_opacity_and_stops_growing_at_the_budget() -> None:
+    """The CUDA path's strategy glue, run on CPU (gsplat's strategy code is plain torch): gsplat 1.5.3's own
+    opacity reset never fires (`step % reset_every == 0 & step > 0` is a chained comparison), so ours does; and at
+    the budget no splat grows (a refine step could otherwise nearly double the splats before the cap prunes)."""
+    pytest.importorskip("gsplat")
+    from splatflow.stages.train import NEVER, _make_strategy, _strategy_step
+
+    sched = {"refine_start": 0, "refine_stop": 100, "refine_every": 1, "reset_every": 5}
+    gen = torch.Generator().manual_seed(0)
+    params, opts = _params(6)
+    strat, state = _make_strategy("default", True, 6, sched, 1.0)
+    assert strat.reset_every == NEVER
+    with torch.no_grad():
+        params["scales"][:] = math.log(1e-4)  # small: cloned when the gradient is high
+    # at the budget (6 splats, cap 6): a high gradient grows nothing
+    events = _strategy_step(strat, "default", True, params, opts, state, 1, _gsplat_info(params, 1.0), gen, 1e-3, 6)
+    assert len(params["means"]) == 6 and "pruned_over_budget" not in events
+    # under the budget it grows again (the threshold is restored)
+    events = _strategy_step(strat, "default", True, params, opts, state, 2, _gsplat_info(params, 1.0), gen, 1e-3, 12)
+    assert len(params["means"]) > 6
+    # the opacity reset at step 5 (and not at step 4)
+    with torch.no_grad():
+        params["opacities"][:] = 2.0
+    _strategy_step(strat, "default", True, params, opts, state, 4, _gsplat_info(params, 0.0), gen, 1e-3, 100)
+    assert float(torch.sigmoid(params["opacities"]).min()) > 0.8
+    events = _strategy_step(strat, "default", True, params, opts, state, 5, _gsplat_info(params, 0.0), gen, 1e-3,
+                            100)
+    assert events.get("opacity_resets") == 1
+    assert float(torch.sigmoid(params["opacities"]).max()) <= strat.prune_opa * 2.0 + 1e-6

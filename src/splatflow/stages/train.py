@@ -9,7 +9,10 @@ One loop serves both paths:
 Both respect ``max_splats`` (an initial cloud over budget is downsampled and reported; growth stops at the budget),
 raise the SH degree one band every ``sh_interval`` steps, hold out every ``test_every``-th image for PSNR/SSIM,
 write a checkpoint every ``checkpoint_every`` steps and on SIGTERM, and resume from the newest checkpoint when run
-again on the same ``out_dir``. Outputs: ``out_dir/splats.ply``, ``out_dir/train-report.json``, ``out_dir/checkpoints/``.
+again on the same ``out_dir`` -- or, with ``checkpoint_uri`` (``s3://`` or ``file://``), in any new pod, since
+checkpoints are mirrored there. Outputs: ``out_dir/splats.ply``, ``out_dir/train-report.json``, and
+``out_dir/checkpoints/`` unless ``keep_checkpoints=False`` (the pipeline: the model artifact then holds only the
+PLY and the report).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from splatflow.errors import DependencyMissing, EnvironmentProblem, InputError, 
 from splatflow.fsutil import atomic_path
 from splatflow.gaussians import SH_C0, GaussianCloud
 from splatflow.io.ply import write_ply
-from splatflow.training.checkpoint import load_latest, save_checkpoint
+from splatflow.training.checkpoint import CheckpointStore
 from splatflow.training.scene import View, load_scene, model_dir
 from splatflow.training.strategy import CpuDefaultStrategy, CpuMCMCStrategy, Optimizers, Params
 
@@ -48,6 +51,8 @@ SSIM_WEIGHT = 0.2
 LR = {"means": 1.6e-4, "scales": 5e-3, "quats": 1e-3, "opacities": 5e-2, "sh0": 2.5e-3, "shN": 2.5e-3 / 20}
 MCMC_OPACITY_REG = 0.01
 MCMC_SCALE_REG = 0.01
+NEVER = 2**62
+"""A step count no run reaches (disables a periodic action of gsplat's strategy that we do ourselves)."""
 
 
 # ---------------------------------------------------------------------------- options
@@ -151,9 +156,14 @@ class Renderer:
         if self.gsplat:
             try:
                 import gsplat  # noqa: F401
+                from gsplat.cuda._backend import _C  # the compiled kernels (built on first import if nvcc exists)
             except ImportError as exc:
                 raise DependencyMissing("gsplat is not installed: GPU training needs it",
                                         hint="pip install 'splatflow[train]' (CUDA), or pass --device cpu") from exc
+            if _C is None:
+                raise DependencyMissing("gsplat's CUDA kernels are not built and cannot be compiled here",
+                                        hint="use the splatflow train image (gsplat compiled for sm_75..sm_90), "
+                                             "install gsplat with a CUDA toolkit, or pass --device cpu")
         self._rasterize = rasterize
 
     @property
@@ -245,12 +255,15 @@ def _peak_memory(device: torch.device) -> tuple[int, str]:
 def train(sfm_dir: Path, out_dir: Path, *, iterations: int = 7000, max_splats: int = 1_000_000, sh_degree: int = 3,
           strategy: str = "default", device: str = "auto", resolution: int = 1600, test_every: int = 8,
           sh_interval: int | None = None, checkpoint_every: int = 1000, resume: bool = True,
-          seed: int = 0) -> dict[str, Any]:
+          checkpoint_uri: str | None = None, keep_checkpoints: bool = True, seed: int = 0) -> dict[str, Any]:
     """Train 3D Gaussian Splats on an SfM folder; write ``out_dir/splats.ply`` and ``out_dir/train-report.json``.
 
     ``resolution`` is the longest image side used (images are downscaled, never upscaled); ``sh_interval`` the
     steps between SH bands (default: the degree is reached by mid-run, at most every 1000 steps);
-    ``resume=False`` discards checkpoints of an earlier run in ``out_dir``. Returns the report (see module doc).
+    ``resume=False`` discards checkpoints of an earlier run in ``out_dir`` (and in ``checkpoint_uri``);
+    ``checkpoint_uri`` mirrors the checkpoints to storage so a retry on another machine resumes;
+    ``keep_checkpoints=False`` deletes them (local and mirrored) once the PLY and report are written.
+    Returns the report (see module doc).
     """
     if strategy not in STRATEGIES:
         raise InputError(f"unknown strategy {strategy!r}", hint=f"use one of {', '.join(STRATEGIES)}")
@@ -281,7 +294,7 @@ def train(sfm_dir: Path, out_dir: Path, *, iterations: int = 7000, max_splats: i
               "resolution": resolution, "test_every": test_every, "seed": seed, "backend": render.backend, **sched}
     fingerprint = _fingerprint(sfm_dir, config)
     boost = lr_boost(iterations)
-    ckpt_dir = out_dir / "checkpoints"
+    store = CheckpointStore(out_dir / "checkpoints", checkpoint_uri)
 
     # ------------------------------------------------------------------ initial splats (budget)
     initial_points = len(scene.points)
@@ -303,10 +316,9 @@ def train(sfm_dir: Path, out_dir: Path, *, iterations: int = 7000, max_splats: i
 
     start_step, resumed_from, elapsed_before = 0, None, 0.0
     initial: dict[str, Any] = {}
-    ckpt = load_latest(ckpt_dir, map_location="cpu") if resume else None
-    if not resume and ckpt_dir.exists():
-        for p in ckpt_dir.glob("step-*.pt"):
-            p.unlink()
+    ckpt = store.load_latest(map_location="cpu") if resume else None
+    if not resume:
+        store.clear()
     if ckpt is not None:
         if ckpt.get("fingerprint") != fingerprint:
             raise InputError(f"{out_dir} holds checkpoints of a different run (other SfM input or options)",
@@ -332,7 +344,7 @@ def train(sfm_dir: Path, out_dir: Path, *, iterations: int = 7000, max_splats: i
     out_dir.mkdir(exist_ok=True)
 
     def snapshot(step: int) -> None:
-        save_checkpoint(ckpt_dir, step, {
+        store.save(step, {
             "fingerprint": fingerprint,
             "params": {k: v.detach().cpu() for k, v in params.items()},
             "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
@@ -448,6 +460,8 @@ def train(sfm_dir: Path, out_dir: Path, *, iterations: int = 7000, max_splats: i
     }
     with atomic_path(out_dir / REPORT) as tmp:
         tmp.write_text(json.dumps(report, indent=2))
+    if not keep_checkpoints:
+        store.clear()
     log.info("trained %d splats in %.1f s: held-out PSNR %s dB (from %s)", len(cloud), report["seconds"],
              test["psnr"], initial.get("psnr_test_initial"))
     return report
@@ -465,7 +479,10 @@ def _make_strategy(strategy: str, gsplat: bool, max_splats: int, sched: dict[str
         if strategy == "mcmc":
             strat = MCMCStrategy(cap_max=max_splats, **common)
         else:
-            strat = DefaultStrategy(reset_every=sched["reset_every"], **common)
+            # opacity resets are ours (see _strategy_step): gsplat 1.5.3's own test,
+            # `step % reset_every == 0 & step > 0`, parses as a chained comparison that is never true
+            strat = DefaultStrategy(reset_every=NEVER, **common)
+            strat.splatflow_reset_every = sched["reset_every"]
     elif strategy == "mcmc":
         strat = CpuMCMCStrategy(cap_max=max_splats, **common)
     else:
@@ -492,14 +509,24 @@ def _strategy_step(strat: Any, strategy: str, gsplat: bool, params: Params, opti
     if strategy == "mcmc":
         strat.step_post_backward(params, optimizers, state, step, info, lr=lr)
         return {}
+    from gsplat.strategy.ops import remove, reset_opa
+
+    # at the budget, no growth: a refine step could otherwise nearly double the splats (and the GPU memory)
+    # before the pruning below brings them back
+    if not hasattr(strat, "splatflow_grow_grad2d"):
+        strat.splatflow_grow_grad2d = strat.grow_grad2d
+    strat.grow_grad2d = math.inf if len(params["means"]) >= max_splats else strat.splatflow_grow_grad2d
     strat.step_post_backward(params, optimizers, state, step, info, packed=False)
+    events: dict[str, int] = {}
+    if 0 < step < strat.refine_stop_iter and step % strat.splatflow_reset_every == 0:
+        reset_opa(params, optimizers, state, value=strat.prune_opa * 2.0)
+        events["opacity_resets"] = 1
     n = len(params["means"])
     if n <= max_splats:
-        return {}
-    from gsplat.strategy.ops import remove
+        return events
 
     order = torch.argsort(params["opacities"].detach())
     mask = torch.zeros(n, dtype=torch.bool, device=order.device)
     mask[order[: n - max_splats]] = True
     remove(params, optimizers, state, mask)
-    return {"pruned_over_budget": n - max_splats}
+    return {**events, "pruned_over_budget": n - max_splats}
