@@ -48,6 +48,8 @@ ALPHA_MAX = 0.999
 """Alpha is clamped to this (gsplat's constant; the INRIA code uses 0.99)."""
 T_MIN = 1e-4
 """A pixel stops compositing when its transmittance would drop to this or below (that splat is excluded)."""
+MIN_DEPTH = 1e-3
+"""Camera depth below which the projection's Jacobian is clamped (such splats are culled: ``near`` >= this)."""
 SAMPLES_PER_CHUNK = 1 << 22
 """At most this many (tile, splat, pixel) samples are evaluated at once by the torch backend (~16 MB per
 float32 buffer), which bounds its memory independently of the number of splats."""
@@ -98,7 +100,9 @@ def project(means: Tensor, covars: Tensor, viewmat: Tensor, K: Tensor, width: in
     tan_fovx, tan_fovy = 0.5 * width / fx, 0.5 * height / fy
     lim_xp, lim_xn = (width - cx) / fx + 0.3 * tan_fovx, cx / fx + 0.3 * tan_fovx
     lim_yp, lim_yn = (height - cy) / fy + 0.3 * tan_fovy, cy / fy + 0.3 * tan_fovy
-    tzs = torch.where(tz.abs() > 1e-12, tz, torch.full_like(tz, 1e-12))
+    # splats at or behind the camera plane are culled later (depth <= near); their depth is clamped here so
+    # that the Jacobian stays finite: otherwise their gradients, zero by the culling, become 0 * inf = NaN
+    tzs = tz.clamp_min(MIN_DEPTH)
     jx = tzs * torch.clamp(tx / tzs, min=-lim_xn, max=lim_xp)
     jy = tzs * torch.clamp(ty / tzs, min=-lim_yn, max=lim_yp)
     zero = torch.zeros_like(tz)
@@ -106,9 +110,13 @@ def project(means: Tensor, covars: Tensor, viewmat: Tensor, K: Tensor, width: in
     cov2d = J @ cc @ J.transpose(-1, -2)
     cov2d = cov2d + eps2d * torch.eye(2, dtype=cov2d.dtype, device=cov2d.device)
     det = cov2d[:, 0, 0] * cov2d[:, 1, 1] - cov2d[:, 0, 1] * cov2d[:, 1, 0]
-    dets = det.clamp_min(1e-10)
-    conics = torch.stack([cov2d[:, 1, 1] / dets, -0.5 * (cov2d[:, 0, 1] + cov2d[:, 1, 0]) / dets,
-                          cov2d[:, 0, 0] / dets], -1)
+    # a degenerate or overflowing cov2d (culled: det <= 0 or not finite) divides by 1 instead, so no inf or NaN
+    # reaches the backward pass through the branch torch.where does not pick
+    ok = torch.isfinite(det) & (det > 1e-10)
+    dets = torch.where(ok, det, torch.ones_like(det))
+    safe = torch.where(ok[:, None, None], cov2d, torch.zeros_like(cov2d))
+    conics = torch.stack([safe[:, 1, 1] / dets, -0.5 * (safe[:, 0, 1] + safe[:, 1, 0]) / dets,
+                          safe[:, 0, 0] / dets], -1)
     means2d = torch.stack([fx * tx / tzs + cx, fy * ty / tzs + cy], -1)
     return {"means2d": means2d, "depths": tz, "cov2d": cov2d, "conics": conics, "det": det}
 

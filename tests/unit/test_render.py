@@ -177,6 +177,26 @@ def test_background_and_empty_view() -> None:
     torch.testing.assert_close(rgb, torch.tensor([0.2, 0.4, 0.6]).expand(30, 40, 3))
 
 
+def test_splats_in_the_camera_plane_or_behind_get_finite_zero_gradients() -> None:
+    """A splat exactly at depth 0 (seen in CPU training on lund: its 2-D covariance overflowed, det = inf - inf)
+    or behind the camera is culled; its gradients must be 0, not NaN (Adam would turn NaN into a NaN splat)."""
+    s = _scene(8, seed=11, sh_degree=1)
+    s["means"][0] = torch.tensor([0.4, -0.2, 0.0])      # in the camera plane, off the optical axis
+    s["means"][1] = torch.tensor([0.0, 0.0, 0.0])       # at the camera centre
+    s["means"][2] = torch.tensor([0.1, 0.1, -1e-4])     # just behind
+    s["scales"][:3] = 5.0                               # large, so the unclamped Jacobian overflows float32
+    names = ["means", "quats", "scales", "opacities", "colors"]
+    for n in names:
+        s[n].requires_grad_(True)
+    rgb, _ = _render(s, backend="torch")
+    (rgb * torch.rand(rgb.shape, generator=torch.Generator().manual_seed(0))).sum().backward()
+    for n in names:
+        g = s[n].grad
+        assert torch.isfinite(g).all(), n
+        assert (g[:3] == 0).all(), n                   # culled: no gradient at all
+        assert (g[3:].abs().sum() > 0), n                # the others are rendered and learn
+
+
 def test_info_reports_screen_space_means_with_gradients() -> None:
     s = _scene(30, seed=8, sh_degree=0)
     s["means"].requires_grad_(True)

@@ -14,7 +14,7 @@ from splatflow.stages.train import train
 
 pytest.importorskip("pycolmap")
 LUND = Path(__file__).resolve().parents[2] / "data" / "photos" / "lund"
-ITERATIONS = 150
+ITERATIONS = 200
 RESOLUTION = 64
 
 
@@ -46,6 +46,7 @@ def test_lund_trains_on_cpu_and_the_ply_goes_through_the_codec(lund_sfm: Path, t
     assert max(report["resolution"]) == RESOLUTION <= 128
     assert len(report["images_test"]) == 2 and report["images_train"] == 10
     gain = report["psnr_test"] - report["psnr_test_initial"]
+    print(f"lund: {ITERATIONS} steps, held-out gain {gain:.2f} dB")
     assert gain >= 6.0, f"held-out PSNR {report['psnr_test_initial']} -> {report['psnr_test']} dB"
     assert report["splats"] <= 3000
 
