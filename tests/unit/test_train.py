@@ -61,6 +61,7 @@ def test_outputs_report_and_ply(full_run: tuple[Path, dict[str, Any]]) -> None:
     assert cloud.sh_degree == 1
     assert np.allclose(np.linalg.norm(cloud.quats, axis=1), 1.0, atol=1e-5)
     assert report["splats"] != report["initial_splats"] or report["densification"]
+    assert report["dropped_invalid"] == 0
 
 
 def test_ply_is_read_by_splat_transform(full_run: tuple[Path, dict[str, Any]], splat_transform: Path,
@@ -248,3 +249,20 @@ def test_the_cpu_path_runs_where_gsplat_cannot_be_imported(tiny_sfm: Path, tmp_p
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "backend torch" in proc.stdout
     assert (tmp_path / "out" / "splats.ply").is_file()
+
+
+def test_a_nan_splat_never_reaches_the_ply(tiny_sfm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import splatflow.stages.train as train_mod
+
+    real = train_mod.to_cloud
+
+    def poisoned(params: Any) -> Any:
+        cloud = real(params)
+        cloud.means[0] = np.nan
+        return cloud
+
+    monkeypatch.setattr(train_mod, "to_cloud", poisoned)
+    report = train(tiny_sfm, tmp_path / "out", **{**OPTS, "iterations": 4})
+    assert report["dropped_invalid"] == 1
+    cloud = read_ply(tmp_path / "out" / "splats.ply", on_invalid="error")  # loads: no NaN inside
+    assert len(cloud) == report["splats"]

@@ -421,11 +421,14 @@ def train(sfm_dir: Path, out_dir: Path, *, iterations: int = 7000, max_splats: i
     test = evaluate(render, params, scene.test, final_sh)
     trained = evaluate(render, params, scene.train, final_sh)
     peak, peak_kind = _peak_memory(dev)
-    cloud = to_cloud(params)
+    cloud, invalid = to_cloud(params).drop_invalid()
+    if invalid:  # the PLY must load everywhere (the codec refuses NaN): never export a broken splat
+        log.warning("%d trained splats had NaN/Inf values and were left out of the PLY", invalid)
     write_ply(cloud, out_dir / PLY)
     report: dict[str, Any] = {
         "iterations": iterations,
         "splats": len(cloud),
+        "dropped_invalid": invalid,
         "psnr_test": test["psnr"],
         "ssim_test": test["ssim"],
         "psnr_train": trained["psnr"],
