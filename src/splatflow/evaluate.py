@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +21,7 @@ from splatflow.cameras import Camera, load_cameras
 from splatflow.errors import DependencyMissing, InputError
 from splatflow.fsutil import atomic_path
 from splatflow.gaussians import GaussianCloud
-from splatflow.io.ply import read_ply
+from splatflow.info import load_any
 from splatflow.metrics import MAX_PSNR, bytes_per_splat, finite_db, psnr, ssim
 
 log = logging.getLogger(__name__)
@@ -36,24 +35,11 @@ def load_splats(path: str | os.PathLike[str]) -> tuple[GaussianCloud, int, str]:
 
     Splats with NaN/Inf values are dropped (they cannot be rendered); the caller sees the count change.
     """
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: no such file or folder", hint="check the path")
-    if p.suffix.lower() == ".ply":
-        return read_ply(p, on_invalid="drop"), p.stat().st_size, "ply"
-    if p.suffix.lower() == ".sog" or p.name == "meta.json" or p.is_dir():
-        try:
-            from splatflow.sog.decode import read_sog
-        except ImportError as exc:
-            raise DependencyMissing(f"{p} is a SOG file, and the SOG decoder (splatflow.sog.decode) is not "
-                                    "available", hint="install splatflow with the codec (pip install "
-                                    "'splatflow[codec]')") from exc
-        cloud, nbytes, kind = read_sog(p)
-        cloud, dropped = cloud.drop_invalid()
-        if dropped:
-            log.warning("%s: dropped %d splats with NaN/Inf values", p, dropped)
-        return cloud, nbytes, kind
-    raise InputError(f"{p}: unknown splat file type", hint="give a .ply, a .sog, or a SOG meta.json / folder")
+    cloud, nbytes, kind = load_any(path)
+    cloud, dropped = cloud.drop_invalid()
+    if dropped:
+        log.warning("%s: dropped %d splats with NaN/Inf values", path, dropped)
+    return cloud, nbytes, kind
 
 
 # ------------------------------------------------------------------------------------------- attribute errors

@@ -11,6 +11,8 @@ Conventions (those of the INRIA 3DGS PLY and of gsplat):
   Note the PLY stores ``f_rest`` channel-major (all K red, then green, then blue); here the last axis is RGB.
 - ``extras``    name -> (N,) arrays of any other per-splat property (normals, custom fields), kept in order.
 - ``layout``    the property names in the order of the file the cloud was read from (``None`` if built in memory).
+- ``ply_header``  what else that file's header held: ``comments``, ``obj_info`` (lists of str) and ``byte_order``
+  (``<`` or ``>``), so that writing it back in its own layout is bit-exact (``None`` if built in memory).
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class GaussianCloud:
     shN: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 3), np.float32))
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     layout: tuple[str, ...] | None = None
+    ply_header: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         n = self.means.shape[0]

@@ -43,6 +43,7 @@ def cloud_summary(cloud: GaussianCloud, *, file_bytes: int | None = None) -> dic
             "alpha": _ranges(cloud.alphas()[:, None]),
             "sh0": _ranges(cloud.sh0),
             "quat_norm": _ranges(np.linalg.norm(cloud.quats, axis=1)[:, None]),
+            **({"sh_rest_rgb": _ranges(cloud.shN.reshape(-1, 3))} if cloud.shN.shape[1] else {}),
         },
         "extras": list(cloud.extras),
     }
@@ -53,15 +54,18 @@ def cloud_summary(cloud: GaussianCloud, *, file_bytes: int | None = None) -> dic
 
 
 def load_any(path: str | os.PathLike[str]) -> tuple[GaussianCloud, int, str]:
-    """Load a splat file of any supported kind: (cloud, total bytes on disk, kind)."""
+    """Load a splat file of any supported kind, NaN/Inf splats included: (cloud, total bytes on disk, kind
+    ``ply`` | ``sog-v2`` | ``sog-v1``)."""
     p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such file or folder", hint="check the path")
     if p.suffix.lower() == ".ply":
         return read_ply(p), p.stat().st_size, "ply"
     if p.suffix.lower() == ".sog" or p.name == "meta.json" or p.is_dir():
         from splatflow.sog.decode import read_sog
 
         return read_sog(p)
-    raise InputError(f"{p}: unknown splat file type", hint="give a .ply, a .sog or a SOG meta.json")
+    raise InputError(f"{p}: unknown splat file type", hint="give a .ply, a .sog, or a SOG meta.json / folder")
 
 
 def info(path: str | os.PathLike[str]) -> dict[str, Any]:

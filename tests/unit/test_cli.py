@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from splatflow.cli import build_parser, main
@@ -29,6 +30,39 @@ def test_info_json(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert out["splats"] == 4721 and out["sh_degree"] == 3 and out["invalid_splats"] == 0
     assert out["bytes_per_splat"] == pytest.approx(1191246 / 4721, abs=1e-3)
     assert len(out["bounds"]["min"]) == 3
+
+
+@pytest.mark.parametrize(("ref", "kind", "splats", "sh"), [
+    ("playbot-lod3-v2/meta.json", "sog-v2", 31_000, 2),
+    ("playcanvas-logo-v1", "sog-v1", None, 0),
+])
+def test_info_reads_playcanvas_sog_files(data_dir: Path, capsys: pytest.CaptureFixture[str], ref: str, kind: str,
+                                         splats: int | None, sh: int) -> None:
+    path = data_dir / "sog-reference" / ref
+    assert main(["info", "--json", str(path)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    meta = json.loads((path if path.name == "meta.json" else path / "meta.json").read_text())
+    count = meta.get("count") or meta["means"]["shape"][0]
+    assert out["kind"] == kind and out["splats"] == count == (splats or count) and out["sh_degree"] == sh
+    assert out["invalid_splats"] == 0
+    files = (path.parent if path.name == "meta.json" else path).iterdir()
+    assert out["file_bytes"] == sum(f.stat().st_size for f in files if f.suffix in (".json", ".webp"))
+    assert ("sh_rest_rgb" in out["attributes"]) == bool(sh)
+    # the decoded positions lie inside the bounds meta.json declares (log-encoded mins/maxs)
+    lo = np.sign(meta["means"]["mins"]) * np.expm1(np.abs(meta["means"]["mins"]))
+    hi = np.sign(meta["means"]["maxs"]) * np.expm1(np.abs(meta["means"]["maxs"]))
+    assert np.all(np.array(out["bounds"]["min"]) >= lo - 1e-4) and np.all(np.array(out["bounds"]["max"]) <= hi + 1e-4)
+
+
+def test_info_text_on_our_own_sog_bundle(tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from splatflow.stages.compress import compress
+
+    sog = tmp_path / "fruit.sog"
+    compress(data_dir / "splats" / "fruit_drops_minimal.ply", sog, device="cpu")
+    capsys.readouterr()
+    assert main(["info", str(sog)]) == 0
+    text = capsys.readouterr().out
+    assert "(sog-v2)" in text and "4,721" in text and f"{sog.stat().st_size:,} bytes" in text
 
 
 def test_errors_are_one_line_with_exit_code(tmp_path: Path) -> None:

@@ -99,6 +99,8 @@ def read_ply(path: str | os.PathLike[str], *, on_invalid: OnInvalid = "keep") ->
         shN=GaussianCloud.shN_from_f_rest(f_rest),
         extras=extras,
         layout=tuple(names),
+        ply_header={"comments": list(data.comments), "obj_info": list(data.obj_info),
+                    "byte_order": ">" if data.byte_order == ">" else "<"},
     )
     if on_invalid != "keep":
         bad = int(cloud.invalid_mask().sum())
@@ -148,22 +150,28 @@ def write_ply(cloud: GaussianCloud, path: str | os.PathLike[str], *,
     """Write ``cloud`` as a 3DGS PLY, atomically (a partial file never appears at ``path``).
 
     ``layout="inria"`` writes the standard order with normals (zeros if the cloud has none);
-    ``layout="source"`` writes the properties and order of the file the cloud was read from (all extras kept).
+    ``layout="source"`` writes the properties and order of the file the cloud was read from (all extras kept),
+    with its header comments and byte order.
     """
+    header: dict = {}
     if layout == "source" and cloud.layout is not None:
         names = list(cloud.layout)
+        header = cloud.ply_header or {}
     else:
         names = inria_layout(cloud, keep_extras=keep_extras)
+    order = header.get("byte_order", "<")
     cols = _columns(cloud)
     missing = [nm for nm in names if nm not in cols]
     if missing:
         raise PlyError(f"cannot write properties {missing}: the cloud does not have them")
-    dtype = [(nm, cols[nm].dtype.str if nm in cloud.extras and nm not in NORMALS else "<f4") for nm in names]
+    dtype = [(nm, cols[nm].dtype.newbyteorder(order).str if nm in cloud.extras and nm not in NORMALS
+              else f"{order}f4") for nm in names]
     out = np.empty(len(cloud), dtype=dtype)
     for nm in names:
         out[nm] = cols[nm]
     element = PlyElement.describe(out, "vertex")
     dest = Path(path)
     with atomic_path(dest) as tmp:
-        PlyData([element], text=ascii, byte_order="<").write(str(tmp))
+        PlyData([element], text=ascii, byte_order=order, comments=header.get("comments", []),
+                obj_info=header.get("obj_info", [])).write(str(tmp))
     return dest

@@ -37,6 +37,7 @@ from splatflow.errors import DependencyMissing, EnvironmentProblem, InputError, 
 from splatflow.fsutil import atomic_path
 from splatflow.gaussians import SH_C0, GaussianCloud
 from splatflow.io.ply import write_ply
+from splatflow.progress import is_interactive, progress
 from splatflow.training.checkpoint import CheckpointStore
 from splatflow.training.scene import View, load_scene, model_dir
 from splatflow.training.strategy import CpuDefaultStrategy, CpuMCMCStrategy, Optimizers, Params
@@ -366,8 +367,10 @@ def train(sfm_dir: Path, out_dir: Path, *, iterations: int = 7000, max_splats: i
     n_train = len(scene.train)
     lr_means0 = LR["means"] * boost * scene.scene_scale
     last_log = loop_start
+    interactive = is_interactive()
     with _sigterm_flag() as flag:
-        for step in range(start_step, iterations):
+        for step in progress(range(start_step, iterations), total=iterations - start_step, desc="train",
+                             every=math.inf):
             if flag["stop"]:
                 snapshot(step)
                 raise TrainError(f"training stopped by SIGTERM at step {step} of {iterations}; a checkpoint was saved",
@@ -408,7 +411,7 @@ def train(sfm_dir: Path, out_dir: Path, *, iterations: int = 7000, max_splats: i
             if done % checkpoint_every == 0 and done < iterations:
                 snapshot(done)
             now = time.monotonic()
-            if now - last_log >= 10:
+            if not interactive and now - last_log >= 10:  # a terminal shows the progress bar instead
                 last_log = now
                 log.info("step %d/%d  loss %.4f  splats %d  SH %d", done, iterations, float(loss.detach()),
                          len(params["means"]), sh_now)
