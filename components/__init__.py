@@ -4,5 +4,7 @@ Each component is a lightweight Python component built on its stage image (``com
 ``install_kfp_package=False``: the image already has splatflow and kfp, so pods never pip-install at start-up and
 the same components run locally under ``kfp.local.SubprocessRunner(use_venv=False)``.
 
-Importing a component module imports kfp; ``components.images`` and ``components.runtime`` do not.
+Component bodies hold no logic: they call library functions (``splatflow.stages.*``, ``splatflow.presets``,
+``splatflow.tasks``), which import no kfp. Importing a component module imports kfp; ``components.images`` does
+not.
 """

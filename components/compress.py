@@ -8,14 +8,15 @@ from components.images import image_for
 
 
 @dsl.component(base_image=image_for("compress"), install_kfp_package=False)
-def compress(model: Input[Model], sog: Output[Artifact]) -> dict:
+def compress(model: Input[Model], output_uri: str, run_id: str, sog: Output[Artifact]) -> dict:
     """The bundle at ``sog.path/splats.sog``; returns the codec report (bytes, ratio, bytes per splat)."""
     from pathlib import Path
 
-    from components.runtime import task_output
     from splatflow.stages.compress import compress as run_compress
+    from splatflow.tasks import record_failure, task_output
 
     Path(sog.path).mkdir(parents=True, exist_ok=True)  # KFP creates the artifact's parent, not the folder
-    report = run_compress(Path(model.path) / "splats.ply", Path(sog.path) / "splats.sog", fidelity_views=4)
+    with record_failure("compress", output_uri, run_id):
+        report = run_compress(Path(model.path) / "splats.ply", Path(sog.path) / "splats.sog", fidelity_views=4)
     sog.metadata.update(task_output({"bytes": report.get("bytes"), "bytes_per_splat": report.get("bytes_per_splat")}))
     return task_output(report)

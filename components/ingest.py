@@ -8,13 +8,15 @@ from components.images import image_for
 
 
 @dsl.component(base_image=image_for("ingest"), install_kfp_package=False)
-def ingest(source_uri: str, quality: str, images: Output[Dataset]) -> dict:
+def ingest(source_uri: str, quality: str, output_uri: str, run_id: str, images: Output[Dataset]) -> dict:
     """Validated, de-duplicated images in ``images.path/images/``; returns the ingest report."""
     from pathlib import Path
 
-    from components.runtime import preset, task_output
+    from splatflow.presets import preset
     from splatflow.stages.ingest import ingest as run_ingest
+    from splatflow.tasks import record_failure, task_output
 
-    report = run_ingest(source_uri, Path(images.path), max_side=preset(quality)["max_side"])
+    with record_failure("ingest", output_uri, run_id):
+        report = run_ingest(source_uri, Path(images.path), max_side=preset(quality)["max_side"])
     images.metadata.update(task_output({"kept": len(report.get("kept") or [])}))
     return task_output(report)

@@ -10,12 +10,9 @@ from components.images import image_for
 def notify(status: dsl.PipelineTaskFinalStatus, source_uri: str, output_uri: str, run_id: str,
            target: str) -> dict:
     """Notify ``target`` (empty: the default channel from the environment); returns ``delivered``, ``channel``."""
-    from components.runtime import final_status, published_report, scene_name, task_output
-    from splatflow.stages.notify import notify as run_notify
+    from splatflow.stages.notify import notify_run as run_notify
+    from splatflow.tasks import task_output
 
-    outcome = final_status(status.state, status.error_message, status.pipeline_task_name)
-    scene = scene_name(source_uri)
-    succeeded = outcome["status"] == "succeeded"
-    report = published_report(output_uri, scene, run_id, source_uri=source_uri, succeeded=succeeded)
-    return task_output(run_notify(outcome["status"], scene=scene, report=report, target=target or None,
-                                  error=outcome["error"]))
+    return task_output(run_notify(status.state, error_message=status.error_message,
+                                  task_name=status.pipeline_task_name, source_uri=source_uri,
+                                  output_uri=output_uri, run_id=run_id, target=target))

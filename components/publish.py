@@ -1,4 +1,4 @@
-"""KFP component: publish the SOG, a viewer page and the run report under ``output_uri`` (atomically visible)."""
+"""KFP component: publish the SOG (bundle and folder), a viewer page and the run report under ``output_uri``."""
 
 # no `from __future__ import annotations`: kfp reads the real annotation objects (Input[Model] ...)
 from kfp import dsl
@@ -17,13 +17,15 @@ def publish(output_uri: str, source_uri: str, run_id: str, sog: Input[Artifact],
     import json
     from pathlib import Path
 
-    from components.runtime import scene_name, task_output
     from splatflow.stages.publish import publish as run_publish
+    from splatflow.stages.publish import scene_name
+    from splatflow.tasks import record_failure, task_output
 
-    result = run_publish(output_uri, scene=scene_name(source_uri), run_id=run_id,
-                         files={"sog": Path(sog.path) / "splats.sog"},
-                         reports={"ingest": ingest_report, "sfm": sfm_report, "train": train_report,
-                                  "compress": compress_report})
+    with record_failure("publish", output_uri, run_id):
+        result = run_publish(output_uri, scene=scene_name(source_uri), run_id=run_id,
+                             files={"sog": Path(sog.path) / "splats.sog"}, unpack_sog=True,
+                             reports={"ingest": ingest_report, "sfm": sfm_report, "train": train_report,
+                                      "compress": compress_report})
     Path(report.path).write_text(json.dumps(result, indent=2, default=str))
     report.metadata.update(task_output({"viewer_uri": result.get("viewer_uri"),
                                          "manifest_uri": result.get("manifest_uri")}))

@@ -8,13 +8,15 @@ from components.images import image_for
 
 
 @dsl.component(base_image=image_for("sfm"), install_kfp_package=False)
-def sfm(images: Input[Dataset], quality: str, sfm_model: Output[Dataset]) -> dict:
+def sfm(images: Input[Dataset], quality: str, output_uri: str, run_id: str, sfm_model: Output[Dataset]) -> dict:
     """COLMAP model in ``sfm_model.path/sparse/0`` + undistorted images; returns the registration report."""
     from pathlib import Path
 
-    from components.runtime import preset, task_output
+    from splatflow.presets import preset
     from splatflow.stages.sfm import sfm as run_sfm
+    from splatflow.tasks import record_failure, task_output
 
-    report = run_sfm(Path(images.path) / "images", Path(sfm_model.path), max_side=preset(quality)["max_side"])
+    with record_failure("sfm", output_uri, run_id):
+        report = run_sfm(Path(images.path) / "images", Path(sfm_model.path), max_side=preset(quality)["max_side"])
     sfm_model.metadata.update(task_output({"registered": report.get("registered")}))
     return task_output(report)

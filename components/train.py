@@ -9,15 +9,17 @@ from components.images import image_for
 
 @dsl.component(base_image=image_for("train"), install_kfp_package=False)
 def train(sfm_model: Input[Dataset], quality: str, iterations: int, max_splats: int, sh_degree: int,
-          model: Output[Model]) -> dict:
+          output_uri: str, run_id: str, model: Output[Model]) -> dict:
     """The trained PLY at ``model.path/splats.ply`` (INRIA layout); returns the training report."""
     from pathlib import Path
 
-    from components.runtime import preset, task_output
+    from splatflow.presets import preset
     from splatflow.stages.train import train as run_train
+    from splatflow.tasks import record_failure, task_output
 
-    settings = preset(quality, iterations)
-    report = run_train(Path(sfm_model.path), Path(model.path), iterations=settings["iterations"],
-                       resolution=settings["resolution"], max_splats=max_splats, sh_degree=sh_degree)
+    with record_failure("train", output_uri, run_id):
+        settings = preset(quality, iterations)
+        report = run_train(Path(sfm_model.path), Path(model.path), iterations=settings["iterations"],
+                           resolution=settings["resolution"], max_splats=max_splats, sh_degree=sh_degree)
     model.metadata.update(task_output({"splats": report.get("splats"), "psnr_test": report.get("psnr_test")}))
     return task_output(report)

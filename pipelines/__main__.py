@@ -1,6 +1,7 @@
 """``python -m pipelines compile|upload|run``: what ``make compile``, ``make upload`` and ``make run-pipeline`` call.
 
-Exit codes follow the splatflow CLI: 0 ok, 2 bad input, 3 environment problem, 4 the run failed.
+Exit codes follow the splatflow CLI: 0 ok, 2 bad input (parameters, package), 3 environment problem (KFP_HOST
+unset or unreachable, credentials refused), 4 the run did not succeed (failed, or still running at ``--timeout``).
 """
 
 from __future__ import annotations
@@ -34,28 +35,39 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _upload(args: argparse.Namespace) -> dict[str, str]:
-    from pipelines.client import KfpSettings, connect, upload
+    from pipelines.client import KfpSettings, connect, kfp_errors, pipeline_name, upload
 
+    pipeline_name(args.package)  # a missing or wrong package fails before any connection
     settings = KfpSettings.from_env()
-    client = connect(settings)
-    ids = upload(client, args.package, version=args.version, namespace=settings.namespace)
-    print(f"uploaded {args.package} to {settings.host} as pipeline {ids['pipeline_id']} "
-          f"version {ids['version_name']} ({ids['version_id']})")
+    with kfp_errors(settings):
+        client = connect(settings)
+        ids = upload(client, args.package, version=args.version, namespace=settings.namespace)
+    _print_upload(args.package, settings.host, ids)
     return ids
 
 
-def _run(args: argparse.Namespace) -> int:
-    from pipelines.client import KfpSettings, connect, load_params, start_run, upload, wait
+def _print_upload(package: Path, host: str, ids: dict[str, str]) -> None:
+    if ids.get("created") == "true":
+        print(f"created pipeline {ids['pipeline_id']} on {host} (KFP also lists a first version named after the "
+              "pipeline; runs use the named version below)")
+    print(f"uploaded {package} to {host} as pipeline {ids['pipeline_id']} "
+          f"version {ids['version_name']} ({ids['version_id']})")
 
-    params = load_params(args.params, args.package)  # fail on a bad parameters file before uploading anything
+
+def _run(args: argparse.Namespace) -> int:
+    from pipelines.client import KfpSettings, connect, kfp_errors, load_params, start_run, upload, wait
+
+    params = load_params(args.params, args.package)  # fail on bad parameters before uploading anything
     settings = KfpSettings.from_env()
-    client = connect(settings)
-    ids = upload(client, args.package, version=args.version, namespace=settings.namespace)
-    started = start_run(client, settings, ids, params, run_name=args.name)
-    print(json.dumps({"pipeline_version": ids["version_name"], **started}, indent=2))
-    if not args.wait:
-        return 0
-    state = wait(client, started["run_id"], timeout_s=args.timeout, poll_s=args.poll)
+    with kfp_errors(settings):
+        client = connect(settings)
+        ids = upload(client, args.package, version=args.version, namespace=settings.namespace)
+        _print_upload(args.package, settings.host, ids)
+        started = start_run(client, settings, ids, params, run_name=args.name)
+        print(json.dumps({"pipeline_version": ids["version_name"], **started}, indent=2), flush=True)
+        if not args.wait:
+            return 0
+        state = wait(client, started["run_id"], timeout_s=args.timeout, poll_s=args.poll)
     print(f"run {started['run_id']} finished: {state}")
     if started.get("output_prefix"):
         print(f"outputs (published by the run): {started['output_prefix']}")
@@ -79,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", type=Path, help="run parameters, YAML or JSON (source_uri and output_uri required)")
     p.add_argument("--version", help="version name (default: <image tag>-<UTC time>)")
     p.add_argument("--name", help="run name (default: splatflow <scene> <UTC time>)")
-    p.add_argument("--wait", action="store_true", help="wait for the run to end; exit 4 unless it succeeded")
+    p.add_argument("--wait", action="store_true",
+                   help="wait for the run to end; exit 4 unless it succeeded (also when --timeout passes first)")
     p.add_argument("--timeout", type=float, default=6 * 3600, help="seconds to wait (default 6 h)")
     p.add_argument("--poll", type=float, default=10.0, help="seconds between status checks (default 10)")
     p.set_defaults(handler=_run)

@@ -12,7 +12,9 @@ Connection settings come from the environment (never from pipeline parameters):
   ``KFP_EXPERIMENT`` (default ``splatflow``), ``KFP_SERVICE_ACCOUNT`` (default: the server's, i.e.
   ``pipeline-runner`` with IRSA on EKS, ``default-editor`` in a profile namespace).
 
-Tokens and cookies are never printed.
+Tokens and cookies are never printed. Connection problems (unreachable host, refused credentials, an answer
+that is not the KFP API) become :class:`~splatflow.errors.EnvironmentProblem` with the fix
+(:func:`kfp_errors`), so the CLI prints one line and exits 3 instead of a traceback.
 """
 
 from __future__ import annotations
@@ -20,14 +22,17 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from components.runtime import scene_name
 
-from splatflow.errors import EnvironmentProblem, InputError
+from splatflow.errors import EnvironmentProblem, InputError, SplatflowError, StageError
+from splatflow.presets import check_run_parameters
+from splatflow.stages.publish import scene_name
 
 IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubeflow/pipelines/token")
 FINAL_STATES = {"SUCCEEDED", "FAILED", "SKIPPED", "CANCELED", "CANCELLED", "ERROR"}
@@ -101,6 +106,84 @@ def connect(settings: KfpSettings) -> Any:
         return kfp.Client(**kwargs)
 
 
+@contextmanager
+def kfp_errors(settings: KfpSettings) -> Iterator[None]:
+    """Turn what kfp.Client raises for connection and auth problems into one-line errors with the fix.
+
+    Unreachable host, TLS failures -> EnvironmentProblem; HTTP 401/403 -> EnvironmentProblem naming the auth in
+    use; 404 -> EnvironmentProblem (KFP_HOST is not the API endpoint); 409 and other 4xx -> InputError; 5xx ->
+    EnvironmentProblem. The server's message is kept short and never carries the token or cookie.
+    """
+    from kfp_server_api.exceptions import ApiException
+    from urllib3.exceptions import HTTPError as Urllib3Error
+
+    host = settings.host
+    try:
+        yield
+    except SplatflowError:
+        raise
+    except ApiException as exc:
+        status = int(exc.status or 0)
+        detail = _server_message(exc, settings)
+        if status in (401, 403):
+            auth = settings.auth_kind()
+            fix = {"token": "KFP_TOKEN is expired or lacks access: get a new one",
+                   "service-account-token": "the service account lacks access to KFP (its RBAC / profile)",
+                   "cookie": "KFP_COOKIE has expired: log in to Kubeflow again and copy the new cookie",
+                   "none": "this KFP needs auth: export KFP_TOKEN or KFP_COOKIE (see `make upload` in the README)"}
+            kind = "refused the credentials" if status == 401 else "denied access"
+            raise EnvironmentProblem(f"KFP at {host} {kind} (HTTP {status}, auth: {auth}){detail}",
+                                     hint=fix[auth] + (f"; and check KFP_NAMESPACE={settings.namespace}"
+                                                       if settings.namespace and status == 403 else "")) from None
+        if status == 404:
+            raise EnvironmentProblem(f"KFP at {host} answered HTTP 404{detail}",
+                                     hint="KFP_HOST must be the KFP API endpoint, e.g. https://<kubeflow>/pipeline or "
+                                          "http://localhost:8888 (kubectl port-forward svc/ml-pipeline-ui)") from None
+        if 400 <= status < 500:
+            raise InputError(f"KFP at {host} refused the request (HTTP {status}){detail}",
+                             hint="a version name must be unique per pipeline: pass another --version"
+                                  if status == 409 else "check the package and parameters") from None
+        raise EnvironmentProblem(f"KFP at {host} failed (HTTP {status}){detail}",
+                                 hint="retry; if it persists, check the KFP API server's logs") from None
+    except (Urllib3Error, OSError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise EnvironmentProblem(f"cannot reach KFP at {host}: {_redact(_one_line(str(reason)), settings)}",
+                                 hint="check KFP_HOST and the network (a port-forward must be running: kubectl -n "
+                                      "kubeflow port-forward svc/ml-pipeline-ui 8888:80)") from None
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _redact(text: str, settings: KfpSettings) -> str:
+    for secret in (settings.token, settings.cookie):
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return text
+
+
+def _server_message(exc: Any, settings: KfpSettings) -> str:
+    """``: <the server's message>`` from an ApiException body (JSON ``message``/``error``), or ``""``."""
+    body = getattr(exc, "body", None)
+    try:
+        data = json.loads(body) if body else {}
+        text = str(data.get("message") or data.get("error") or "") if isinstance(data, dict) else ""
+    except (ValueError, TypeError):
+        text = ""
+    return f": {_redact(_one_line(text, 200), settings)}" if text else ""
+
+
+def _answered(value: Any, what: str) -> Any:
+    """``value`` from a KFP answer, or EnvironmentProblem when it is missing (the host did not answer as KFP)."""
+    if not value:
+        raise EnvironmentProblem(f"KFP_HOST did not answer like the KFP API ({what} missing from its answer)",
+                                 hint="KFP_HOST must be the KFP API endpoint; behind a login page (oauth2-proxy / "
+                                      "Dex), set KFP_COOKIE or KFP_TOKEN")
+    return value
+
+
 def pipeline_name(package: Path) -> str:
     """The pipeline name recorded in a compiled YAML."""
     return str(_load_package(package)["pipelineInfo"]["name"])
@@ -124,30 +207,33 @@ def default_version_name() -> str:
 
 def upload(client: Any, package: Path, *, version: str | None = None, namespace: str | None = None,
            description: str | None = None) -> dict[str, str]:
-    """Upload ``package`` as a new pipeline, or as a new version of the pipeline of the same name.
+    """Upload ``package`` as a new version named ``version`` (default ``<image tag>-<UTC time>``) of the pipeline
+    of the same name, creating the pipeline first when there is none.
 
-    Returns ``pipeline_id``, ``version_id``, ``version_name``.
+    KFP gives a new pipeline a first version named after the pipeline; the version the run uses is still the
+    named one uploaded after it (so ``--version`` is honoured on the first upload too). Returns
+    ``pipeline_id``, ``version_id``, ``version_name`` and ``created`` (``"true"`` when the pipeline is new).
     """
     name = pipeline_name(package)
     version = version or default_version_name()
     flt = json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": name}]})
-    found = client.list_pipelines(filter=flt, namespace=namespace).pipelines or []
+    listed = client.list_pipelines(filter=flt, namespace=namespace).pipelines or []
+    found = [p for p in listed if p.display_name == name]  # never trust the filter alone with someone's pipeline
     if len(found) > 1:
         raise InputError(f"{len(found)} pipelines are named {name!r} on the KFP server",
                          hint="delete the duplicates in the KFP UI; the name must be unique")
+    created = not found
     if found:
         pipeline_id = found[0].pipeline_id
-        made = client.upload_pipeline_version(str(package), pipeline_version_name=version, pipeline_id=pipeline_id,
-                                              description=description)
-        return {"pipeline_id": pipeline_id, "version_id": made.pipeline_version_id, "version_name": version}
-    created = client.upload_pipeline(str(package), pipeline_name=name, description=description, namespace=namespace)
-    versions = client.list_pipeline_versions(created.pipeline_id, page_size=1, sort_by="created_at desc")
-    first = (versions.pipeline_versions or [None])[0]
-    if first is None:
-        raise EnvironmentProblem(f"KFP created pipeline {name!r} but lists no version of it",
-                                 hint="check the KFP API server's logs")
-    return {"pipeline_id": created.pipeline_id, "version_id": first.pipeline_version_id,
-            "version_name": first.display_name or name}
+    else:
+        made_pipeline = client.upload_pipeline(str(package), pipeline_name=name, description=description,
+                                               namespace=namespace)
+        pipeline_id = _answered(made_pipeline.pipeline_id, "the new pipeline's id")
+    made = client.upload_pipeline_version(str(package), pipeline_version_name=version, pipeline_id=pipeline_id,
+                                          description=description)
+    return {"pipeline_id": pipeline_id,
+            "version_id": _answered(made.pipeline_version_id, "the new version's id"),
+            "version_name": version, "created": "true" if created else "false"}
 
 
 def load_params(path: Path | None, package: Path) -> dict[str, Any]:
@@ -170,6 +256,10 @@ def load_params(path: Path | None, package: Path) -> dict[str, Any]:
     if missing:
         raise InputError(f"missing required pipeline parameter(s) {', '.join(missing)}",
                          hint=f"set them in the parameters file ({path or 'none given'})")
+    try:
+        check_run_parameters(params)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc.message}", hint=exc.hint) from None
     return params
 
 
@@ -186,8 +276,10 @@ def start_run(client: Any, settings: KfpSettings, ids: dict[str, str], params: d
     experiment = client.create_experiment(settings.experiment, namespace=settings.namespace)
     name = run_name or f"splatflow {scene_name(str(params.get('source_uri', 'scene')))} " \
                        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())}"
+    _answered(experiment.experiment_id, "the experiment's id")
     run = client.run_pipeline(experiment.experiment_id, name, params=params, pipeline_id=ids["pipeline_id"],
                               version_id=ids["version_id"], service_account=settings.service_account)
+    _answered(run.run_id, "the run's id")
     out = {"run_id": run.run_id, "experiment_id": experiment.experiment_id,
            "run_url": f"{settings.host}/#/runs/details/{run.run_id}"}
     prefix = output_prefix(params, run.run_id)
@@ -197,12 +289,18 @@ def start_run(client: Any, settings: KfpSettings, ids: dict[str, str], params: d
 
 
 def wait(client: Any, run_id: str, *, timeout_s: float, poll_s: float = 10.0) -> str:
-    """Poll the run until it ends; returns its final state (``SUCCEEDED``, ``FAILED`` ...)."""
+    """Poll the run until it ends; returns its final state (``SUCCEEDED``, ``FAILED`` ...).
+
+    Raises StageError (exit 4: not a success) when the run has not ended after ``timeout_s``; the run itself
+    keeps going on the cluster.
+    """
     deadline = time.monotonic() + timeout_s
     while True:
         state = str(client.get_run(run_id).state or "").upper()
         if state in FINAL_STATES:
             return state
         if time.monotonic() > deadline:
-            raise TimeoutError(f"run {run_id} still {state or 'pending'} after {timeout_s:.0f} s")
+            raise StageError(f"run {run_id} has not finished after --timeout {timeout_s:.0f} s "
+                             f"(still {state or 'PENDING'}); it keeps running in KFP",
+                             hint="follow it in the KFP UI (run_url above), or wait longer with a larger --timeout")
         time.sleep(poll_s)

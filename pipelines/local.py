@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from splatflow.errors import InputError, StageError
+from splatflow.presets import check_run_parameters
 
 log = logging.getLogger(__name__)
 LOCAL_DEFAULTS: dict[str, Any] = {"quality": "tiny", "iterations": 0, "max_splats": 20_000, "sh_degree": 1}
@@ -93,6 +94,8 @@ def run_local(source: str | Path, output: Path | str, *, quality: str = LOCAL_DE
 
     from pipelines.splat_pipeline import build_pipeline
 
+    check_run_parameters({"quality": quality, "iterations": iterations, "max_splats": max_splats,
+                          "sh_degree": sh_degree, "notify_target": notify_target})
     src = source_uri(source)
     out = _prepare_output(Path(output))
     root = out / "pipeline-root"

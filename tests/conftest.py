@@ -1,7 +1,8 @@
 """Shared test fixtures: sample data, a local S3-compatible server over HTTP, the reference SOG reader.
 
 Markers: ``slow`` tests run only with SPLATFLOW_SLOW=1 (or ``-m slow``); ``gpu`` tests need CUDA;
-``cluster`` tests need KFP_HOST or a kube context. Skips say exactly why.
+``cluster`` tests need what they name: ``cluster`` (or ``cluster(needs="kube")``) a kube context (a KUBECONFIG
+file or ~/.kube/config), ``cluster(needs="kfp")`` KFP_HOST. Skips say exactly why.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+CLUSTER_NEEDS = ("kube", "kfp")
+
+
+def cluster_skip_reason(needs: str, env: Mapping[str, str], home: Path) -> str | None:
+    """Why a ``cluster`` test that needs ``needs`` ("kube": a kube context; "kfp": KFP_HOST) cannot run here, or
+    None when it can."""
+    if needs not in CLUSTER_NEEDS:
+        raise ValueError(f"cluster(needs={needs!r}): use one of {CLUSTER_NEEDS}")
+    if needs == "kfp":
+        return None if env.get("KFP_HOST") else "needs a Kubeflow Pipelines API: set KFP_HOST"
+    configs = [Path(p) for p in env.get("KUBECONFIG", "").split(os.pathsep) if p] or [home / ".kube" / "config"]
+    if any(p.is_file() for p in configs):
+        return None
+    return f"needs a kube context: no kubeconfig at {os.pathsep.join(map(str, configs))} (set KUBECONFIG)"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -29,15 +46,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         has_cuda = torch.cuda.is_available()
     except Exception:  # pragma: no cover - torch is a core dependency
         has_cuda = False
-    has_cluster = bool(os.environ.get("KFP_HOST") or os.environ.get("KUBECONFIG")
-                       or (Path.home() / ".kube" / "config").exists())
     for item in items:
         if "slow" in item.keywords and not run_slow:
             item.add_marker(pytest.mark.skip(reason="slow test: set SPLATFLOW_SLOW=1 to run it"))
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
-        if "cluster" in item.keywords and not has_cluster:
-            item.add_marker(pytest.mark.skip(reason="needs a cluster: set KFP_HOST or a kube context"))
+        cluster = item.get_closest_marker("cluster")
+        if cluster is not None:
+            reason = cluster_skip_reason(cluster.kwargs.get("needs", "kube"), os.environ, Path.home())
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def data_file(rel: str) -> Path:

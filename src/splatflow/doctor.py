@@ -4,14 +4,18 @@ Checks, each reported as one line (OK / FAIL / SKIP) with a fix when something i
 
 - ``cluster``        the kube context loads and its API server answers (Kubernetes version);
 - ``gpu-nodes``      nodes with allocatable ``nvidia.com/gpu``, carrying the label the pipeline selects on
-                     (``splatflow.io/accelerator=nvidia``) and the taint it tolerates (``nvidia.com/gpu=present``);
+                     (``splatflow.io/accelerator=nvidia``) and the taint it tolerates (``nvidia.com/gpu``,
+                     ``NoSchedule``, any value: the pipeline's toleration is ``operator: Exists``), and no other
+                     NoSchedule/NoExecute taint that would keep the GPU tasks off;
 - ``device-plugin``  an NVIDIA device plugin DaemonSet with ready pods;
 - ``kfp-launcher``   the ``kfp-launcher`` ConfigMap (pipeline root, S3 provider), the Secret it refers to, and
                      (off AWS) that the tasks' ``splatflow-storage`` endpoint is the launcher's;
-- ``bucket``         the pipeline root's bucket answers with the credentials configured here (standard AWS
-                     environment, through :mod:`splatflow.storage`);
+- ``bucket``         the pipeline root's bucket (``s3://bucket``, ``s3://bucket/prefix/``) answers a HEAD with the
+                     credentials configured here (standard AWS environment, :func:`splatflow.storage.check_bucket`);
 - ``kfp-api``        ``<KFP_HOST>/apis/v2beta1/healthz`` answers, and the backend is new enough (>= 2.14, for the
-                     exit handler's final task status).
+                     exit handler's final task status), authenticated as the project's KFP client is
+                     (:func:`kfp_auth`: ``KFP_TOKEN``, else ``KFP_SA_TOKEN_PATH`` or the in-cluster token; plus
+                     ``KFP_COOKIE``).
 
 The Kubernetes Python client comes with the ``pipeline`` extra and is imported lazily. No kfp import here.
 """
@@ -23,20 +27,29 @@ import json
 import os
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
-from splatflow.errors import DependencyMissing, SplatflowError
+from splatflow.errors import DependencyMissing, EnvironmentProblem, SplatflowError
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_LABEL = ("splatflow.io/accelerator", "nvidia")
+#: The taint the fixes recommend (and manifests/eks/cluster.yaml sets); any value is tolerated.
 GPU_TAINT = ("nvidia.com/gpu", "present", "NoSchedule")
+#: The toleration the pipeline's GPU tasks carry (pipelines/splat_pipeline.py): key and effect, any value.
+GPU_TOLERATION: dict[str, str] = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+#: Taint effects that keep an untolerating pod off a node (PreferNoSchedule only discourages it).
+BLOCKING_EFFECTS = ("NoSchedule", "NoExecute")
 DEVICE_PLUGIN_NAME = "nvidia-device-plugin"
 MIN_KFP_VERSION = (2, 14)
 DEFAULT_NAMESPACE = "kubeflow"
-STORAGE_CONFIG = "splatflow-storage"  # the ConfigMap the pipeline's tasks take AWS_ENDPOINT_URL from
+STORAGE_CONFIG = "splatflow-storage"  # the ConfigMap the pipeline's tasks take AWS_ENDPOINT_URL_S3 from
+#: The projected service-account token KFP mounts into pods (the same default as pipelines/client.py).
+IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubeflow/pipelines/token")
 
 OK, FAIL, SKIP = "OK", "FAIL", "SKIP"
 
@@ -62,6 +75,56 @@ def _kube() -> Any:
         raise DependencyMissing("the Kubernetes Python client is not installed",
                                 hint="pip install 'splatflow[pipeline]'") from exc
     return kubernetes
+
+
+def tolerates(toleration: Mapping[str, Any], taint: Mapping[str, Any]) -> bool:
+    """Kubernetes' matching rule: does ``toleration`` tolerate ``taint`` (dicts with key/operator/value/effect)?"""
+    effect = toleration.get("effect") or ""
+    if effect and effect != taint.get("effect"):
+        return False
+    key, operator = toleration.get("key") or "", toleration.get("operator") or "Equal"
+    if not key:
+        return operator == "Exists"
+    if key != taint.get("key"):
+        return False
+    return operator == "Exists" or (toleration.get("value") or "") == (taint.get("value") or "")
+
+
+def _taint_text(taint: Mapping[str, Any]) -> str:
+    value = taint.get("value")
+    return f"{taint.get('key')}{'=' + value if value else ''}:{taint.get('effect')}"
+
+
+def kfp_auth(env: Mapping[str, str] | None = None) -> tuple[str, dict[str, str]]:
+    """The auth the project's KFP client (pipelines/client.py) would use, as HTTP headers: ``KFP_TOKEN`` (bearer),
+    else ``KFP_SA_TOKEN_PATH`` or the in-cluster token file (bearer, read now), and ``KFP_COOKIE`` (a Cookie
+    header) on top. Returns (a secret-free description, headers). Raises EnvironmentProblem when
+    ``KFP_SA_TOKEN_PATH`` names no readable file."""
+    env = os.environ if env is None else env
+    headers: dict[str, str] = {}
+    kinds: list[str] = []
+    token = env.get("KFP_TOKEN") or ""
+    path = Path(env["KFP_SA_TOKEN_PATH"]) if env.get("KFP_SA_TOKEN_PATH") else None
+    if path is None and IN_CLUSTER_TOKEN.is_file():
+        path = IN_CLUSTER_TOKEN
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+        kinds.append("KFP_TOKEN")
+    elif path is not None:
+        try:
+            sa_token = path.read_text().strip()
+        except OSError as exc:
+            raise EnvironmentProblem(f"KFP_SA_TOKEN_PATH={path} cannot be read ({type(exc).__name__})",
+                                     hint="mount the service-account token there or unset KFP_SA_TOKEN_PATH") from None
+        if not sa_token:
+            raise EnvironmentProblem(f"the service-account token file {path} is empty",
+                                     hint="mount the projected KFP token there or unset KFP_SA_TOKEN_PATH")
+        headers["Authorization"] = f"Bearer {sa_token}"
+        kinds.append(f"service-account token {path}")
+    if env.get("KFP_COOKIE"):
+        headers["Cookie"] = env["KFP_COOKIE"]
+        kinds.append("KFP_COOKIE")
+    return (" + ".join(kinds) or "no credentials"), headers
 
 
 def _api_error(exc: BaseException) -> str:
@@ -146,18 +209,28 @@ class Doctor:
                          "add a GPU node group (EKS: eksctl create nodegroup -f manifests/eks/cluster.yaml); on-prem: "
                          f"install the NVIDIA driver, label the node {GPU_LABEL[0]}={GPU_LABEL[1]}, "
                          f"taint it {GPU_TAINT[0]}={GPU_TAINT[1]}:{GPU_TAINT[2]}, apply manifests/gpu")
-        parts, problems = [], []
-        for name, count, labels, taints in gpu_nodes:
+        parts, problems, blocked = [], [], []
+        for name, count, labels, node_taints in gpu_nodes:
             parts.append(f"{name} ({GPU_RESOURCE}: {count})")
+            taints = [{"key": t.key, "value": t.value, "effect": t.effect} for t in node_taints]
             if labels.get(GPU_LABEL[0]) != GPU_LABEL[1]:
                 problems.append(f"kubectl label node {name} {GPU_LABEL[0]}={GPU_LABEL[1]}")
-            if not any(t.key == GPU_TAINT[0] and t.effect == GPU_TAINT[2] for t in taints):
+            if not any(t["key"] == GPU_TOLERATION["key"] and tolerates(GPU_TOLERATION, t) for t in taints):
                 problems.append(f"kubectl taint node {name} {GPU_TAINT[0]}={GPU_TAINT[1]}:{GPU_TAINT[2]}")
+            for t in taints:
+                if t["effect"] in BLOCKING_EFFECTS and not tolerates(GPU_TOLERATION, t):
+                    blocked.append(f"{name} has {_taint_text(t)}")
+                    problems.append(f"kubectl taint node {name} {t['key']}:{t['effect']}-")
         detail = f"{len(gpu_nodes)} GPU node(s): {', '.join(parts)}"
+        wanted = (f"the pipeline's GPU tasks select on the label {GPU_LABEL[0]}={GPU_LABEL[1]} and tolerate only "
+                  f"the taint {GPU_TOLERATION['key']}:{GPU_TOLERATION['effect']} (any value)")
+        if blocked:
+            detail += f"; taints the GPU tasks do not tolerate: {', '.join(blocked)}"
         if problems:
-            return Check("gpu-nodes", FAIL, detail + "; the pipeline's GPU tasks select on the label "
-                         f"{GPU_LABEL[0]}={GPU_LABEL[1]} (and the taint keeps other pods off)", "; ".join(problems))
-        return Check("gpu-nodes", OK, detail + f", labelled {GPU_LABEL[0]}={GPU_LABEL[1]} and tainted")
+            return Check("gpu-nodes", FAIL, f"{detail}; {wanted} (the taint keeps other pods off)",
+                         "; ".join(problems))
+        return Check("gpu-nodes", OK, detail + f", labelled {GPU_LABEL[0]}={GPU_LABEL[1]} and tainted "
+                     f"{GPU_TOLERATION['key']}:{GPU_TOLERATION['effect']}")
 
     # ------------------------------------------------------------------ device plugin
     def check_device_plugin(self) -> Check:
@@ -237,8 +310,8 @@ class Doctor:
     def _task_endpoint_drift(self, launcher_endpoint: str) -> str | None:
         """Why the tasks would reach another store than KFP's launcher (``None`` when they agree).
 
-        Off AWS, the tasks take ``AWS_ENDPOINT_URL`` from the ConfigMap ``STORAGE_CONFIG``; its host:port must be
-        the launcher's endpoint."""
+        Off AWS, the tasks take ``AWS_ENDPOINT_URL_S3`` from the ConfigMap ``STORAGE_CONFIG`` (``AWS_ENDPOINT_URL`` in
+        deployments made before it was S3-only); its host:port must be the launcher's endpoint."""
         if not launcher_endpoint or "amazonaws.com" in launcher_endpoint:
             return None
         try:
@@ -247,9 +320,11 @@ class Doctor:
             if getattr(exc, "status", None) == 404:
                 return f"ConfigMap {STORAGE_CONFIG} is missing, so the pipeline's tasks get no S3 endpoint"
             return None  # not readable here: nothing to compare
-        url = str((cm.data or {}).get("AWS_ENDPOINT_URL", ""))
+        data = cm.data or {}
+        key = "AWS_ENDPOINT_URL_S3" if data.get("AWS_ENDPOINT_URL_S3") else "AWS_ENDPOINT_URL"
+        url = str(data.get(key, ""))
         if url.split("//", 1)[-1].rstrip("/") != launcher_endpoint.split("//", 1)[-1].rstrip("/"):
-            return (f"the pipeline's tasks use {url or 'no endpoint'} ({STORAGE_CONFIG} AWS_ENDPOINT_URL), "
+            return (f"the pipeline's tasks use {url or 'no endpoint'} ({STORAGE_CONFIG} {key}), "
                     f"KFP's launcher {launcher_endpoint}")
         return None
 
@@ -259,22 +334,21 @@ class Doctor:
         if not uri:
             return Check("bucket", SKIP, "no pipeline root known (kfp-launcher missing)",
                          "pass --bucket s3://bucket/prefix")
-        try:
-            from splatflow import storage
-        except ImportError as exc:
-            return Check("bucket", SKIP, f"cannot check {uri}: {exc}", "pip install 'splatflow[storage]'")
+        from splatflow import storage
+
         cluster_endpoint = ((self.launcher or {}).get("s3") or {}).get("endpoint")
         try:
-            found = storage.exists(uri)
+            via = storage.check_bucket(uri)
+        except DependencyMissing as exc:
+            return Check("bucket", SKIP, f"cannot check {uri}: {exc.message}", exc.hint)
         except SplatflowError as exc:
             fix = exc.hint or "check the AWS credentials and endpoint in this shell"
             if cluster_endpoint and "amazonaws.com" not in cluster_endpoint:
                 fix += (f"; the cluster's endpoint is {cluster_endpoint}: reach it from here with kubectl "
-                        f"port-forward and AWS_ENDPOINT_URL=http://127.0.0.1:<port>")
+                        f"port-forward and AWS_ENDPOINT_URL_S3=http://127.0.0.1:<port>")
             return Check("bucket", FAIL, f"{uri}: {exc.message}", fix)
-        via = storage.endpoint_url() or "AWS S3"
-        what = "object exists" if found else "bucket reachable"
-        return Check("bucket", OK, f"{uri}: {what} via {via} with this shell's credentials")
+        bucket = storage.parse(uri).bucket
+        return Check("bucket", OK, f"{uri}: bucket {bucket} reachable via {via} with this shell's credentials")
 
     # ------------------------------------------------------------------ KFP API
     def check_kfp_api(self) -> Check:
@@ -284,39 +358,53 @@ class Doctor:
                          "svc/ml-pipeline-ui 8080:80, then KFP_HOST=http://127.0.0.1:8080)")
         base = self.kfp_host.rstrip("/")
         url = base + "/apis/v2beta1/healthz"
+        auth_sources = "KFP_TOKEN, KFP_COOKIE or KFP_SA_TOKEN_PATH"
         try:
-            info = self._get_json(url)
+            auth, headers = kfp_auth()
+        except EnvironmentProblem as exc:
+            return Check("kfp-api", FAIL, exc.message, exc.hint)
+        try:
+            info = self._get_json(url, headers)
         except urllib.error.HTTPError as exc:
+            if 300 <= exc.code < 400:
+                return Check("kfp-api", FAIL, f"{url} redirects (HTTP {exc.code}, to "
+                             f"{_where(exc.headers.get('Location'))}): a login page is in front of the API "
+                             f"(auth: {auth})",
+                             f"set {auth_sources} (the credentials are never sent to a redirect), or point KFP_HOST "
+                             "at a port-forward of svc/ml-pipeline-ui")
+            if exc.code in (401, 403):
+                return Check("kfp-api", FAIL, f"{url} refused this shell's credentials ({auth}): HTTP {exc.code}",
+                             f"set {auth_sources} to credentials the KFP API accepts (multi-user Kubeflow: a "
+                             "token with access to your profile namespace, or the oauth2-proxy session cookie)")
             return Check("kfp-api", FAIL, f"{url} answered HTTP {exc.code}",
-                         "check KFP_HOST (the KFP UI/API address) and, with Kubeflow auth, KFP_TOKEN")
+                         f"check KFP_HOST (the KFP UI/API address) and, with Kubeflow auth, {auth_sources}")
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             return Check("kfp-api", FAIL, f"{url} is unreachable: {reason}",
                          "check KFP_HOST; from outside the cluster use kubectl port-forward")
         except ValueError:
-            return Check("kfp-api", FAIL, f"{url} did not answer JSON (is KFP_HOST the KFP API?)",
-                         "point KFP_HOST at the KFP UI or the ml-pipeline service")
+            return Check("kfp-api", FAIL, f"{url} did not answer JSON (is KFP_HOST the KFP API, or is a login "
+                         f"page in front of it? auth: {auth})",
+                         f"point KFP_HOST at the KFP UI or the ml-pipeline service; behind Kubeflow's login set "
+                         f"{auth_sources}")
         mode = "multi-user" if info.get("multi_user") else "single-user"
         # v2beta1 healthz carries no version; the v1beta1 one (still served by KFP 2.x) has tag_name
         version = ""
         with contextlib.suppress(urllib.error.URLError, OSError, ValueError):
-            version = str(self._get_json(base + "/apis/v1beta1/healthz").get("tag_name") or "")
+            version = str(self._get_json(base + "/apis/v1beta1/healthz", headers).get("tag_name") or "")
         parsed = _version_tuple(version)
         if parsed is None:
-            return Check("kfp-api", OK, f"{self.kfp_host} healthy ({mode}); backend version not reported: "
-                         "the pipeline needs KFP >= 2.14")
+            return Check("kfp-api", OK, f"{self.kfp_host} healthy ({mode}, auth: {auth}); backend version not "
+                         "reported: the pipeline needs KFP >= 2.14")
         if parsed < MIN_KFP_VERSION:
             return Check("kfp-api", FAIL, f"KFP backend {version} at {self.kfp_host}: the pipeline's exit handler "
                          "needs the final task status of KFP >= 2.14", "upgrade Kubeflow Pipelines to 2.14 or newer")
-        return Check("kfp-api", OK, f"{self.kfp_host} healthy ({mode}), KFP backend {version}")
+        return Check("kfp-api", OK, f"{self.kfp_host} healthy ({mode}, auth: {auth}), KFP backend {version}")
 
-    def _get_json(self, url: str) -> dict[str, Any]:
-        """GET ``url`` (with ``KFP_TOKEN`` as a bearer token when set) and parse a JSON object."""
-        req = urllib.request.Request(url, headers={"Accept": "application/json"})
-        token = os.environ.get("KFP_TOKEN")
-        if token:
-            req.add_header("Authorization", f"Bearer {token}")
-        with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 - the user's KFP address
+    def _get_json(self, url: str, headers: Mapping[str, str]) -> dict[str, Any]:
+        """GET ``url`` with the auth ``headers`` (from :func:`kfp_auth`) and parse a JSON object."""
+        req = urllib.request.Request(url, headers={"Accept": "application/json", **headers})
+        with _NO_REDIRECTS.open(req, timeout=self.timeout) as resp:
             data = json.loads(resp.read(65536) or b"{}")
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
@@ -337,6 +425,24 @@ class Doctor:
         results.append(self.check_bucket())
         results.append(self.check_kfp_api())
         return results
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Redirects are answered as errors: the KFP credentials must not follow them to another address."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_NO_REDIRECTS = urllib.request.build_opener(_RefuseRedirects)
+
+
+def _where(location: str | None) -> str:
+    """Scheme, host and path of a redirect target (no query: it may carry state or tokens)."""
+    if not location:
+        return "nowhere"
+    parts = urllib.parse.urlsplit(location)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}" if parts.netloc else parts.path
 
 
 def _current_context_name(k: Any, config_file: str) -> str | None:

@@ -1,4 +1,5 @@
-"""Atomic output: nothing appears at the destination until the whole file or folder is complete."""
+"""Atomic output: nothing appears at the destination until the whole file or folder is complete, and a failed
+run removes the parent folders it created for it."""
 
 from __future__ import annotations
 
@@ -64,4 +65,26 @@ def atomic_path(path: str | os.PathLike[str], *, directory: bool = False) -> Ite
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def made_parents(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Create the missing parent folders of ``path`` for the block; if the block fails, remove the ones created
+    here again (deepest first, and only while empty: what others put there stays). Yields the parent folder."""
+    parent = Path(path).parent if str(Path(path).parent) else Path(".")
+    created: list[Path] = []
+    p = parent.absolute()
+    while not p.exists():
+        created.append(p)
+        p = p.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield parent
+    except BaseException:
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # not empty (or gone): neither it nor its parents are ours to remove
         raise

@@ -2,10 +2,13 @@
 
 S3 goes through boto3 with the standard AWS configuration only: credentials from the default chain (environment,
 shared config, IRSA's ``AWS_WEB_IDENTITY_TOKEN_FILE`` + ``AWS_ROLE_ARN`` on EKS, instance roles), the endpoint
-from ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (MinIO, SeaweedFS, a local test server) and the region from
-``AWS_REGION`` / ``AWS_DEFAULT_REGION``. When a custom endpoint is set, path-style addressing is used
-(``http://host/bucket/key``), which every S3-compatible server accepts, and botocore's CRC checksum headers are
-sent only where an operation requires them (many S3-compatible servers refuse them); on AWS the defaults.
+from ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL`` (MinIO, SeaweedFS, a local test server) and the region from
+``AWS_REGION`` / ``AWS_DEFAULT_REGION``. Other services (SNS for notify) take only their own
+``AWS_ENDPOINT_URL_<SERVICE>`` or the global ``AWS_ENDPOINT_URL``, never the S3 one: clusters set the S3-only
+variable, so an on-prem store and AWS's SNS work side by side. When a custom endpoint is set, path-style
+addressing is used (``http://host/bucket/key``), which every S3-compatible server accepts, and botocore's CRC
+checksum headers are sent only where an operation requires them (many S3-compatible servers refuse them); on AWS
+the defaults.
 
 Reliability:
 
@@ -137,9 +140,11 @@ def _env_int(name: str, default: int) -> int:
     return value
 
 
-def endpoint_url() -> str | None:
-    """The custom S3 endpoint from the standard environment, or None for AWS itself."""
-    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+def endpoint_url(service: str = "s3") -> str | None:
+    """The custom endpoint of ``service`` from the standard environment (``AWS_ENDPOINT_URL_<SERVICE>``, else
+    ``AWS_ENDPOINT_URL``), or None for AWS itself."""
+    name = "AWS_ENDPOINT_URL_" + service.upper().replace("-", "_").replace(" ", "_")
+    return os.environ.get(name) or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
 def _region() -> str | None:
@@ -170,8 +175,7 @@ def client(service: str = "s3", *, region: str | None = None) -> Any:
     boto3 = _boto3()
     from botocore.config import Config
 
-    endpoint = (os.environ.get(f"AWS_ENDPOINT_URL_{service.upper()}") or os.environ.get("AWS_ENDPOINT_URL")
-                or None)
+    endpoint = endpoint_url(service)
     region = region or _region() or ("us-east-1" if endpoint else None)
     attempts = _env_int("SPLATFLOW_S3_MAX_ATTEMPTS", 6)
     mode = os.environ.get("SPLATFLOW_S3_RETRY_MODE", "standard")
@@ -241,7 +245,8 @@ def _explain(exc: BaseException, loc: Location, action: str) -> StorageError:
                                  "(AWS_ROLE_ARN + AWS_WEB_IDENTITY_TOKEN_FILE) for this pod")
     if isinstance(exc, bx.EndpointConnectionError | bx.ConnectTimeoutError):
         return StorageError(f"cannot {action} {where}: the S3 endpoint {endpoint} cannot be reached",
-                            hint="check AWS_ENDPOINT_URL (scheme, host, port) and the network path to it")
+                            hint="check AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL (scheme, host, port) and the "
+                                 "network path to it")
     if isinstance(exc, bx.ClientError):
         err = exc.response.get("Error", {})
         code = str(err.get("Code", ""))
@@ -258,7 +263,8 @@ def _explain(exc: BaseException, loc: Location, action: str) -> StorageError:
                     "TokenRefreshRequired"):
             return StorageError(f"cannot {action} {where}: the credentials were rejected ({code})",
                                 hint="check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or the IRSA role) "
-                                     "and that AWS_ENDPOINT_URL is the server they belong to")
+                                     "and that AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL is the server they "
+                                     "belong to")
         if code in ("AccessDenied", "AllAccessDisabled", "403", "Forbidden") or status == 403:
             return StorageError(f"cannot {action} {where}: access denied",
                                 hint=f"grant the role/user s3:GetObject, s3:PutObject and s3:ListBucket on "
@@ -274,7 +280,7 @@ def _explain(exc: BaseException, loc: Location, action: str) -> StorageError:
                             hint="see the S3 error code above")
     if isinstance(exc, bx.BotoCoreError):
         return StorageError(f"cannot {action} {where}: {type(exc).__name__}: {exc}",
-                            hint="check AWS_ENDPOINT_URL and the network, then retry")
+                            hint="check AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL and the network, then retry")
     return StorageError(f"cannot {action} {where}: {type(exc).__name__}: {exc}",
                         hint="check the storage endpoint and retry")
 
@@ -488,26 +494,55 @@ def _verify(path: Path, size: int, sha: str | None) -> None:
             raise _ChecksumMismatch(f"SHA-256 {got[:12]}... does not match the recorded {sha[:12]}...")
 
 
-def list_uris(uri: str) -> list[str]:
-    """Every object (file) below ``uri`` treated as a folder, recursively, sorted; same URI style as the input."""
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One object of a listing: its URI (in the listed URI's style) and its size in bytes."""
+
+    uri: str
+    size: int
+
+
+def list_objects(uri: str, *, max_count: int | None = None) -> list[ObjectInfo]:
+    """Every object (file) below ``uri`` treated as a folder, recursively, with its size, sorted by URI.
+
+    ``max_count``: refuse (InputError, before listing further) a folder holding more objects than that.
+    """
     loc = parse(uri)
+
+    def too_many() -> InputError:
+        return InputError(f"{loc} holds more than {max_count:,} objects",
+                          hint="point at a narrower prefix (one scene's photos)")
+
     if loc.scheme == "file":
         root = _local(loc)
         if not root.exists():
             return []
         if root.is_file():
-            return [str(loc)]
-        return [str(Location("file", path=p, plain=loc.plain)) for p in sorted(root.rglob("*")) if p.is_file()]
+            return [ObjectInfo(str(loc), root.stat().st_size)]
+        found: list[ObjectInfo] = []
+        for p in sorted(root.rglob("*")):
+            if p.is_file():
+                found.append(ObjectInfo(str(Location("file", path=p, plain=loc.plain)), p.stat().st_size))
+                if max_count is not None and len(found) > max_count:
+                    raise too_many()
+        return found
     prefix = _folder_key(loc.key)
 
-    def listing() -> list[str]:
-        out: list[str] = []
+    def listing() -> list[ObjectInfo]:
+        out: list[ObjectInfo] = []
         for page in client().get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=prefix):
-            out.extend(f"s3://{loc.bucket}/{obj['Key']}" for obj in page.get("Contents", [])
-                       if not obj["Key"].endswith("/"))
-        return sorted(out)
+            out.extend(ObjectInfo(f"s3://{loc.bucket}/{obj['Key']}", int(obj.get("Size", 0)))
+                       for obj in page.get("Contents", []) if not obj["Key"].endswith("/"))
+            if max_count is not None and len(out) > max_count:
+                raise too_many()
+        return sorted(out, key=lambda o: o.uri)
 
     return _with_retries("list", loc, listing)
+
+
+def list_uris(uri: str) -> list[str]:
+    """Every object (file) below ``uri`` treated as a folder, recursively, sorted; same URI style as the input."""
+    return [o.uri for o in list_objects(uri)]
 
 
 def relative_name(child: str, parent: str) -> str:
@@ -518,14 +553,19 @@ def relative_name(child: str, parent: str) -> str:
     return _local(loc).relative_to(_local(base)).as_posix()
 
 
-def download_prefix(uri: str, local_dir: str | os.PathLike[str]) -> list[Path]:
+def download_prefix(uri: str, local_dir: str | os.PathLike[str], *, only: list[str] | None = None) -> list[Path]:
     """Copy every object below ``uri`` (a folder/prefix) into ``local_dir``, keeping relative paths.
 
-    Returns the local paths, sorted. Raises StorageError when nothing is there.
+    ``only``: copy just these URIs (from ``list_objects(uri)``) instead of listing again. Returns the local paths,
+    sorted. Raises StorageError when nothing is there.
     """
     loc = parse(uri)
     out_dir = Path(local_dir)
-    children = list_uris(uri)
+    children = list_uris(uri) if only is None else sorted(only)
+    outside = [c for c in children if parse(c).scheme != loc.scheme or not _below(parse(c), loc)]
+    if outside:
+        raise InputError(f"cannot download {outside[0]} as part of {loc}: it is not below it",
+                         hint="pass URIs from list_objects() of the same prefix")
     if loc.scheme == "file" and children == [str(loc)]:
         raise StorageError(f"cannot download folder {loc}: it is a file", hint="use download() for one file")
     if not children:
@@ -535,6 +575,44 @@ def download_prefix(uri: str, local_dir: str | os.PathLike[str]) -> list[Path]:
     with ThreadPoolExecutor(max_workers=_PARALLEL_FILES) as pool:
         paths = list(pool.map(lambda pair: download(*pair), pairs))
     return sorted(paths)
+
+
+def _below(child: Location, folder: Location) -> bool:
+    if child.scheme == "s3":
+        return child.bucket == folder.bucket and child.key.startswith(_folder_key(folder.key))
+    assert child.path is not None and folder.path is not None
+    return child.path == folder.path or folder.path in child.path.parents
+
+
+def check_bucket(uri: str) -> str:
+    """Check that the bucket of ``uri`` (``s3://bucket``, ``s3://bucket/prefix/`` or an object URI) answers to
+    this environment's credentials (a HEAD on the bucket: s3:ListBucket). Returns the endpoint used (its URL, or
+    ``AWS S3``). Raises InputError for a URI that is not s3://, StorageError naming the problem and its fix for a
+    missing bucket, denied access, rejected credentials or an unreachable endpoint."""
+    loc = parse(uri)
+    if loc.scheme != "s3":
+        raise InputError(f"{uri!r} is not an s3:// URI, so it names no bucket",
+                         hint="give s3://bucket or s3://bucket/prefix")
+    bucket = Location("s3", loc.bucket, "")
+    where = endpoint_url() or "AWS S3"
+    from botocore.exceptions import ClientError
+
+    def head() -> None:
+        try:
+            client().head_bucket(Bucket=loc.bucket)
+        except ClientError as exc:
+            status = _status(exc)
+            if status == 404:
+                raise _missing_bucket(bucket, "reach") from exc
+            if status == 403:
+                raise StorageError(f"cannot reach bucket {loc.bucket!r} at {where}: access denied (HTTP 403)",
+                                   hint=f"grant this user/role s3:ListBucket (and s3:GetObject, s3:PutObject) on "
+                                        f"{loc.bucket!r} (IAM policy, IRSA role or MinIO policy), and check that "
+                                        "the credentials belong to this endpoint") from exc
+            raise
+
+    _with_retries("reach", bucket, head)
+    return where
 
 
 def upload_dir(local_dir: str | os.PathLike[str], uri: str) -> list[str]:

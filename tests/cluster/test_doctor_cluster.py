@@ -1,5 +1,5 @@
 """`splatflow doctor` against the real cluster of the current kube context (opt-in: the `cluster` marker runs
-only where KFP_HOST, KUBECONFIG or ~/.kube/config exists).
+it only where a kube context exists, a KUBECONFIG file or ~/.kube/config; KFP_HOST alone is not enough).
 
 Set SPLATFLOW_EXPECT_READY=1 to also require that every check passes (a cluster deployed with
 `make deploy-eks` / `make deploy-onprem`, a GPU node up, KFP_HOST set and this shell's AWS credentials working).
@@ -16,7 +16,7 @@ import pytest
 
 from splatflow.doctor import FAIL, OK, SKIP, doctor
 
-pytestmark = pytest.mark.cluster
+pytestmark = pytest.mark.cluster(needs="kube")
 
 
 def test_doctor_reports_on_the_current_context() -> None:

@@ -1,4 +1,5 @@
-"""Opt-in: the compiled pipeline against a real Kubeflow Pipelines (KFP_HOST, auth as in `make upload`).
+"""Opt-in (runs only with KFP_HOST): the compiled pipeline against a real Kubeflow Pipelines (auth as in
+`make upload`).
 
 Uploads a new version and checks KFP lists it. With SPLATFLOW_CLUSTER_PARAMS=<params file> it also runs the
 pipeline, waits (SPLATFLOW_CLUSTER_TIMEOUT seconds, default 3 h) and checks the published manifest.
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.cluster
+pytestmark = pytest.mark.cluster(needs="kfp")
 
 
 @pytest.fixture
@@ -24,9 +25,10 @@ def kfp_host() -> str:
 
 
 def test_upload_a_version_and_optionally_run_it(kfp_host: str, tmp_path: Path) -> None:
-    from components.runtime import scene_name
     from pipelines.client import KfpSettings, connect, load_params, start_run, upload, wait
     from pipelines.splat_pipeline import compile_pipeline
+
+    from splatflow.stages.publish import scene_name
 
     package = compile_pipeline(tmp_path / "pipeline.yaml")
     settings = KfpSettings.from_env()

@@ -18,7 +18,8 @@ def compiled_yaml(tmp_path_factory: pytest.TempPathFactory) -> str:
     in the environment; returns the YAML text."""
     out = tmp_path_factory.mktemp("compiled") / "pipeline.yaml"
     env = {**os.environ, **FAKE_SECRETS, "SPLATFLOW_REGISTRY": GOLDEN_REGISTRY, "SPLATFLOW_IMAGE_TAG": GOLDEN_TAG}
-    for name in ("SPLATFLOW_S3_SECRET", "SPLATFLOW_NOTIFY_SECRET", "SPLATFLOW_STORAGE_CONFIG"):
+    for name in ("SPLATFLOW_S3_SECRET", "SPLATFLOW_NOTIFY_SECRET", "SPLATFLOW_STORAGE_CONFIG",
+                 "SPLATFLOW_NOTIFY_CONFIG"):
         env.pop(name, None)
     proc = subprocess.run([sys.executable, "-m", "pipelines", "compile", "--output", str(out)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)

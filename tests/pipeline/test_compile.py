@@ -38,7 +38,8 @@ def test_every_stage_runs_its_own_image_and_calls_its_stage_function(compiled: S
         container = _container(spec, stage)
         assert container["image"] == f"{GOLDEN_REGISTRY}/splatflow-{stage}:{GOLDEN_TAG}"
         program = "\n".join(container["command"] + container.get("args", []))
-        assert f"from splatflow.stages.{stage} import {stage} as run_{stage}" in program, stage
+        assert f"from splatflow.stages.{stage} import " in program and f"run_{stage}(" in program, stage
+        assert "components.runtime" not in program  # the logic lives in the core library
         # install_kfp_package=False: the image has kfp; pods never pip-install at start-up
         assert "pip install" not in program
 
@@ -80,7 +81,13 @@ def test_exit_handler_runs_notify_with_the_final_status(compiled: Spec) -> None:
     # publish and notify name the run the same way, so notify finds what publish wrote
     run_id = {"runtimeValue": {"constant": "{{$.pipeline_job_uuid}}"}}
     assert notify["inputs"]["parameters"]["run_id"] == run_id
-    assert _body_tasks(spec)["publish"]["inputs"]["parameters"]["run_id"] == run_id
+    output_uri = {"componentInputParameter": "pipelinechannel--output_uri"}
+    for stage in BODY:  # every stage records its failure where notify looks: <output_uri>/.splatflow/runs/<run id>
+        params = _body_tasks(spec)[stage]["inputs"]["parameters"]
+        assert params["run_id"] == run_id, stage
+        assert params["output_uri"] == output_uri, stage
+        program = "\n".join(_container(spec, stage)["command"])
+        assert f'with record_failure("{stage}", output_uri, run_id):' in program, stage
 
 
 def test_ui_parameters_are_few_with_defaults(compiled: Spec) -> None:
@@ -105,8 +112,8 @@ def test_gpu_stages_request_a_gpu_tolerate_the_taint_and_select_gpu_nodes(compil
         if stage in GPU:
             assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
             assert resources["accelerator"]["resourceCount"] == "1"
-            assert k8s["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Equal", "value": "present",
-                                           "effect": "NoSchedule"}]
+            # Exists: a GPU taint with any value (or none) is tolerated
+            assert k8s["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
             assert k8s["nodeSelector"] == {"labels": {"splatflow.io/accelerator": "nvidia"}}
         else:
             assert "accelerator" not in resources, stage
@@ -125,7 +132,8 @@ def test_every_task_has_cpu_and_memory_requests_and_limits(compiled: Spec) -> No
 def test_caching_and_retries_as_designed(compiled: Spec) -> None:
     spec, _ = compiled
     caching = {s: bool(_task(spec, s).get("cachingOptions", {}).get("enableCache")) for s in STAGES}
-    assert caching == {"ingest": True, "sfm": True, "train": True, "compress": True, "publish": False,
+    # ingest's inputs are an address and a preset: new photos at the same address must be read again
+    assert caching == {"ingest": False, "sfm": True, "train": True, "compress": True, "publish": False,
                        "notify": False}
     retries = {s: _task(spec, s).get("retryPolicy", {}).get("maxRetryCount", 0) for s in STAGES}
     assert {s for s, n in retries.items() if n} == {"ingest", "train", "publish", "notify"}
@@ -138,14 +146,24 @@ def test_credentials_come_from_optional_secrets_by_name_only(compiled: Spec, com
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     mounted = {s: sorted(x["secretName"] for x in executors.get(f"exec-{s}", {}).get("secretAsEnv", []))
                for s in STAGES}
-    assert mounted == {"ingest": ["splatflow-s3"], "sfm": [], "train": [], "compress": [],
-                       "publish": ["splatflow-s3"], "notify": ["splatflow-notify", "splatflow-s3"]}
-    for stage in ("ingest", "publish", "notify"):
+    # every stage reaches the storage (failure records), notify also its Secret
+    assert mounted == {"ingest": ["splatflow-s3"], "sfm": ["splatflow-s3"], "train": ["splatflow-s3"],
+                       "compress": ["splatflow-s3"], "publish": ["splatflow-s3"],
+                       "notify": ["splatflow-notify", "splatflow-s3"]}
+    for stage in STAGES:
         for mount in executors[f"exec-{stage}"]["secretAsEnv"]:
             assert mount["optional"] is True  # EKS runs on IRSA without the S3 Secret
             assert all(k["secretKey"] == k["envVar"] for k in mount["keyToEnv"])
         config = executors[f"exec-{stage}"]["configMapAsEnv"]
-        assert [c["configMapName"] for c in config] == ["splatflow-storage"]
+        for mount in config:
+            assert mount["optional"] is True
+            assert all(k["configMapKey"] == k["envVar"] for k in mount["keyToEnv"])
+        names = [c["configMapName"] for c in config]
+        assert names == (["splatflow-storage", "splatflow-notify-config"] if stage == "notify"
+                         else ["splatflow-storage"]), stage
+    notify_config = executors["exec-notify"]["configMapAsEnv"][1]
+    assert {k["envVar"] for k in notify_config["keyToEnv"]} == {
+        "SPLATFLOW_LINK_EXPIRES", "SPLATFLOW_NOTIFY_STRICT", "SPLATFLOW_PUBLIC_BASE_URL"}
     for name, value in FAKE_SECRETS.items():
         assert value not in compiled_yaml, f"the value of {name} leaked into the compiled pipeline"
     assert not re.search(r"(?i)(password|secret|token)\s*:\s*\S", compiled_yaml.split("---")[0]), \

@@ -1,11 +1,13 @@
 """The whole pipeline under kfp.local (SubprocessRunner, CPU): the sample photos in, a .sog + viewer + report out,
-and a notification over a real HTTP webhook, on success and when a middle stage fails."""
+and a notification over a real HTTP webhook, on success and when a middle stage fails (naming the stage and its
+error). Secret-looking values in the run's environment must reach neither the outputs nor the logs."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import threading
+import zipfile
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -20,6 +22,26 @@ from splatflow.errors import StageError
 
 # Runs in CI: the smallest settings that still go through every stage (about a minute on an idle 2-core machine).
 TINY = {"quality": "tiny", "iterations": 10, "max_splats": 5000, "sh_degree": 1}
+# What a careless stage or log line could leak; every task inherits this environment under kfp.local.
+FAKE_SECRETS = {"AWS_SECRET_ACCESS_KEY": "fake/Secret+AccessKey-7Qz9Lm2Xv4",
+                "SPLATFLOW_SMTP_PASSWORD": "fake-smtp-pw-3e8d1c"}
+
+
+@pytest.fixture
+def secrets_in_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    for name, value in FAKE_SECRETS.items():
+        monkeypatch.setenv(name, value)
+    return FAKE_SECRETS
+
+
+def _assert_no_secret(folder: Path, captured: str, secrets: dict[str, str]) -> None:
+    """No secret value in any file under ``folder`` (reports, manifest, task outputs, logs) or in ``captured``."""
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert files and "Running pipeline" in captured  # the run's logs were captured: the check is not vacuous
+    for name, value in secrets.items():
+        assert value not in captured, f"{name} leaked into the output"
+        for path in files:
+            assert value.encode() not in path.read_bytes(), f"{name} leaked into {path}"
 
 
 @pytest.fixture
@@ -68,7 +90,9 @@ def _ply_vertex_count(path: Path) -> int:
 
 
 def test_whole_pipeline_runs_locally_on_the_sample_photos(tmp_path: Path, data_dir: Path, splat_transform: Path,
-                                                          webhook: list[dict[str, Any]]) -> None:
+                                                          webhook: list[dict[str, Any]],
+                                                          secrets_in_env: dict[str, str],
+                                                          capfd: pytest.CaptureFixture[str]) -> None:
     from pipelines.local import run_local, summary_lines
 
     run = run_local(data_dir / "photos" / "lund", tmp_path / "run", **TINY)
@@ -79,6 +103,12 @@ def test_whole_pipeline_runs_locally_on_the_sample_photos(tmp_path: Path, data_d
     manifest = json.loads(_path(run.publish["manifest_uri"]).read_text())
     assert manifest["run_id"] == sog.parent.name
     assert sorted(p.stem for p in (sog.parent / "reports").glob("*.json")) == ["compress", "ingest", "sfm", "train"]
+    # the SOG is also published as its folder (meta.json + WebP), byte for byte the bundle's files
+    with zipfile.ZipFile(sog) as zf:
+        bundle = {name: zf.read(name) for name in zf.namelist()}
+    folder = {p.name: p.read_bytes() for p in (sog.parent / "sog").iterdir()}
+    assert "meta.json" in folder and folder == bundle
+    assert {f"sog/{name}" for name in bundle} <= set(manifest["objects"])
     train_report = json.loads((sog.parent / "reports" / "train.json").read_text())
     assert train_report["iterations"] == TINY["iterations"] and train_report["device"] == "cpu"
     assert _path(run.publish["viewer_uri"]).is_file()
@@ -100,11 +130,17 @@ def test_whole_pipeline_runs_locally_on_the_sample_photos(tmp_path: Path, data_d
     printed = "\n".join(summary_lines(run))
     assert str(sog) in printed and str(_path(run.publish["viewer_uri"])) in printed
     assert str(_path(run.publish["manifest_uri"])) in printed
+    assert not list((tmp_path / "run").glob(".splatflow/runs/*/failed/*.json"))  # nothing failed, nothing recorded
+
+    out = capfd.readouterr()
+    _assert_no_secret(tmp_path / "run", out.out + out.err + printed + json.dumps(webhook), secrets_in_env)
 
 
-def test_a_failing_middle_stage_still_runs_notify_with_the_failure(tmp_path: Path,
-                                                                   webhook: list[dict[str, Any]]) -> None:
-    """Sharp but unrelated images pass ingest and make sfm fail: the exit handler must still notify."""
+def test_a_failing_middle_stage_still_runs_notify_with_the_failure(tmp_path: Path, webhook: list[dict[str, Any]],
+                                                                   secrets_in_env: dict[str, str],
+                                                                   capfd: pytest.CaptureFixture[str]) -> None:
+    """Sharp but unrelated images pass ingest and make sfm fail: the exit handler must still notify, naming sfm
+    and its error (KFP itself only says that the exit handler's group failed)."""
     from pipelines.local import run_local
 
     photos = tmp_path / "noise"
@@ -118,8 +154,14 @@ def test_a_failing_middle_stage_still_runs_notify_with_the_failure(tmp_path: Pat
 
     assert len(webhook) == 1
     message = webhook[0]
-    assert "failed" in message["text"].lower() and "noise" in json.dumps(message)
-    assert "Task exit-handler-1 failed" in json.dumps(message)  # KFP's final status, carried into the message
+    assert message["text"].endswith("splatflow: noise failed at sfm")
+    text = message["blocks"][-1]["text"]["text"]  # the failure block
+    assert text.startswith("*Failed stage:* sfm\n```SfmError: structure from motion registered ")
+    assert "images, under the required" in text  # the stage's own one-line error, not KFP's
     assert not list((tmp_path / "run").glob("*/*/manifest.json")), "a failed run must not publish"
+    (record,) = (tmp_path / "run").glob(".splatflow/runs/*/failed/*.json")
+    assert record.name == "sfm.json" and json.loads(record.read_text())["stage"] == "sfm"
     ran = {p.name for p in (tmp_path / "run" / "pipeline-root").glob("*/*") if p.is_dir()}
     assert {"ingest", "sfm", "notify"} <= ran and not ran & {"train", "compress", "publish"}, ran
+    out = capfd.readouterr()
+    _assert_no_secret(tmp_path / "run", out.out + out.err + json.dumps(webhook), secrets_in_env)

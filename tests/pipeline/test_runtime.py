@@ -1,4 +1,5 @@
-"""Pieces the components and the local runner use: presets, scene names, image names, final status, reports."""
+"""Pieces the components and the local runner use (all in the core library but the image names): presets, scene
+names, image names, KFP's final status, task outputs, the published run read back."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ from pathlib import Path
 
 import pytest
 from components import images
-from components.runtime import PRESETS, final_status, preset, published_report, scene_name, task_output
 
 from splatflow.errors import InputError
+from splatflow.presets import PRESETS, preset
+from splatflow.stages.notify import final_status
+from splatflow.stages.publish import published_run, scene_name
+from splatflow.tasks import task_output
 
 
 def test_presets_map_quality_to_resolution_and_iterations() -> None:
@@ -78,22 +82,21 @@ def test_image_names_come_from_registry_and_tag(monkeypatch: pytest.MonkeyPatch)
         images.image_for("render")
 
 
-def test_published_report_reads_back_what_publish_wrote(tmp_path: Path) -> None:
+def test_published_run_reads_back_what_publish_wrote(tmp_path: Path) -> None:
     from splatflow.stages.publish import publish
 
     sog = tmp_path / "splats.sog"
     sog.write_bytes(b"PK\x05\x06" + bytes(18))  # publish copies bytes; the viewer page (off here) would parse it
     out = (tmp_path / "out").as_uri()
-    base = {"scene": "lund", "run_id": "run-1", "source_uri": "s3://in/lund", "output_uri": out}
-    assert published_report(out, "lund", "run-1", source_uri="s3://in/lund", succeeded=True) == base  # nothing yet
+    assert published_run(out, "lund", "run-1") is None  # nothing published yet
     result = publish(out, scene="lund", run_id="run-1", files={"sog": sog},
                      reports={"compress": {"splats": 7, "bytes": 22, "seconds": 1.5}}, viewer=False)
-    report = published_report(out, "lund", "run-1", source_uri="s3://in/lund", succeeded=True)
+    report = published_run(out, "lund", "run-1")
+    assert report is not None
     assert report["manifest_uri"] == result["manifest_uri"]
     assert report["content_uri"] == result["content_uri"]
     assert report["summary"]["splats"] == 7
     assert set(report["urls"]) == set(result["urls"])
-    assert published_report(out, "lund", "run-1", source_uri="s3://in/lund", succeeded=False) == base
 
 
 def test_local_runner_rejects_a_missing_source_and_a_used_output(tmp_path: Path) -> None:
@@ -127,3 +130,15 @@ def test_splatflow_run_reports_bad_input_with_exit_2(tmp_path: Path, capsys: pyt
     assert "error: source" in err and "does not exist" in err and "hint:" in err
     assert not (tmp_path / "out").exists()  # nothing created for a run that cannot start
     assert default_output().parent == Path("runs") and default_output("x").name[:2] == "20"
+
+
+def test_local_runs_check_their_parameters_before_starting(tmp_path: Path) -> None:
+    from pipelines.local import run_local
+
+    for kwargs, said in (({"quality": "ultra"}, "quality 'ultra' is not a preset"),
+                         ({"sh_degree": 5}, "sh_degree 5 is out of range"),
+                         ({"max_splats": 0}, "max_splats must be positive"),
+                         ({"notify_target": "https://hooks.example.com/x"}, "notify_target holds a URL")):
+        with pytest.raises(InputError, match=said):
+            run_local(tmp_path, tmp_path / "out", **kwargs)  # type: ignore[arg-type]
+        assert not (tmp_path / "out").exists()

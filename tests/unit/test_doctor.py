@@ -2,7 +2,8 @@
 
 The real Kubernetes Python client talks to the fake server through a kubeconfig; the bucket check goes to the
 session's local S3 server (moto over HTTP). Cases: a GPU cluster that is ready, a cluster without GPUs, and an
-API server that does not answer.
+API server that does not answer; GPU taints the pipeline does and does not tolerate; pipeline roots naming only a
+bucket; each KFP auth source the project's KFP client uses.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ VERSION = {"major": "1", "minor": "33", "gitVersion": "v1.33.2", "gitCommit": "a
            "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24", "compiler": "gc", "platform": "linux/amd64"}
 
 
-def _node(name: str, gpus: int | None, *, labelled: bool = True, tainted: bool = True) -> dict[str, Any]:
+def _node(name: str, gpus: int | None, *, labelled: bool = True, tainted: bool = True,
+          taints: list[dict[str, str]] | None = None) -> dict[str, Any]:
     labels = {"kubernetes.io/hostname": name}
-    taints = []
+    taints = list(taints or [])
     if gpus is not None and labelled:
         labels["splatflow.io/accelerator"] = "nvidia"
     if gpus is not None and tainted:
@@ -72,7 +74,9 @@ class FakeCluster:
         self.routes: dict[str, Any] = {"/version": VERSION}
         self.requests: list[str] = []
         self.auth: list[str | None] = []
+        self.cookies: list[str | None] = []
         self.status_for: dict[str, int] = {}  # path -> error status to answer instead of 404
+        self.redirect_to: dict[str, str] = {}  # path -> Location of a 302 answer
         handler = self._handler()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -87,6 +91,13 @@ class FakeCluster:
                 path = self.path.split("?")[0].rstrip("/")
                 cluster.requests.append(path)
                 cluster.auth.append(self.headers.get("Authorization"))
+                cluster.cookies.append(self.headers.get("Cookie"))
+                if path in cluster.redirect_to:
+                    self.send_response(302)
+                    self.send_header("Location", cluster.redirect_to[path])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 body = cluster.routes.get(path)
                 status = 200 if body is not None else cluster.status_for.get(path, 404)
                 if body is None:
@@ -122,7 +133,9 @@ def _kubeconfig(path: Path, server: str) -> Path:
 def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeCluster]:
     fake = FakeCluster()
     monkeypatch.setenv("KUBECONFIG", str(_kubeconfig(tmp_path / "kubeconfig", fake.url)))
-    monkeypatch.delenv("KFP_TOKEN", raising=False)
+    for name in ("KFP_TOKEN", "KFP_COOKIE", "KFP_SA_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("splatflow.doctor.IN_CLUSTER_TOKEN", tmp_path / "no-in-cluster-token")
     try:
         yield fake
     finally:
@@ -280,3 +293,197 @@ def test_rejected_credentials(cluster: FakeCluster) -> None:
     check = _by_name(doctor(kfp_host="", timeout=5))["cluster"]
     assert check.status == FAIL and "refused this user: HTTP 401" in check.detail
     assert check.fix and "update-kubeconfig" in check.fix
+
+
+# ---------------------------------------------------------------------------- GPU taints
+def test_gpu_taint_any_value_is_tolerated(cluster: FakeCluster) -> None:
+    """The pipeline tolerates nvidia.com/gpu:NoSchedule with operator Exists: any value (or none) is fine."""
+    cluster.routes["/apis/apps/v1/daemonsets"] = {"items": [_daemonset(2, 2)]}
+    cluster.routes["/api/v1/nodes"] = {"items": [
+        _node("gpu-1", 1, tainted=False, taints=[{"key": "nvidia.com/gpu", "value": "true", "effect": "NoSchedule"}]),
+        _node("gpu-2", 1, tainted=False, taints=[{"key": "nvidia.com/gpu", "effect": "NoSchedule"},
+                                                 {"key": "spot", "value": "yes", "effect": "PreferNoSchedule"}])]}
+    gpu = _by_name(doctor(kfp_host="", timeout=5))["gpu-nodes"]
+    assert gpu.status == OK, gpu
+    assert "2 GPU node(s)" in gpu.detail and "tainted nvidia.com/gpu:NoSchedule" in gpu.detail
+
+
+def test_gpu_taints_the_pipeline_does_not_tolerate(cluster: FakeCluster) -> None:
+    """Another key, or the GPU key with another effect, keeps the GPU tasks off: each such node and taint is named,
+    with the command that removes it."""
+    cluster.routes["/api/v1/nodes"] = {"items": [
+        _node("gpu-ok", 1),
+        _node("gpu-dedicated", 1, taints=[{"key": "dedicated", "value": "ml", "effect": "NoSchedule"}]),
+        _node("gpu-evict", 1, tainted=False, taints=[{"key": "nvidia.com/gpu", "value": "present",
+                                                      "effect": "NoExecute"}])]}
+    gpu = _by_name(doctor(kfp_host="", timeout=5))["gpu-nodes"]
+    assert gpu.status == FAIL and gpu.fix is not None
+    assert "gpu-dedicated has dedicated=ml:NoSchedule" in gpu.detail
+    assert "gpu-evict has nvidia.com/gpu=present:NoExecute" in gpu.detail
+    assert "gpu-ok has" not in gpu.detail
+    assert "kubectl taint node gpu-dedicated dedicated:NoSchedule-" in gpu.fix
+    assert "kubectl taint node gpu-evict nvidia.com/gpu:NoExecute-" in gpu.fix
+    # the NoExecute one is not the NoSchedule taint the pipeline expects either
+    assert "kubectl taint node gpu-evict nvidia.com/gpu=present:NoSchedule" in gpu.fix
+    assert "gpu-ok" not in gpu.fix
+
+
+def test_tolerates_follows_kubernetes_rules() -> None:
+    from splatflow.doctor import GPU_TOLERATION, tolerates
+
+    gpu = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+    assert tolerates(GPU_TOLERATION, gpu) and tolerates(GPU_TOLERATION, {**gpu, "value": ""})
+    assert not tolerates(GPU_TOLERATION, {**gpu, "effect": "NoExecute"})
+    assert not tolerates(GPU_TOLERATION, {**gpu, "key": "other"})
+    equal = {"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"}
+    assert tolerates(equal, gpu) and not tolerates(equal, {**gpu, "value": "true"})
+    assert tolerates({"operator": "Exists"}, {**gpu, "key": "anything", "effect": "NoExecute"})
+    assert tolerates({"key": "nvidia.com/gpu", "operator": "Exists"}, {**gpu, "effect": "NoExecute"})
+
+
+# ---------------------------------------------------------------------------- bucket
+class _Denying:
+    """An S3-like endpoint that answers every request 403."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def _deny(self) -> None:
+                self.send_response(403)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_HEAD = do_GET = _deny  # noqa: N815 - http.server's names
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_bucket_roots_without_a_key(cluster: FakeCluster, s3_server: dict[str, str],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pipeline roots are often just a bucket or a folder: s3://bucket and s3://bucket/prefix/ are checked on the
+    bucket; a missing bucket, denied access and a bad endpoint each fail with their own fix."""
+    bucket = s3_server["bucket"]
+    for root in (f"s3://{bucket}", f"s3://{bucket}/", f"s3://{bucket}/pipeline-root/"):
+        check = _by_name(doctor(bucket_uri=root, kfp_host="", timeout=5))["bucket"]
+        assert check.status == OK, (root, check)
+        assert f"bucket {bucket} reachable via {s3_server['endpoint']}" in check.detail
+    launcher = _launcher(bucket, "minio-service:9000")  # the launcher's root is the bare bucket
+    launcher["data"]["defaultPipelineRoot"] = f"s3://{bucket}"
+    cluster.routes[f"/api/v1/namespaces/{NS}/configmaps/kfp-launcher"] = launcher
+    assert _by_name(doctor(kfp_host="", timeout=5))["bucket"].status == OK
+
+    missing = _by_name(doctor(bucket_uri="s3://no-such-bucket-here", kfp_host="", timeout=5))["bucket"]
+    assert missing.status == FAIL and "bucket 'no-such-bucket-here' does not exist" in missing.detail
+    assert missing.fix and "aws s3 mb" in missing.fix
+    not_s3 = _by_name(doctor(bucket_uri="/data/root", kfp_host="", timeout=5))["bucket"]
+    assert not_s3.status == FAIL and "not an s3:// URI" in not_s3.detail
+
+    monkeypatch.setenv("SPLATFLOW_S3_MAX_ATTEMPTS", "1")
+    denying = _Denying()
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", denying.url)
+        denied = _by_name(doctor(bucket_uri=f"s3://{bucket}/root/", kfp_host="", timeout=5))["bucket"]
+    finally:
+        denying.close()
+    assert denied.status == FAIL and "access denied" in denied.detail
+    assert denied.fix and "s3:ListBucket" in denied.fix
+    with socket.socket() as s:  # bound, never listening
+        s.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{s.getsockname()[1]}")
+        bad = _by_name(doctor(bucket_uri=f"s3://{bucket}", kfp_host="", timeout=5))["bucket"]
+    assert bad.status == FAIL and "cannot be reached" in bad.detail
+    assert bad.fix and "port-forward" in bad.fix and "AWS_ENDPOINT_URL_S3" in bad.fix
+    assert s3_server["AWS_SECRET_ACCESS_KEY"] not in json.dumps([denied.__dict__, bad.__dict__, missing.__dict__])
+
+
+def test_task_endpoint_from_the_s3_only_key(cluster: FakeCluster) -> None:
+    """The storage ConfigMap now carries AWS_ENDPOINT_URL_S3 (older deployments: AWS_ENDPOINT_URL)."""
+    cluster.routes[f"/api/v1/namespaces/{NS}/configmaps/kfp-launcher"] = _launcher("mlpipeline", "minio-service:9000")
+    cluster.routes[f"/api/v1/namespaces/{NS}/configmaps/splatflow-storage"] = {
+        "metadata": {"name": "splatflow-storage", "namespace": NS},
+        "data": {"AWS_ENDPOINT_URL_S3": "http://seaweedfs.kubeflow:8333", "AWS_DEFAULT_REGION": "us-east-1"}}
+    launcher = _by_name(doctor(kfp_host="", timeout=5))["kfp-launcher"]
+    assert launcher.status == FAIL and "http://seaweedfs.kubeflow:8333 (splatflow-storage AWS_ENDPOINT_URL_S3)" in (
+        launcher.detail)
+
+
+# ---------------------------------------------------------------------------- KFP auth
+@pytest.fixture()
+def kfp(cluster: FakeCluster) -> Iterator[FakeCluster]:
+    fake = FakeCluster()
+    fake.routes["/apis/v2beta1/healthz"] = {"multi_user": True}
+    fake.routes["/apis/v1beta1/healthz"] = {"tag_name": "2.15.0"}
+    try:
+        yield fake
+    finally:
+        fake.close()
+
+
+def test_kfp_auth_none_token_cookie(kfp: FakeCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    check = _by_name(doctor(kfp_host=kfp.url, timeout=5))["kfp-api"]
+    assert check.status == OK and "auth: no credentials" in check.detail
+    assert kfp.auth[-1] is None and kfp.cookies[-1] is None
+    monkeypatch.setenv("KFP_COOKIE", "oauth2_proxy_kubeflow=cookie-secret")
+    check = _by_name(doctor(kfp_host=kfp.url, timeout=5))["kfp-api"]
+    assert check.status == OK and "auth: KFP_COOKIE" in check.detail and "cookie-secret" not in check.detail
+    assert kfp.cookies[-1] == "oauth2_proxy_kubeflow=cookie-secret" and kfp.auth[-1] is None
+    monkeypatch.setenv("KFP_TOKEN", "token-secret")  # with the cookie, as the KFP client sends both
+    check = _by_name(doctor(kfp_host=kfp.url, timeout=5))["kfp-api"]
+    assert "auth: KFP_TOKEN + KFP_COOKIE" in check.detail and "token-secret" not in check.detail
+    assert kfp.auth[-1] == "Bearer token-secret" and kfp.cookies[-1] == "oauth2_proxy_kubeflow=cookie-secret"
+    assert kfp.auth[-2] == "Bearer token-secret"  # the version probe (v1beta1) is authenticated too
+
+
+def test_kfp_auth_service_account_tokens(kfp: FakeCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """KFP_SA_TOKEN_PATH, else the in-cluster projected token; KFP_TOKEN wins over both (as in the KFP client)."""
+    in_cluster = tmp_path / "in-cluster-token"
+    in_cluster.write_text("in-cluster-secret\n")
+    monkeypatch.setattr("splatflow.doctor.IN_CLUSTER_TOKEN", in_cluster)
+    check = _by_name(doctor(kfp_host=kfp.url, timeout=5))["kfp-api"]
+    assert check.status == OK and f"service-account token {in_cluster}" in check.detail
+    assert kfp.auth[-1] == "Bearer in-cluster-secret"
+    mounted = tmp_path / "sa-token"
+    mounted.write_text("sa-secret")
+    monkeypatch.setenv("KFP_SA_TOKEN_PATH", str(mounted))
+    _by_name(doctor(kfp_host=kfp.url, timeout=5))
+    assert kfp.auth[-1] == "Bearer sa-secret"
+    monkeypatch.setenv("KFP_TOKEN", "token-secret")
+    _by_name(doctor(kfp_host=kfp.url, timeout=5))
+    assert kfp.auth[-1] == "Bearer token-secret"
+    monkeypatch.delenv("KFP_TOKEN")
+    monkeypatch.setenv("KFP_SA_TOKEN_PATH", str(tmp_path / "not-mounted"))
+    calls = len(kfp.requests)
+    check = _by_name(doctor(kfp_host=kfp.url, timeout=5))["kfp-api"]
+    assert check.status == FAIL and "KFP_SA_TOKEN_PATH" in check.detail and check.fix
+    assert len(kfp.requests) == calls  # nothing sent without the credentials asked for
+    report = json.dumps([c.__dict__ for c in doctor(kfp_host=kfp.url, timeout=5)])
+    assert "sa-secret" not in report and "in-cluster-secret" not in report
+
+
+def test_kfp_auth_refused_and_login_redirect(kfp: FakeCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """401/403 name the auth sources; a redirect (a login page in front of KFP) is not followed, so the
+    credentials never reach another address."""
+    login = FakeCluster()
+    try:
+        monkeypatch.setenv("KFP_TOKEN", "token-secret")
+        kfp.routes.pop("/apis/v2beta1/healthz")
+        kfp.status_for["/apis/v2beta1/healthz"] = 401
+        check = _by_name(doctor(kfp_host=kfp.url, timeout=5))["kfp-api"]
+        assert check.status == FAIL and "refused this shell's credentials (KFP_TOKEN): HTTP 401" in check.detail
+        assert check.fix and "KFP_TOKEN, KFP_COOKIE or KFP_SA_TOKEN_PATH" in check.fix
+        kfp.redirect_to["/apis/v2beta1/healthz"] = f"{login.url}/dex/auth?state=abc123"
+        check = _by_name(doctor(kfp_host=kfp.url, timeout=5))["kfp-api"]
+        assert check.status == FAIL and f"redirects (HTTP 302, to {login.url}/dex/auth)" in check.detail
+        assert "abc123" not in check.detail and check.fix and "KFP_COOKIE" in check.fix
+        assert login.requests == []  # not followed
+    finally:
+        login.close()
+

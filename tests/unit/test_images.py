@@ -8,8 +8,11 @@ Dockerfiles are parsed with `dockerfile` (Docker's own Go parser, via PyPI).
 
 from __future__ import annotations
 
+import ast
 import fnmatch
+import importlib.metadata
 import re
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +26,10 @@ IMAGES = ROOT / "images"
 ARCHS = "7.5;8.0;8.6;8.9;9.0"
 COMPILERS = re.compile(r"\b(build-essential|gcc|g\+\+|clang|cmake|make|ninja|nvcc|cuda-nvcc[-\d.]*|"
                        r"[a-z0-9.+-]+-dev|cuda-toolkit[-\d]*|libcudnn\d*-dev)\b")
-NEEDED_EXTRAS = {"ingest": {"storage"}, "sfm": {"sfm"}, "train": {"train"}, "compress": {"codec"},
-                 "publish": {"storage"}, "notify": {"storage"}}
+# every stage records its failure under output_uri (splatflow.tasks), so every image needs storage (boto3);
+# compress renders the SOG against the PLY for its report (render)
+NEEDED_EXTRAS = {"ingest": {"storage"}, "sfm": {"sfm", "storage"}, "train": {"train", "storage"},
+                 "compress": {"render", "storage"}, "publish": {"storage"}, "notify": {"storage"}}
 
 
 @dataclass
@@ -229,3 +234,187 @@ def test_constraints_are_pinned() -> None:
         for arg, name in (("GSPLAT_VERSION", "gsplat"), ("KFP_VERSION", "kfp")):
             m = re.search(rf"ARG {arg}=([\d.]+)", text)
             assert m is None or pins[name] == m.group(1), (stage, name)
+
+
+# ---------------------------------------------------------------------------- extras cover what each stage imports
+SRC = ROOT / "src"
+#: (stage, import) pairs the stage's modules import but the stage never reaches, with the reason; each must still
+#: be imported somewhere in the stage's module closure (a stale entry fails).
+NOT_REACHED = {
+    ("compress", "pycolmap"): "splatflow.cameras.colmap_cameras (evaluate --cameras) only; the compress stage's "
+                              "fidelity check renders orbit cameras",
+}
+#: pip options whose next token is their argument, not a package
+_PIP_ARG_OPTIONS = {"-c", "-r", "--constraint", "--index-url", "--extra-index-url", "--no-binary", "--only-binary"}
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _module_file(name: str) -> Path | None:
+    base = SRC.joinpath(*name.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _type_checking_only(tree: ast.AST) -> set[int]:
+    """ids of the import nodes under `if TYPE_CHECKING:` (never executed)."""
+    out: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            out |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    return out
+
+
+def _imports(module: str) -> list[str]:
+    """Absolute names of everything ``module`` imports, function-level (lazy) imports included."""
+    path = _module_file(module)
+    assert path is not None, module
+    tree = ast.parse(path.read_text())
+    skip = _type_checking_only(tree)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
+            names.append(base)
+            names += [f"{base}.{a.name}" for a in node.names]  # `from splatflow import storage` is a module
+    return names
+
+
+def _third_party_imports(roots: list[str], *, follow: bool = True) -> dict[str, set[str]]:
+    """Top-level third-party import name -> the splatflow modules importing it, over ``roots`` and (``follow``)
+    every splatflow module they import, transitively (the parent packages included: Python runs them too)."""
+    found: dict[str, set[str]] = {}
+    seen: set[str] = set()
+    stack = list(roots)
+    while stack:
+        module = stack.pop()
+        if module in seen or _module_file(module) is None:
+            continue
+        seen.add(module)
+        if follow:
+            parts = module.split(".")
+            stack += [".".join(parts[:i]) for i in range(1, len(parts))]
+        for name in _imports(module):
+            top = name.split(".")[0]
+            if top == "splatflow":
+                if follow:
+                    stack.append(name)
+            elif top and top != "__future__" and top not in sys.stdlib_module_names:
+                found.setdefault(top, set()).add(module)
+    return found
+
+
+def _distribution(import_name: str) -> str:
+    dists = importlib.metadata.packages_distributions().get(import_name)
+    assert dists, f"no installed distribution provides the module {import_name!r}: run `make install`"
+    return _norm(dists[0])
+
+
+def _with_dependencies(names: set[str]) -> set[str]:
+    """``names`` plus everything they depend on (installed metadata, Linux / Python 3.12 markers)."""
+    from packaging.requirements import Requirement
+
+    env = {"python_version": "3.12", "python_full_version": "3.12.12", "sys_platform": "linux",
+           "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix", "extra": ""}
+    out: set[str] = set()
+    stack = list(names)
+    while stack:
+        name = _norm(stack.pop())
+        if name in out:
+            continue
+        out.add(name)
+        try:
+            requires = importlib.metadata.distribution(name).requires or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        stack += [r.name for r in map(Requirement, requires) if r.marker is None or r.marker.evaluate(env)]
+    return out
+
+
+def _requirement_names(extras: set[str]) -> set[str]:
+    from packaging.requirements import Requirement
+
+    project = _pyproject()["project"]
+    reqs = list(project["dependencies"]) + [r for e in sorted(extras) for r in project["optional-dependencies"][e]]
+    return {_norm(Requirement(r).name) for r in reqs}
+
+
+def _pip_installs(stage: str) -> tuple[set[str], set[str]]:
+    """(splatflow extras, other package names) that the image's `pip install` commands install."""
+    from packaging.requirements import Requirement
+
+    extras: set[str] = set()
+    packages: set[str] = set()
+    for s in _stages(_dockerfiles()[stage]):
+        for command in re.split(r"&&|;", s.runs()):
+            words = command.split()
+            if "install" not in words or not {"pip", "pip3"} & set(words[: words.index("install")]):
+                continue
+            args = words[words.index("install") + 1:]
+            skip_next = False
+            for word in args:
+                if skip_next or word.startswith("-"):
+                    skip_next = word in _PIP_ARG_OPTIONS
+                    continue
+                word = word.strip("\"'")
+                if word.startswith("/src["):
+                    extras |= set(word[len("/src["):].rstrip("]").split(","))
+                else:
+                    packages.add(_norm(Requirement(re.sub(r"\$\{?\w+\}?", "0", word)).name))
+    return extras, packages
+
+
+def test_pip_installs_are_parsed() -> None:
+    """The parser the next test relies on reads the train image as written (extras and the explicit installs)."""
+    extras, packages = _pip_installs("train")
+    assert extras == {"train", "storage"}
+    assert {"torch", "gsplat", "kfp", "setuptools", "ninja"} <= packages
+    train = _third_party_imports(["splatflow.stages.train"])
+    assert "splatflow.stages.train" in train["pytorch_msssim"]  # a function-level import is seen
+    assert "splatflow.training.scene" in train["pycolmap"]  # so are the splatflow modules it imports
+    assert "pytest" not in train and "typing" not in train
+
+
+@pytest.mark.parametrize("stage", sorted(NEEDED_EXTRAS))
+def test_image_installs_what_the_stage_imports(stage: str) -> None:
+    """Every third-party module that splatflow.stages.<stage> and the splatflow modules it imports (lazily too)
+    import is installed in the stage's image: by the extras it installs or by its explicit pip installs."""
+    extras, packages = _pip_installs(stage)
+    installed = _with_dependencies(_requirement_names(extras) | packages)
+    imports = _third_party_imports([f"splatflow.stages.{stage}"])
+    missing = {}
+    for name, where in sorted(imports.items()):
+        if (stage, name) in NOT_REACHED:
+            continue
+        if _distribution(name) not in installed:
+            missing[name] = sorted(where)
+    assert not missing, (f"images/{stage}/Dockerfile installs splatflow[{','.join(sorted(extras))}], which does "
+                         f"not bring {missing} (module -> importing splatflow modules)")
+    for (s, name), why in NOT_REACHED.items():
+        if s == stage:
+            assert name in imports, f"stale NOT_REACHED entry ({s}, {name}): {why}"
+
+
+def test_train_extra_holds_what_training_imports() -> None:
+    """`pip install splatflow[train]` alone is enough for stages/train.py and splatflow.training."""
+    modules = ["splatflow.stages.train"] + [f"splatflow.training.{p.stem}" for p in (SRC / "splatflow" / "training")
+                                            .glob("*.py") if p.stem != "__init__"]
+    imports = _third_party_imports(modules, follow=False)
+    assert {"gsplat", "pycolmap", "pytorch_msssim"} <= set(imports)
+    covered = _requirement_names({"train"})
+    missing = {name: sorted(where) for name, where in imports.items() if _distribution(name) not in covered}
+    assert not missing, f"the train extra (with the core dependencies) lacks {missing}"
+    gsplat = next(r for r in _pyproject()["project"]["optional-dependencies"]["train"] if r.startswith("gsplat"))
+    assert gsplat.replace(" ", "") == "gsplat>=1.5,<1.6"

@@ -8,7 +8,7 @@ import stat
 import struct
 import zipfile
 import zlib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
@@ -284,10 +284,83 @@ def test_s3_prefix(tmp_path: Path, s3_server: dict[str, str]) -> None:
     assert _listing(tmp_path) == ["out", "out2", "scan.zip"]
 
 
-def test_s3_missing_prefix_and_bucket(tmp_path: Path, s3_server: dict[str, str]) -> None:
-    with pytest.raises(StorageError, match="does not exist"):
+def test_s3_missing_prefix_and_bucket(tmp_path: Path, s3_server: dict[str, str],
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A prefix with nothing under it is the user's input (InputError, exit 2); a missing bucket is the storage's
+    setup (StorageError, exit 3)."""
+    with pytest.raises(InputError, match="nothing under .*no/such/prefix: the prefix is empty or does not exist"):
         ingest(f"s3://{s3_server['bucket']}/no/such/prefix", tmp_path / "out")
+    assert main(["ingest", f"s3://{s3_server['bucket']}/no/such/prefix", str(tmp_path / "out")]) == 2
+    assert "hint: check the prefix" in capsys.readouterr().err
     with pytest.raises(StorageError) as info:
         ingest("s3://no-such-bucket-splatflow/photos", tmp_path / "out")
     assert "no-such-bucket-splatflow" in str(info.value) and "testing-secret-key" not in str(info.value)
+    assert info.value.exit_code == 3
     assert _listing(tmp_path) == []
+
+
+def test_s3_prefix_downloads_only_photos_videos_and_zips(tmp_path: Path, s3_server: dict[str, str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Other objects under the prefix are listed, reported as rejected and never downloaded."""
+    import boto3
+
+    from splatflow import storage
+
+    s3 = boto3.client("s3", endpoint_url=s3_server["endpoint"], region_name=s3_server["region"])
+    bucket, prefix = s3_server["bucket"], "mixed/scene"
+    for p in _photos(3):
+        s3.upload_file(str(p), bucket, f"{prefix}/{p.name}")
+    s3.put_object(Bucket=bucket, Key=f"{prefix}/model.ply", Body=b"ply\n" + b"\0" * 5000)
+    s3.put_object(Bucket=bucket, Key=f"{prefix}/notes/readme.txt", Body=b"hello")
+    downloaded: list[str] = []
+    real = storage.download
+    monkeypatch.setattr(storage, "download", lambda uri, dest: downloaded.append(uri) or real(uri, dest))
+    report = ingest(f"s3://{bucket}/{prefix}", tmp_path / "out", max_side=200)
+    assert report["kept"] == [p.name for p in _photos(3)]
+    assert report["rejected"] == {"model.ply": "not a photo, video or zip (not downloaded)",
+                                  "notes/readme.txt": "not a photo, video or zip (not downloaded)"}
+    assert sorted(PurePosixPath(u).name for u in downloaded) == [p.name for p in _photos(3)]
+
+
+def test_s3_prefix_limits_are_checked_before_downloading(tmp_path: Path, s3_server: dict[str, str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import boto3
+
+    from splatflow import storage
+    from splatflow.stages import ingest as ingest_mod
+
+    s3 = boto3.client("s3", endpoint_url=s3_server["endpoint"], region_name=s3_server["region"])
+    bucket = s3_server["bucket"]
+    photos = _photos(3)
+    for p in photos:
+        s3.upload_file(str(p), bucket, f"limits/big/{p.name}")
+    s3.put_object(Bucket=bucket, Key="limits/none/a.txt", Body=b"a")
+    s3.put_object(Bucket=bucket, Key="limits/none/b.csv", Body=b"b")
+    monkeypatch.setattr(storage, "download", lambda *a, **k: pytest.fail("nothing may be downloaded"))
+    total = sum(p.stat().st_size for p in photos)
+    with pytest.raises(InputError, match=f"the 3 photos/videos/zips under .* total {total:,} bytes, over the limit"):
+        ingest(f"s3://{bucket}/limits/big", tmp_path / "out", max_archive_bytes=total - 1)
+    with pytest.raises(InputError, match=r"no photos, videos or zips under .*\(2 other object\(s\): a.txt, b.csv\)"):
+        ingest(f"s3://{bucket}/limits/none", tmp_path / "out")
+    monkeypatch.setattr(ingest_mod, "MAX_ARCHIVE_ENTRIES", 2)
+    with pytest.raises(InputError, match="holds more than 2 objects") as info:
+        ingest(f"s3://{bucket}/limits/big", tmp_path / "out")
+    assert info.value.exit_code == 2 and info.value.hint
+    assert _listing(tmp_path) == []
+
+
+def test_failed_run_leaves_no_parent_folders(tmp_path: Path) -> None:
+    """The output's parent folders are created for the run and removed again when it fails; folders that were
+    already there, and what others write into new ones meanwhile, stay."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("hello")
+    with pytest.raises(ImageError, match="no usable images"):
+        ingest(str(empty), tmp_path / "runs" / "r1" / "ingest" / "out")
+    assert _listing(tmp_path) == ["empty"]
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(ImageError):
+        ingest(str(empty), tmp_path / "runs" / "r2" / "out")
+    assert _listing(tmp_path / "runs") == []
+    report = ingest(str(PHOTOS), tmp_path / "runs" / "r3" / "out", max_images=3, max_side=128)
+    assert (tmp_path / "runs" / "r3" / "out" / "ingest-report.json").exists() and len(report["kept"]) == 3

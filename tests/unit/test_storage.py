@@ -214,3 +214,107 @@ def test_checksum_headers_off_for_custom_endpoints(s3_server: dict[str, str], mo
     monkeypatch.delenv("AWS_ENDPOINT_URL")
     monkeypatch.delenv("AWS_REQUEST_CHECKSUM_CALCULATION")
     assert storage.client().meta.config.request_checksum_calculation == "when_supported"  # AWS: the default
+
+
+# ---------------------------------------------------------------------------- bucket reachability, endpoint scoping
+class _Denying:
+    """An S3-like endpoint that answers every request 403 (a bucket this user may not list)."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def _deny(self) -> None:
+                self.send_response(403)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_HEAD = do_GET = _deny  # noqa: N815 - http.server's names
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_check_bucket(s3_server: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pipeline root names a bucket, maybe a prefix, rarely an object: each form is checked with a HEAD on the
+    bucket; a missing bucket, denied access and an unreachable endpoint each get their own message and fix."""
+    bucket = s3_server["bucket"]
+    for uri in (f"s3://{bucket}", f"s3://{bucket}/", f"s3://{bucket}/pipeline-root/", f"s3://{bucket}/a/b.json"):
+        assert storage.check_bucket(uri) == s3_server["endpoint"], uri
+    with pytest.raises(StorageError, match="bucket 'no-such-bucket-x' does not exist at http://127.0.0.1") as err:
+        storage.check_bucket("s3://no-such-bucket-x/root/")
+    assert "aws s3 mb s3://no-such-bucket-x" in (err.value.hint or "")
+    with pytest.raises(InputError, match="not an s3:// URI"):
+        storage.check_bucket("/tmp/pipeline-root")
+
+    monkeypatch.setenv("SPLATFLOW_S3_MAX_ATTEMPTS", "1")
+    denying = _Denying()
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", denying.url)
+        with pytest.raises(StorageError, match="access denied") as err:
+            storage.check_bucket(f"s3://{bucket}/root")
+        assert "s3:ListBucket" in (err.value.hint or "") and denying.url in err.value.message
+    finally:
+        denying.close()
+    import socket
+
+    with socket.socket() as s:  # bound, never listening: connections are refused
+        s.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{s.getsockname()[1]}")
+        with pytest.raises(StorageError, match="cannot be reached") as err:
+            storage.check_bucket(f"s3://{bucket}")
+    assert "AWS_ENDPOINT_URL_S3" in (err.value.hint or "")
+    assert s3_server["AWS_SECRET_ACCESS_KEY"] not in str(err.value)
+
+
+def test_endpoint_is_scoped_per_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    """S3 takes AWS_ENDPOINT_URL_S3, then AWS_ENDPOINT_URL; SNS never takes the S3 one (MinIO storage with AWS
+    SNS notifications), only AWS_ENDPOINT_URL_SNS or the global AWS_ENDPOINT_URL."""
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_SNS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://minio.local:9000")
+    assert storage.client("s3").meta.endpoint_url == "http://minio.local:9000"
+    assert storage.endpoint_url() == "http://minio.local:9000" and storage.endpoint_url("sns") is None
+    assert storage.client("sns", region="us-west-2").meta.endpoint_url == "https://sns.us-west-2.amazonaws.com"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://everything.local:4566")
+    assert storage.client("s3").meta.endpoint_url == "http://minio.local:9000"  # the S3-only one wins
+    assert storage.client("sns", region="us-west-2").meta.endpoint_url == "http://everything.local:4566"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SNS", "http://sns.local:4575")
+    assert storage.client("sns", region="us-west-2").meta.endpoint_url == "http://sns.local:4575"
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
+    assert storage.client("s3").meta.endpoint_url == "http://everything.local:4566"
+
+
+def test_list_objects_sizes_limit_and_selected_download(s3: str, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    files = _tree(src)
+    storage.upload_dir(src, s3)
+    listed = storage.list_objects(s3)
+    assert [(storage.relative_name(o.uri, s3), o.size) for o in listed] == sorted(
+        (rel, len(data)) for rel, data in files.items())
+    assert [o.uri for o in listed] == storage.list_uris(s3)
+    local = storage.list_objects(str(src))
+    assert {Path(o.uri).relative_to(src).as_posix(): o.size for o in local} == {k: len(v) for k, v in files.items()}
+    with pytest.raises(InputError, match="more than 3 objects"):
+        storage.list_objects(s3, max_count=3)
+    with pytest.raises(InputError, match="more than 2 objects"):
+        storage.list_objects(str(src), max_count=2)
+    assert len(storage.list_objects(s3, max_count=4)) == 4
+    pick = [o.uri for o in listed if o.uri.endswith(".webp")]
+    got = storage.download_prefix(s3, tmp_path / "dl", only=pick)
+    assert sorted(p.relative_to(tmp_path / "dl").as_posix() for p in got) == ["means_l.webp", "sub/dir/shN_labels.webp"]
+    assert sorted(p.name for p in (tmp_path / "dl").rglob("*") if p.is_file()) == ["means_l.webp", "shN_labels.webp"]
+    with pytest.raises(InputError, match="not below"):
+        storage.download_prefix(s3 + "/sub", tmp_path / "dl2", only=[listed[0].uri])

@@ -9,7 +9,10 @@ nothing appears at ``out_dir`` unless the whole stage succeeds) and returns the 
 
 Safety: archive entries that would escape the folder (``../``, absolute paths, drive letters), symlinks and
 encrypted entries refuse the whole archive; archives over ``max_archive_bytes`` (file size or total unpacked size)
-are refused; images whose header claims more than ``max_pixels`` pixels are rejected before decoding.
+are refused; images whose header claims more than ``max_pixels`` pixels are rejected before decoding. An S3 prefix
+is listed first: only photos, videos and zips are downloaded (other objects are reported as rejected), and a prefix
+holding more than ``max_archive_bytes`` of them, or more than ``MAX_ARCHIVE_ENTRIES`` objects, is refused before
+anything is downloaded. A failed run leaves nothing behind, not even the parent folders it created.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from PIL import Image
 
 from splatflow import imaging
 from splatflow.errors import ImageError, InputError, OutputExistsError
-from splatflow.fsutil import atomic_path
+from splatflow.fsutil import atomic_path, made_parents
 from splatflow.progress import progress, step
 
 log = logging.getLogger(__name__)
@@ -75,17 +78,19 @@ def ingest(source: str, out_dir: Path, *, max_images: int = 300, max_side: int =
                          f"{imaging.MIN_SIDE}", hint="raise the option")
     check_out_dir(out_dir, overwrite=overwrite)
     kind, local = _resolve(source)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.work.", dir=out_dir.parent) as work_s, \
+    with made_parents(out_dir), \
+            tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.work.", dir=out_dir.parent) as work_s, \
             atomic_path(out_dir, directory=True) as tmp:
         work = Path(work_s)
+        skipped: dict[str, str] = {}
         if kind == "s3":
-            local = _download(source, work / "s3", max_archive_bytes=max_archive_bytes)
+            local, skipped = _download(source, work / "s3", max_archive_bytes=max_archive_bytes)
         images = tmp / "images"
         images.mkdir()
         content, result = _ingest_local(local, work, images, max_images=max_images, max_side=max_side,
                                         video_frames=video_frames, max_archive_bytes=max_archive_bytes,
                                         max_pixels=max_pixels)
+        result.rejected.update(skipped)
         _check_count(source, result)
         report = {
             "source": source,
@@ -148,8 +153,13 @@ def _file_kind(path: Path) -> str:
                      "nor a photo", hint="give a folder of photos, a .zip of photos or a video file")
 
 
-def _download(uri: str, dest: Path, *, max_archive_bytes: int) -> Path:
-    """Download an S3 object (a .zip or a video) or every object under an S3 prefix into ``dest``."""
+def _download(uri: str, dest: Path, *, max_archive_bytes: int) -> tuple[Path, dict[str, str]]:
+    """Download an S3 object (a .zip or a video), or the photos, videos and zips under an S3 prefix, into ``dest``.
+
+    Returns the local path and the objects left out (relative name -> reason). The prefix is listed first: one with
+    nothing usable, more than MAX_ARCHIVE_ENTRIES objects or more than ``max_archive_bytes`` of usable ones is
+    refused (InputError) before anything is downloaded.
+    """
     from splatflow import storage
 
     name = PurePosixPath(uri[5:]).name
@@ -160,10 +170,32 @@ def _download(uri: str, dest: Path, *, max_archive_bytes: int) -> Path:
             raise InputError(f"archive {uri} is {size:,} bytes, over the limit of {max_archive_bytes:,}",
                              hint="split it, or raise max_archive_bytes (--max-archive-bytes)")
         step(f"ingest: downloading {uri}")
-        return storage.download(uri, dest / name)
-    step(f"ingest: downloading objects under {uri}")
-    storage.download_prefix(uri, dest)
-    return dest
+        return storage.download(uri, dest / name), {}
+    objects = storage.list_objects(uri, max_count=MAX_ARCHIVE_ENTRIES)
+    if not objects:
+        raise InputError(f"nothing under {uri}: the prefix is empty or does not exist",
+                         hint="check the prefix: s3://bucket/path/ holding the photos, a .zip or a video")
+    wanted = imaging.PHOTO_SUFFIXES + imaging.HEIC_SUFFIXES + imaging.VIDEO_SUFFIXES + imaging.ARCHIVE_SUFFIXES
+    keep: list[storage.ObjectInfo] = []
+    skipped: dict[str, str] = {}
+    for obj in objects:
+        rel = storage.relative_name(obj.uri, uri)
+        if PurePosixPath(rel).suffix.lower() in wanted:
+            keep.append(obj)
+        else:
+            skipped[rel] = "not a photo, video or zip (not downloaded)"
+    if not keep:
+        shown = ", ".join(list(skipped)[:5]) + (" ..." if len(skipped) > 5 else "")
+        raise InputError(f"no photos, videos or zips under {uri} ({len(skipped)} other object(s): {shown})",
+                         hint=f"upload the photos ({', '.join(imaging.PHOTO_SUFFIXES)}), a .zip or a video there")
+    total = sum(obj.size for obj in keep)
+    if total > max_archive_bytes:
+        raise InputError(f"the {len(keep)} photos/videos/zips under {uri} total {total:,} bytes, over the limit of "
+                         f"{max_archive_bytes:,}", hint="ingest a smaller set, or raise max_archive_bytes "
+                                                        "(--max-archive-bytes)")
+    step(f"ingest: downloading {len(keep)} objects ({total:,} bytes) under {uri}")
+    storage.download_prefix(uri, dest, only=[obj.uri for obj in keep])
+    return dest, skipped
 
 
 def _ingest_local(local: Path, work: Path, images: Path, *, max_images: int, max_side: int, video_frames: int,

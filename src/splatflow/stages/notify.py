@@ -16,10 +16,17 @@ Every secret may instead be given as a file (``<NAME>_FILE``, a mounted Kubernet
 
 The message carries status, scene, run id, splats, size, ratio, PSNR, time per stage and links; on failure the
 failed stage and the error. Links to ``s3://`` objects are presigned for ``link_expires`` seconds
-(``SPLATFLOW_LINK_EXPIRES``, default 7 days, the S3 maximum) unless ``SPLATFLOW_PUBLIC_BASE_URL`` names the
+(``SPLATFLOW_LINK_EXPIRES``, default 7 days, the S3 maximum; a value that is not a whole number of seconds from
+1 to 604800 is an InputError) unless ``SPLATFLOW_PUBLIC_BASE_URL`` names the
 public address of the bucket root (CDN, website endpoint, MinIO with anonymous read), which also makes the viewer
 page link work (a presigned page cannot load
-its sibling files from a private bucket, so without a public base the viewer is named, not linked).
+its sibling files from a private bucket, so without a public base the viewer is named, not linked). A presigned
+link stops working when the credentials that signed it expire: with temporary credentials (a session token:
+IRSA, an instance role, SSO) that is usually hours, whatever ``link_expires`` says, and the message says so.
+
+In the pipeline, :func:`notify_run` is the exit task: it maps KFP's final status, reads back what publish wrote
+(on success) or the failure a stage recorded (``splatflow.tasks``; on failure), and sends what it knows even when
+reading those fails.
 
 A failed delivery is logged and reported (``delivered: False``) but never raised, so it cannot fail a run that
 succeeded — unless ``strict`` (``SPLATFLOW_NOTIFY_STRICT=1``), which raises NotifyError. Logs, errors and the
@@ -55,6 +62,9 @@ SECRET_ENV = ("SPLATFLOW_WEBHOOK_URL", "SPLATFLOW_NOTIFY_URL", "SPLATFLOW_SMTP_P
               "AWS_SESSION_TOKEN")
 _ICON = {"succeeded": ":white_check_mark:", "failed": ":x:", "canceled": ":heavy_minus_sign:"}
 _ERROR_CHARS = 1500
+MAX_LINK_EXPIRES = 7 * 24 * 3600  # S3's limit for presigned URLs (SigV4)
+TEMPORARY_CREDENTIAL_ENV = ("AWS_SESSION_TOKEN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
 
 
 # ---------------------------------------------------------------------------- environment
@@ -112,6 +122,42 @@ def _duration(seconds: float) -> str:
     minutes, sec = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {sec:02d} s"
+
+
+def check_link_expires(seconds: int, source: str = "link_expires") -> int:
+    """``seconds`` if it is a usable presigned-link lifetime (1 s to 7 days), else InputError."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 1:
+        raise InputError(f"{source}={seconds!r} is not a positive whole number of seconds",
+                         hint="e.g. 86400 for one day; at most 604800 (7 days)")
+    if seconds > MAX_LINK_EXPIRES:
+        raise InputError(f"{source}={seconds} s is longer than 7 days, the most S3 allows for presigned links",
+                         hint="use at most 604800; for links that last, serve the bucket and set "
+                              "SPLATFLOW_PUBLIC_BASE_URL")
+    return seconds
+
+
+def link_expires_from_env() -> int:
+    """The presigned-link lifetime from ``SPLATFLOW_LINK_EXPIRES`` (seconds; unset: 7 days); InputError if bad."""
+    raw = (os.environ.get("SPLATFLOW_LINK_EXPIRES") or "").strip()
+    if not raw:
+        return MAX_LINK_EXPIRES
+    if not raw.isdigit():
+        raise InputError(f"SPLATFLOW_LINK_EXPIRES={raw!r} is not a whole number of seconds",
+                         hint="e.g. 86400 for one day; at most 604800 (7 days); unset it for 7 days")
+    return check_link_expires(int(raw), "SPLATFLOW_LINK_EXPIRES")
+
+
+def temporary_credentials() -> bool:
+    """True when the AWS credentials carry a session token (STS: IRSA, an instance or task role, SSO ...)."""
+    if any(os.environ.get(name) for name in TEMPORARY_CREDENTIAL_ENV):
+        return True
+    try:
+        import boto3
+
+        creds = boto3.session.Session().get_credentials()
+        return bool(creds is not None and creds.get_frozen_credentials().token)
+    except Exception:  # no boto3 or no credentials: nothing signed with temporary ones
+        return False
 
 
 def _link(uri: str, expires: int) -> str:
@@ -217,6 +263,12 @@ def build_message(status: str, *, scene: str, report: dict[str, Any], failed_sta
     links: list[tuple[str, str]] = []
     urls = report.get("urls") or {}
     content = report.get("content_uri") or next((u for u in urls.values() if str(u).endswith(".sog")), None)
+    public = bool(os.environ.get("SPLATFLOW_PUBLIC_BASE_URL"))
+    signed = not public and any(str(u).startswith("s3://") for u in (content, report.get("manifest_uri")) if u)
+    if signed and temporary_credentials():
+        log.warning("links are signed with temporary credentials: they stop working when those expire")
+        lines.append(("Links", "signed with temporary credentials: they stop working when those expire (often "
+                               "within hours); set SPLATFLOW_PUBLIC_BASE_URL for lasting links"))
     try:
         if report.get("viewer_uri"):
             viewer = str(report["viewer_uri"])
@@ -437,10 +489,8 @@ def notify(status: str, *, scene: str, report: dict, target: str | None = None, 
     if norm is None:
         raise InputError(f"unknown run status {status!r}", hint="use succeeded, failed or canceled")
     if strict is None:
-        strict = os.environ.get("SPLATFLOW_NOTIFY_STRICT", "").lower() in ("1", "true", "yes")
-    if link_expires is None:
-        raw = os.environ.get("SPLATFLOW_LINK_EXPIRES", "")
-        link_expires = int(raw) if raw.isdigit() else 7 * 24 * 3600
+        strict = os.environ.get("SPLATFLOW_NOTIFY_STRICT", "").strip().lower() in ("1", "true", "yes")
+    link_expires = link_expires_from_env() if link_expires is None else check_link_expires(link_expires)
     result: dict[str, Any] = {"status": norm, "delivered": False, "channel": "none", "channels": {}}
     try:
         specs = _targets(target)
@@ -475,3 +525,62 @@ def notify(status: str, *, scene: str, report: dict, target: str | None = None, 
         raise NotifyError(f"notification failed: {'; '.join(failures)}",
                           hint="check the notify target and Secret; unset SPLATFLOW_NOTIFY_STRICT to only log this")
     return result
+
+
+# ---------------------------------------------------------------------------- the pipeline's exit task
+# KFP's final states (PipelineTaskFinalStatus.state) -> the status words notify takes.
+_KFP_STATES = {"SUCCEEDED": "succeeded", "FAILED": "failed", "CANCELED": "canceled", "CANCELLED": "canceled"}
+
+
+def final_status(state: str | None, error_message: str | None, task_name: str | None) -> dict[str, Any]:
+    """KFP's final status as notify's ``status`` and ``error`` (an unknown state is never called a success).
+
+    KFP reports the exit handler's group, not the stage inside it that failed: the stage comes from the record
+    it left (:func:`splatflow.tasks.read_failure`); this error is what KFP itself says.
+    """
+    status = _KFP_STATES.get((state or "").strip().upper(), "failed")
+    if status == "succeeded":
+        return {"status": status, "error": None}
+    detail = (error_message or "").strip() or f"pipeline task {task_name or '?'} ended in state {state or '?'}"
+    return {"status": status, "error": detail}
+
+
+def notify_run(state: str | None, *, error_message: str | None, task_name: str | None, source_uri: str,
+               output_uri: str, run_id: str, target: str | None = None) -> dict[str, Any]:
+    """Notify the outcome of pipeline run ``run_id`` (what the pipeline's exit task does).
+
+    On success the message carries what publish wrote (read back from its manifest); on failure the stage that
+    failed and its one-line error (the record the stage left), else KFP's error. When the storage cannot be
+    read, that is logged and the message goes out with what is known. Returns :func:`notify`'s result plus
+    ``scene`` and, on a recorded failure, ``failed_stage``.
+    """
+    from splatflow.stages.publish import published_run, scene_name
+    from splatflow.tasks import read_failure
+
+    outcome = final_status(state, error_message, task_name)
+    scene = scene_name(source_uri)
+    report: dict[str, Any] = {"scene": scene, "run_id": run_id, "source_uri": source_uri, "output_uri": output_uri}
+    failed_stage, error = None, outcome["error"]
+    if outcome["status"] == "succeeded":
+        try:
+            report.update(published_run(output_uri, scene, run_id) or {})
+        except Exception as exc:  # storage down: the outcome still goes out, without links
+            log.warning("could not read what publish wrote (%s); notifying without it", _why(exc))
+    elif outcome["status"] == "failed":
+        try:
+            failure = read_failure(output_uri, run_id)
+        except Exception as exc:
+            log.warning("could not read which stage failed (%s); notifying KFP's error", _why(exc))
+            failure = None
+        if failure:
+            failed_stage, error = failure["stage"], failure["error"]
+    result = notify(outcome["status"], scene=scene, report=report, target=target or None,
+                    failed_stage=failed_stage, error=error)
+    result["scene"] = scene
+    if failed_stage:
+        result["failed_stage"] = failed_stage
+    return result
+
+
+def _why(exc: BaseException) -> str:
+    return redact(f"{type(exc).__name__}: {' '.join(str(exc).split())}")[:500]

@@ -3,7 +3,8 @@
 Layout of one run (``output_uri`` is ``s3://bucket/prefix``, ``file:///path`` or a local path)::
 
     <scene>/<run_id>/<scene>.sog          the single-file SOG bundle (files["sog"])
-    <scene>/<run_id>/sog/meta.json ...    the SOG folder: meta.json + WebP images (files["meta"], optional)
+    <scene>/<run_id>/sog/meta.json ...    the SOG folder: meta.json + WebP images (files["meta"], or the .sog's
+                                          own files with ``unpack_sog=True``, as the pipeline publishes)
     <scene>/<run_id>/<scene>.ply          the trained source PLY (files["ply"], optional)
     <scene>/<run_id>/reports/<name>.json  each stage report (``reports``)
     <scene>/<run_id>/index.html, index.js, index.css, LICENSE-supersplat-viewer.txt, settings.json
@@ -25,9 +26,11 @@ import logging
 import re
 import tempfile
 import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 from splatflow import __version__, storage
 from splatflow.errors import InputError, OutputExistsError, StorageError
@@ -48,6 +51,33 @@ def _check_name(kind: str, value: str) -> str:
                          hint=f"use 1-128 letters, digits, '.', '_' or '-' for the {kind}, starting with a letter "
                               "or digit")
     return value
+
+
+def scene_name(source_uri: str) -> str:
+    """A short, URL-safe scene name from a source URI: ``s3://b/scans/Lund Cathedral.zip`` -> ``lund-cathedral``."""
+    parsed = urlparse(source_uri)
+    path = unquote(parsed.path if parsed.scheme in ("file", "s3", "http", "https") else source_uri)
+    parts = [p for p in re.split(r"[\\/]+", path) if p]
+    stem = parts[-1] if parts else (parsed.netloc or "scene")
+    for suffix in (".zip", ".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm", ".tar", ".gz"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+    slug = re.sub(r"[^a-z0-9]+", "-", stem.lower()).strip("-")
+    return slug[:63] or "scene"
+
+
+def _unpack_sog(sog: Path, dest: Path) -> Path:
+    """The files of a .sog bundle (meta.json + the WebP images it names) written to the folder ``dest``."""
+    from splatflow.sog.bundle import read_files
+
+    _, blobs, _ = read_files(sog)  # validates the bundle and that every name is a plain file name
+    with zipfile.ZipFile(sog) as zf:
+        meta = zf.read("meta.json")  # the bundle's own bytes, so the folder and the bundle agree exactly
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "meta.json").write_bytes(meta)
+    for name, data in blobs.items():
+        (dest / name).write_bytes(data)
+    return dest
 
 
 def _collect_files(scene: str, files: dict[str, Path]) -> tuple[list[tuple[str, Path]], str]:
@@ -135,12 +165,14 @@ def _check_remote(rel: str, digest: str, size: int, base: str) -> None:
 
 
 def publish(output_uri: str, *, scene: str, run_id: str, files: dict[str, Path], reports: dict[str, dict],
-            overwrite: bool = False, viewer: bool = True) -> dict[str, Any]:
+            overwrite: bool = False, viewer: bool = True, unpack_sog: bool = False) -> dict[str, Any]:
     """Publish one run (see the module docstring for the layout and the write order).
 
     ``files``: ``sog`` (.sog bundle) and/or ``meta`` (SOG folder), optional ``ply``. ``reports``: stage name ->
     report dict. ``overwrite``: replace an earlier complete publish of the same run id with different content
     (without it that is an OutputExistsError; the same content is always fine). ``viewer=False`` skips the page.
+    ``unpack_sog``: also publish the bundle's files (meta.json + WebP) under ``sog/``, for tools that read the
+    folder form (instead of ``files['meta']``; the viewer still loads the ``.sog``).
 
     Returns ``urls`` (relative name -> URI), ``manifest_uri``, ``viewer_uri`` (None without a page),
     ``latest_uri``, ``objects``, ``bytes``, ``uploaded``, ``skipped``, ``summary`` and ``seconds``.
@@ -151,10 +183,16 @@ def publish(output_uri: str, *, scene: str, run_id: str, files: dict[str, Path],
     storage.parse(output_uri)
     for name in reports:
         _check_name("report name", name)
-    objects, content = _collect_files(scene, files)
+    if unpack_sog and (not files.get("sog") or files.get("meta")):
+        raise InputError("unpack_sog needs files['sog'] and no files['meta']",
+                         hint="pass the .sog bundle; its files are published under sog/")
+    _collect_files(scene, files)  # check the inputs before any work
     base = storage.join(output_uri, scene, run_id)
     with tempfile.TemporaryDirectory(prefix="splatflow-publish-") as tmp_name:
         tmp = Path(tmp_name)
+        if unpack_sog:
+            files = {**files, "meta": _unpack_sog(Path(files["sog"]), tmp / "sog")}
+        objects, content = _collect_files(scene, files)
         for name, rep in sorted(reports.items()):
             path = tmp / "reports" / f"{name}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -251,3 +289,19 @@ def read_latest(output_uri: str, scene: str) -> dict[str, Any] | None:
 def read_manifest(output_uri: str, scene: str, run_id: str) -> dict[str, Any] | None:
     """A run's manifest, or None when the run is absent or incomplete (no manifest yet)."""
     return _read_json(storage.join(output_uri, _check_name("scene", scene), _check_name("run id", run_id), MANIFEST))
+
+
+def published_run(output_uri: str, scene: str, run_id: str) -> dict[str, Any] | None:
+    """Where a completed publish put a run, read back from its manifest (None when it is absent or incomplete):
+    ``manifest_uri``, ``viewer_uri``, ``content_uri``, ``urls`` (relative name -> URI) and ``summary``."""
+    manifest = read_manifest(output_uri, scene, run_id)
+    if manifest is None:
+        return None
+    base = storage.join(output_uri, scene, run_id)
+    return {
+        "manifest_uri": storage.join(base, MANIFEST),
+        "viewer_uri": storage.join(base, manifest["viewer"]) if manifest.get("viewer") else None,
+        "content_uri": storage.join(base, manifest["content"]) if manifest.get("content") else None,
+        "urls": {rel: storage.join(base, rel) for rel in manifest.get("objects", {})},
+        "summary": manifest.get("summary", {}),
+    }

@@ -4,7 +4,7 @@ Steps: check the images (unreadable ones are skipped and reported), SIFT extract
 small sets, sequential for video frames and large sets), incremental mapping, then a fallback ladder when too few
 images register (a relaxed mapper for forward motion and small baselines, exhaustive matching after sequential,
 guided re-matching after exhaustive), and undistortion to the PINHOLE model. Output, in the layout 3DGS trainers
-read (written atomically: nothing at ``out_dir`` unless the stage succeeds)::
+read (written atomically: nothing at ``out_dir``, nor the parent folders it created, unless the stage succeeds)::
 
     out_dir/images/<name>                  undistorted images (registered ones only)
     out_dir/sparse/0/cameras.bin images.bin points3D.bin
@@ -30,7 +30,7 @@ from PIL import Image
 
 from splatflow import imaging
 from splatflow.errors import DependencyMissing, ImageError, InputError, SfmError
-from splatflow.fsutil import atomic_path
+from splatflow.fsutil import atomic_path, made_parents
 from splatflow.progress import step
 from splatflow.stages.ingest import check_out_dir
 
@@ -75,8 +75,7 @@ def sfm(images_dir: Path, out_dir: Path, *, matcher: str = "auto", max_side: int
         "max_features": max_features, "pycolmap": pycolmap.__version__,
     }
     timings: dict[str, float] = report["timings"]
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with _colmap_log_level(pycolmap), \
+    with made_parents(out_dir), _colmap_log_level(pycolmap), \
             tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.work.", dir=out_dir.parent) as work_s:
         work = Path(work_s)
         db = work / "database.db"
