@@ -40,6 +40,12 @@ def _run_folder(output_uri: str, run_id: str) -> str:
     return storage.join(output_uri, ".splatflow", "runs", run_id, "failed")
 
 
+def checkpoint_uri(output_uri: str, run_id: str) -> str:
+    """Where the train task of run ``run_id`` mirrors its checkpoints, so that a retry in a new pod resumes:
+    ``<output_uri>/.splatflow/runs/<run id>/checkpoints`` (deleted once the PLY is written)."""
+    return storage.join(_run_folder(output_uri, run_id).rsplit("/", 1)[0], "checkpoints")
+
+
 def failure_uri(output_uri: str, run_id: str, stage: str) -> str:
     """Where a failure of ``stage`` in run ``run_id`` is recorded."""
     if stage not in STAGES:

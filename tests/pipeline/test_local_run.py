@@ -131,6 +131,8 @@ def test_whole_pipeline_runs_locally_on_the_sample_photos(tmp_path: Path, data_d
     assert str(sog) in printed and str(_path(run.publish["viewer_uri"])) in printed
     assert str(_path(run.publish["manifest_uri"])) in printed
     assert not list((tmp_path / "run").glob(".splatflow/runs/*/failed/*.json"))  # nothing failed, nothing recorded
+    # train mirrored its checkpoints under the run (a retry would resume from them) and removed them when done
+    assert not list((tmp_path / "run").rglob("*.pt"))
 
     out = capfd.readouterr()
     _assert_no_secret(tmp_path / "run", out.out + out.err + printed + json.dumps(webhook), secrets_in_env)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from splatflow.errors import SfmError
+from splatflow.errors import InputError, SfmError
 from splatflow.tasks import STAGES, failure_uri, read_failure, record_failure, task_output
 
 RUN = "6f1c2a9e-0d4b-4c1e-9a51-1f2e3d4c5b6a"
@@ -71,3 +71,12 @@ def test_success_removes_an_earlier_attempts_record_and_the_latest_failure_wins(
 def test_task_outputs_are_protobuf_safe() -> None:
     report = {"a": None, "b": float("nan"), "c": Path("/x"), "d": [1, None, 2.5]}
     assert task_output(report) == {"c": "/x", "d": [1, 2.5]}
+
+
+def test_train_checkpoints_live_beside_the_failure_records() -> None:
+    from splatflow.tasks import checkpoint_uri
+
+    assert checkpoint_uri("s3://bucket/out/", "run-7") == "s3://bucket/out/.splatflow/runs/run-7/checkpoints"
+    assert failure_uri("s3://bucket/out", "run-7", "train").startswith("s3://bucket/out/.splatflow/runs/run-7/")
+    with pytest.raises(InputError):
+        checkpoint_uri("s3://bucket/out", "../escape")
