@@ -64,7 +64,11 @@ bench-codec: $(STAMP) ## SOG codec vs splat-transform -g cpu: time, RSS, size, e
 bench-render: $(STAMP) ## renderer time and peak memory per view: playbot_lod2 at 256/512 px, 1M synthetic splats (CPU; + gsplat if CUDA)
 	$(PY) bench/render.py
 
-bench: bench-codec bench-sfm bench-render ## run every benchmark (results: bench/results/*.json + .md)
+.PHONY: bench-kmeans
+bench-kmeans: $(STAMP) ## SH palette k-means: splatflow's two-level torch k-means vs faiss flat k-means (~15 min)
+	$(PY) bench/kmeans.py
+
+bench: bench-codec bench-kmeans bench-sfm bench-render bench-train bench-storage bench-pipeline ## run every benchmark (results: bench/results/*.json + .md; about 1.5 h on 2 cores)
 
 # ---- the Kubeflow pipeline (README: The pipeline)
 # KFP_HOST, KFP_TOKEN / KFP_COOKIE / KFP_SA_TOKEN_PATH, KFP_NAMESPACE, KFP_EXPERIMENT come from the environment.

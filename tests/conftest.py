@@ -170,3 +170,29 @@ def lund_sfm(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     (src / "13_truncated.jpg").write_bytes(data[: len(data) // 2])
     out = src.parent / "sfm"
     return out, sfm(src, out, max_side=800, max_features=4096)
+
+
+@pytest.fixture
+def denying_endpoint() -> Iterator[str]:
+    """The URL of an S3-like HTTP endpoint that answers every request 403 (a bucket this user may not read)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def _deny(self) -> None:
+            self.send_response(403)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_HEAD = do_GET = _deny  # noqa: N815 - http.server's names
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -342,32 +342,8 @@ def test_tolerates_follows_kubernetes_rules() -> None:
 
 
 # ---------------------------------------------------------------------------- bucket
-class _Denying:
-    """An S3-like endpoint that answers every request 403."""
-
-    def __init__(self) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def _deny(self) -> None:
-                self.send_response(403)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            do_HEAD = do_GET = _deny  # noqa: N815 - http.server's names
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_bucket_roots_without_a_key(cluster: FakeCluster, s3_server: dict[str, str],
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+                                    monkeypatch: pytest.MonkeyPatch, denying_endpoint: str) -> None:
     """Pipeline roots are often just a bucket or a folder: s3://bucket and s3://bucket/prefix/ are checked on the
     bucket; a missing bucket, denied access and a bad endpoint each fail with their own fix."""
     bucket = s3_server["bucket"]
@@ -387,12 +363,8 @@ def test_bucket_roots_without_a_key(cluster: FakeCluster, s3_server: dict[str, s
     assert not_s3.status == FAIL and "not an s3:// URI" in not_s3.detail
 
     monkeypatch.setenv("SPLATFLOW_S3_MAX_ATTEMPTS", "1")
-    denying = _Denying()
-    try:
-        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", denying.url)
-        denied = _by_name(doctor(bucket_uri=f"s3://{bucket}/root/", kfp_host="", timeout=5))["bucket"]
-    finally:
-        denying.close()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", denying_endpoint)
+    denied = _by_name(doctor(bucket_uri=f"s3://{bucket}/root/", kfp_host="", timeout=5))["bucket"]
     assert denied.status == FAIL and "access denied" in denied.detail
     assert denied.fix and "s3:ListBucket" in denied.fix
     with socket.socket() as s:  # bound, never listening

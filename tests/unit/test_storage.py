@@ -217,34 +217,7 @@ def test_checksum_headers_off_for_custom_endpoints(s3_server: dict[str, str], mo
 
 
 # ---------------------------------------------------------------------------- bucket reachability, endpoint scoping
-class _Denying:
-    """An S3-like endpoint that answers every request 403 (a bucket this user may not list)."""
-
-    def __init__(self) -> None:
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        class Handler(BaseHTTPRequestHandler):
-            def _deny(self) -> None:
-                self.send_response(403)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            do_HEAD = do_GET = _deny  # noqa: N815 - http.server's names
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def test_check_bucket(s3_server: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_check_bucket(s3_server: dict[str, str], monkeypatch: pytest.MonkeyPatch, denying_endpoint: str) -> None:
     """A pipeline root names a bucket, maybe a prefix, rarely an object: each form is checked with a HEAD on the
     bucket; a missing bucket, denied access and an unreachable endpoint each get their own message and fix."""
     bucket = s3_server["bucket"]
@@ -257,14 +230,10 @@ def test_check_bucket(s3_server: dict[str, str], monkeypatch: pytest.MonkeyPatch
         storage.check_bucket("/tmp/pipeline-root")
 
     monkeypatch.setenv("SPLATFLOW_S3_MAX_ATTEMPTS", "1")
-    denying = _Denying()
-    try:
-        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", denying.url)
-        with pytest.raises(StorageError, match="access denied") as err:
-            storage.check_bucket(f"s3://{bucket}/root")
-        assert "s3:ListBucket" in (err.value.hint or "") and denying.url in err.value.message
-    finally:
-        denying.close()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", denying_endpoint)
+    with pytest.raises(StorageError, match="access denied") as err:
+        storage.check_bucket(f"s3://{bucket}/root")
+    assert "s3:ListBucket" in (err.value.hint or "") and denying_endpoint in err.value.message
     import socket
 
     with socket.socket() as s:  # bound, never listening: connections are refused
