@@ -56,26 +56,49 @@ def machine() -> dict[str, Any]:
     return info
 
 
+# Runs the measured command as the child of a small, fresh process and reports that child's own rusage: a child
+# forked straight from this benchmark would count the benchmark's resident memory at fork time in its peak RSS.
+_LAUNCHER = """
+import json, os, signal, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+signal.signal(signal.SIGTERM, lambda *_: os.kill(pid, signal.SIGKILL))  # a timeout: stop it, still report usage
+_, status, ru = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as fh:
+    json.dump({"rc": os.waitstatus_to_exitcode(status), "cpu_s": ru.ru_utime + ru.ru_stime,
+               "maxrss_kb": ru.ru_maxrss}, fh)
+"""
+
+
 def timed(cmd: list[str], timeout: float | None) -> dict[str, Any]:
-    """Run ``cmd``; wall seconds, peak RSS of the child (bytes), exit code, whether it timed out."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=WORK)
-    timed_out = False
-    deadline = None if timeout is None else start + timeout
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if deadline is not None and time.perf_counter() > deadline:
-            proc.kill()
-            pid, status, usage = os.wait4(proc.pid, 0)
-            timed_out = True
-            break
-        time.sleep(0.2)
-    wall = time.perf_counter() - start
-    out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-    return {"wall_s": round(wall, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
-            "peak_rss_bytes": usage.ru_maxrss * 1024, "rc": os.waitstatus_to_exitcode(status),
+    """Run ``cmd``: wall seconds, CPU seconds and peak RSS (bytes) of that process alone, exit code, and whether
+    it hit ``timeout`` (then it is killed and its numbers are lower bounds). Output goes to a file, not a pipe."""
+    import signal
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        usage_file, log_file = Path(tmp) / "usage.json", Path(tmp) / "log.txt"
+        start = time.perf_counter()
+        with open(log_file, "wb") as log:
+            proc = subprocess.Popen([PY, "-c", _LAUNCHER, str(usage_file), *cmd], stdout=log,
+                                    stderr=subprocess.STDOUT, cwd=WORK, start_new_session=True)
+            timed_out = False
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                proc.terminate()  # the launcher kills the command and writes its usage
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        wall = time.perf_counter() - start
+        out = log_file.read_text(errors="replace")
+        usage = json.loads(usage_file.read_text()) if usage_file.exists() else {}
+    return {"wall_s": round(wall, 2), "cpu_s": round(usage.get("cpu_s", float("nan")), 2),
+            "peak_rss_bytes": int(usage.get("maxrss_kb", 0)) * 1024, "rc": usage.get("rc", proc.returncode),
             "timed_out": timed_out, "log_tail": out[-600:]}
 
 
