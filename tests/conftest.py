@@ -159,7 +159,7 @@ def sample_sog(splat_transform: Path, tmp_path_factory: pytest.TempPathFactory) 
 @pytest.fixture(scope="session")
 def lund_sfm(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, object]]:
     """One SfM run shared by the session: the 12 bundled lund photos plus one truncated JPEG (which must be skipped
-    and reported), at 800 px and 4096 features (about a minute on 2 cores). Returns (sfm folder, report); the
+    and reported), at 800 px and 4096 features, one thread (about 15-60 s). Returns (sfm folder, report); the
     folder has the layout `splatflow sfm` writes: images/ (undistorted), sparse/0/*.bin, sfm-report.json."""
     pytest.importorskip("pycolmap")
     from splatflow.stages.sfm import sfm
@@ -169,7 +169,10 @@ def lund_sfm(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     data = (src / "05.jpg").read_bytes()
     (src / "13_truncated.jpg").write_bytes(data[: len(data) // 2])
     out = src.parent / "sfm"
-    return out, sfm(src, out, max_side=800, max_features=4096)
+    # one thread: a reproducible reconstruction. With all threads, about one run in four on these photos registers
+    # the first image (01.jpg, the end of the street) far off the camera path, which
+    # test_points_reproject_into_the_undistorted_images catches (a known SfM weakness: README, Ingest and SfM)
+    return out, sfm(src, out, max_side=800, max_features=4096, num_threads=1)
 
 
 @pytest.fixture

@@ -179,4 +179,4 @@ def test_gsplat_default_strategy_path_resets_opacity_and_stops_growing_at_the_bu
     events = _strategy_step(strat, "default", True, params, opts, state, 5, _gsplat_info(params, 0.0), gen, 1e-3,
                             100)
     assert events.get("opacity_resets") == 1
-    assert float(torch.sigmoid(params["opacities"]).max()) <= strat.prune_opa * 2.0 + 1e-6
+    assert float(torch.sigmoid(params["opacities"].detach()).max()) <= strat.prune_opa * 2.0 + 1e-6
