@@ -264,6 +264,10 @@ def test_run_summary() -> None:
     assert s["psnr"] == 27.1 and s["ssim"] == 0.88 and s["ssim_source"] == "train" and s["codec_psnr"] == 61.2
     # an evaluate report (the scene against photos) wins over training's held-out numbers
     assert run_summary({**REPORTS, "evaluate": {"psnr": 25.0}})["psnr_source"] == "evaluate"
+    # sfm reports its time as timings.total; counts that went through KFP's task outputs come back as floats
+    kfp = run_summary({**REPORTS, "sfm": {"timings": {"extract": 3.0, "total": 40.25}},
+                       "compress": {**REPORTS["compress"], "splats": 90854.0, "bytes": 1196155.0}})
+    assert kfp["seconds"]["sfm"] == 40.25 and kfp["splats"] == 90854 and isinstance(kfp["splats"], int)
     assert s["seconds"] == {"train": 600.5, "compress": 7.5}
     assert run_summary({}) == {}
 

@@ -118,14 +118,15 @@ def run_summary(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
     Values missing from the reports are left out. PSNR/SSIM (the scene against photos) come from an
     ``evaluate`` report when there is one (``psnr``), else from training's held-out views (``psnr_test``);
-    ``codec_psnr`` is how
-    closely the published SOG renders like the trained PLY (the compress report's ``fidelity``).
+    ``codec_psnr`` is how closely the published SOG renders like the trained PLY (the compress report's
+    ``fidelity``). A stage's time is its report's ``seconds``, else ``timings.total`` (the sfm report).
     """
     out: dict[str, Any] = {}
     comp = reports.get("compress", {})
     for key in ("splats", "bytes", "bytes_per_splat", "ratio"):
         if key in comp:
-            out[key] = comp[key]
+            value = comp[key]  # counts read back from KFP task outputs arrive as floats (protobuf numbers)
+            out[key] = int(value) if key in ("splats", "bytes") and float(value).is_integer() else value
     for metric in ("psnr", "ssim"):
         for name in ("evaluate", "train"):
             rep = reports.get(name, {})
@@ -137,8 +138,13 @@ def run_summary(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
     fidelity = comp.get("fidelity")
     if isinstance(fidelity, dict) and fidelity.get("psnr") is not None:
         out["codec_psnr"] = fidelity["psnr"]
-    seconds = {name: rep["seconds"] for name, rep in reports.items()
-               if isinstance(rep, dict) and isinstance(rep.get("seconds"), int | float)}
+    seconds: dict[str, float] = {}
+    for name, rep in reports.items():
+        if not isinstance(rep, dict):
+            continue
+        value = rep.get("seconds", (rep.get("timings") or {}).get("total"))
+        if isinstance(value, int | float):
+            seconds[name] = value
     if seconds:
         out["seconds"] = seconds
         out["total_seconds"] = round(sum(seconds.values()), 3)
