@@ -49,7 +49,7 @@ bench-sfm: $(STAMP) ## SfM time and registered fraction, lund-12 and lund-29 at 
 	$(PY) bench/sfm.py
 
 .PHONY: bench-train
-bench-train: $(STAMP) ## training time/memory/PSNR: GPU lund 7000 steps (gsplat) if CUDA, else CPU lund-12 64 px 150 steps
+bench-train: $(STAMP) ## training time/memory/PSNR: GPU lund 7000 steps (gsplat) if CUDA, else CPU lund-12 64 px 200 steps
 	$(PY) bench/train.py
 
 .PHONY: bench-storage

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if gpu else "cpu")
     ap.add_argument("--set", default=None, help="lund-12 or lund-29 (default: lund-29 on a GPU when present)")
-    ap.add_argument("--iterations", type=int, default=7000 if gpu else 150)
+    ap.add_argument("--iterations", type=int, default=7000 if gpu else 200)
     ap.add_argument("--resolution", type=int, default=1600 if gpu else 64)
     ap.add_argument("--strategies", nargs="+", default=["default", "mcmc"])
     ap.add_argument("--max-splats", type=int, default=1_000_000)
