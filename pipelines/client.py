@@ -30,11 +30,11 @@ from typing import Any
 
 import yaml
 
+from splatflow.doctor import kfp_token_path
 from splatflow.errors import EnvironmentProblem, InputError, SplatflowError, StageError
 from splatflow.presets import check_run_parameters
 from splatflow.stages.publish import scene_name
 
-IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubeflow/pipelines/token")
 FINAL_STATES = {"SUCCEEDED", "FAILED", "SKIPPED", "CANCELED", "CANCELLED", "ERROR"}
 
 
@@ -73,9 +73,7 @@ class KfpSettings:
                                           "http://localhost:8888)")
         if "://" not in host:
             raise InputError(f"KFP_HOST={host!r} has no scheme", hint="write it as http(s)://host[:port][/path]")
-        token_path = Path(env["KFP_SA_TOKEN_PATH"]) if env.get("KFP_SA_TOKEN_PATH") else None
-        if token_path is None and IN_CLUSTER_TOKEN.exists():
-            token_path = IN_CLUSTER_TOKEN
+        token_path = kfp_token_path(env)
         if token_path is not None and not token_path.is_file():
             raise EnvironmentProblem(f"KFP_SA_TOKEN_PATH={token_path} is not a file",
                                      hint="mount the service-account token or unset KFP_SA_TOKEN_PATH")

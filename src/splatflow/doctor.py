@@ -95,6 +95,14 @@ def _taint_text(taint: Mapping[str, Any]) -> str:
     return f"{taint.get('key')}{'=' + value if value else ''}:{taint.get('effect')}"
 
 
+def kfp_token_path(env: Mapping[str, str]) -> Path | None:
+    """The service-account token file KFP clients authenticate with: ``KFP_SA_TOKEN_PATH``, else the in-cluster
+    projected token when it exists, else None (the one rule of doctor and pipelines/client.py)."""
+    if env.get("KFP_SA_TOKEN_PATH"):
+        return Path(env["KFP_SA_TOKEN_PATH"])
+    return IN_CLUSTER_TOKEN if IN_CLUSTER_TOKEN.exists() else None
+
+
 def kfp_auth(env: Mapping[str, str] | None = None) -> tuple[str, dict[str, str]]:
     """The auth the project's KFP client (pipelines/client.py) would use, as HTTP headers: ``KFP_TOKEN`` (bearer),
     else ``KFP_SA_TOKEN_PATH`` or the in-cluster token file (bearer, read now), and ``KFP_COOKIE`` (a Cookie
@@ -104,9 +112,7 @@ def kfp_auth(env: Mapping[str, str] | None = None) -> tuple[str, dict[str, str]]
     headers: dict[str, str] = {}
     kinds: list[str] = []
     token = env.get("KFP_TOKEN") or ""
-    path = Path(env["KFP_SA_TOKEN_PATH"]) if env.get("KFP_SA_TOKEN_PATH") else None
-    if path is None and IN_CLUSTER_TOKEN.is_file():
-        path = IN_CLUSTER_TOKEN
+    path = kfp_token_path(env)
     if token:
         headers["Authorization"] = f"Bearer {token}"
         kinds.append("KFP_TOKEN")

@@ -266,9 +266,10 @@ def _explain(exc: BaseException, loc: Location, action: str) -> StorageError:
                                      "and that AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL is the server they "
                                      "belong to")
         if code in ("AccessDenied", "AllAccessDisabled", "403", "Forbidden") or status == 403:
-            return StorageError(f"cannot {action} {where}: access denied",
+            return StorageError(f"cannot {action} {where} at {endpoint}: access denied",
                                 hint=f"grant the role/user s3:GetObject, s3:PutObject and s3:ListBucket on "
-                                     f"bucket {loc.bucket!r} (IAM policy for IRSA, or the MinIO policy)")
+                                     f"bucket {loc.bucket!r} (IAM policy for IRSA, or the MinIO policy), and "
+                                     "check that the credentials belong to this endpoint")
         if code in ("InvalidBucketName",):
             return StorageError(f"cannot {action} {where}: {loc.bucket!r} is not a valid bucket name",
                                 hint="bucket names are 3-63 lowercase letters, digits, dots and hyphens")
@@ -594,25 +595,13 @@ def check_bucket(uri: str) -> str:
         raise InputError(f"{uri!r} is not an s3:// URI, so it names no bucket",
                          hint="give s3://bucket or s3://bucket/prefix")
     bucket = Location("s3", loc.bucket, "")
-    where = endpoint_url() or "AWS S3"
-    from botocore.exceptions import ClientError
 
     def head() -> None:
-        try:
-            client().head_bucket(Bucket=loc.bucket)
-        except ClientError as exc:
-            status = _status(exc)
-            if status == 404:
-                raise _missing_bucket(bucket, "reach") from exc
-            if status == 403:
-                raise StorageError(f"cannot reach bucket {loc.bucket!r} at {where}: access denied (HTTP 403)",
-                                   hint=f"grant this user/role s3:ListBucket (and s3:GetObject, s3:PutObject) on "
-                                        f"{loc.bucket!r} (IAM policy, IRSA role or MinIO policy), and check that "
-                                        "the credentials belong to this endpoint") from exc
-            raise
+        if not _bucket_exists(bucket):
+            raise _missing_bucket(bucket, "reach")
 
     _with_retries("reach", bucket, head)
-    return where
+    return endpoint_url() or "AWS S3"
 
 
 def upload_dir(local_dir: str | os.PathLike[str], uri: str) -> list[str]:

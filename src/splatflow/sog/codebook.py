@@ -95,13 +95,15 @@ def quantize_1d(values: torch.Tensor, k: int = 256, *, weights: torch.Tensor | N
     else:
         lo, hi = flat.min(), flat.max()
         b = ((flat - lo) / (hi - lo).clamp_min(1e-30) * bins).long().clamp_(0, bins - 1)
-        occupied = torch.bincount(b, minlength=bins) > 0
-        w = torch.zeros(bins, dtype=torch.float64, device=dev).index_add_(0, b, wflat)
-        s = torch.zeros(bins, dtype=torch.float64, device=dev).index_add_(0, b, flat.double() * wflat)
-        # a bin whose values all weigh 0 still holds values: give it a tiny weight at its plain mean
-        plain = torch.zeros(bins, dtype=torch.float64, device=dev).index_add_(0, b, flat.double())
         cnt = torch.bincount(b, minlength=bins).double()
-        tiny = w[w > 0].min() * 1e-6 if bool((w > 0).any()) else torch.tensor(1.0, dtype=torch.float64)
+        occupied = cnt > 0
+        f64 = flat.double()
+        w = torch.zeros(bins, dtype=torch.float64, device=dev).index_add_(0, b, wflat)
+        s = torch.zeros(bins, dtype=torch.float64, device=dev).index_add_(0, b, f64 * wflat)
+        # a bin whose values all weigh 0 still holds values: give it a tiny weight at its plain mean (some weight
+        # is positive: all-zero weights fell back to equal ones above)
+        plain = torch.zeros(bins, dtype=torch.float64, device=dev).index_add_(0, b, f64)
+        tiny = w[w > 0].min() * 1e-6
         centers = torch.where(w > 0, s / w.clamp_min(1e-300), plain / cnt.clamp_min(1))[occupied]
         w = torch.where(w > 0, w, tiny.expand_as(w))[occupied]
         if w.numel() <= k:
@@ -110,7 +112,7 @@ def quantize_1d(values: torch.Tensor, k: int = 256, *, weights: torch.Tensor | N
         else:
             cb64 = _weighted_kmeans_1d(centers, w, k, hist_iters)
             for _ in range(lloyd_iters):
-                cb64 = _weighted_means(flat.double(), wflat, cb64)
+                cb64 = _weighted_means(f64, wflat, cb64)
             cb = cb64.float()
     labels = assign_1d(flat, cb).reshape(values.shape)
     return cb, labels.to(torch.uint8) if k <= 256 else labels

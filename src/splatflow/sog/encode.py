@@ -175,10 +175,10 @@ def encode_cloud(cloud: GaussianCloud, *, format: str = "v2", sort: str = "morto
     images["quats.webp"] = _rgba(pack_quats(quats), w, h)
     lap("pack")
 
+    wts = footprint_weights(scales, opac)  # (N,): how much of the picture each splat's colour reaches
     sh_info: dict[str, Any] | None = None
     if kc:
         assert shn is not None
-        wts = footprint_weights(scales, opac)
         cen, lab = _palette(shn, wts, seed)
         lap("kmeans")
         lab_px = torch.stack([(lab & 0xFF), (lab >> 8)], 1).to(torch.uint8)
@@ -198,7 +198,7 @@ def encode_cloud(cloud: GaussianCloud, *, format: str = "v2", sort: str = "morto
     alpha = _u8(torch.sigmoid(opac.double()) * 255)
     if format == "v2":
         s_cb, s_idx = quantize_1d(scales, weights=scale_weights(scales, opac))
-        c_cb, c_idx = quantize_1d(sh0, weights=footprint_weights(scales, opac)[:, None])
+        c_cb, c_idx = quantize_1d(sh0, weights=wts[:, None])
         images["scales.webp"] = _rgba(s_idx, w, h)
         images["sh0.webp"] = _rgba(torch.cat([c_idx, alpha[:, None]], 1), w, h)
         meta = sogmeta.v2_meta(n, mins.tolist(), maxs.tolist(), s_cb.tolist(), c_cb.tolist(), sh_info)

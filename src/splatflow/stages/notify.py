@@ -555,7 +555,7 @@ def notify_run(state: str | None, *, error_message: str | None, task_name: str |
     ``scene`` and, on a recorded failure, ``failed_stage``.
     """
     from splatflow.stages.publish import published_run, scene_name
-    from splatflow.tasks import read_failure
+    from splatflow.tasks import error_line, read_failure
 
     outcome = final_status(state, error_message, task_name)
     scene = scene_name(source_uri)
@@ -565,12 +565,12 @@ def notify_run(state: str | None, *, error_message: str | None, task_name: str |
         try:
             report.update(published_run(output_uri, scene, run_id) or {})
         except Exception as exc:  # storage down: the outcome still goes out, without links
-            log.warning("could not read what publish wrote (%s); notifying without it", _why(exc))
+            log.warning("could not read what publish wrote (%s); notifying without it", error_line(exc))
     elif outcome["status"] == "failed":
         try:
             failure = read_failure(output_uri, run_id)
         except Exception as exc:
-            log.warning("could not read which stage failed (%s); notifying KFP's error", _why(exc))
+            log.warning("could not read which stage failed (%s); notifying KFP's error", error_line(exc))
             failure = None
         if failure:
             failed_stage, error = failure["stage"], failure["error"]
@@ -581,6 +581,3 @@ def notify_run(state: str | None, *, error_message: str | None, task_name: str |
         result["failed_stage"] = failed_stage
     return result
 
-
-def _why(exc: BaseException) -> str:
-    return redact(f"{type(exc).__name__}: {' '.join(str(exc).split())}")[:500]

@@ -489,6 +489,7 @@ def _make_strategy(strategy: str, gsplat: bool, max_splats: int, sched: dict[str
             # `step % reset_every == 0 & step > 0`, parses as a chained comparison that is never true
             strat = DefaultStrategy(reset_every=NEVER, **common)
             strat.splatflow_reset_every = sched["reset_every"]
+            strat.splatflow_grow_grad2d = strat.grow_grad2d  # restored under the budget (see _strategy_step)
     elif strategy == "mcmc":
         strat = CpuMCMCStrategy(cap_max=max_splats, **common)
     else:
@@ -519,8 +520,6 @@ def _strategy_step(strat: Any, strategy: str, gsplat: bool, params: Params, opti
 
     # at the budget, no growth: a refine step could otherwise nearly double the splats (and the GPU memory)
     # before the pruning below brings them back
-    if not hasattr(strat, "splatflow_grow_grad2d"):
-        strat.splatflow_grow_grad2d = strat.grow_grad2d
     strat.grow_grad2d = math.inf if len(params["means"]) >= max_splats else strat.splatflow_grow_grad2d
     strat.step_post_backward(params, optimizers, state, step, info, packed=False)
     events: dict[str, int] = {}
