@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +116,7 @@ class CheckpointStore:
         for _, path in list_checkpoints(self.folder):
             path.unlink(missing_ok=True)
         if self.folder.is_dir() and not any(self.folder.iterdir()):
-            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder.rmdir()
         if self.remote is not None:
             from splatflow import storage
 
