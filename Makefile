@@ -16,12 +16,16 @@ help: ## list every target
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sort | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml package.json
+	@# a C++ compiler builds the CPU rasterizer (src/splatflow/kernels) below, ahead of the first render
+	command -v c++ >/dev/null 2>&1 || command -v g++ >/dev/null 2>&1 || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ >/dev/null; }
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q -e ".[all,dev]"
 	npm install --no-audit --no-fund --loglevel=error
 	$(PY) -m splatflow.viewer install-assets
+	$(PY) -m splatflow.kernels build
 	@# Debian's chromium drives the viewer page's browser test (Playwright's own browser download is not used)
 	command -v chromium >/dev/null 2>&1 || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }

@@ -11,7 +11,12 @@ alpha (H, W, 1))``. Backends:
   gsplat/INRIA constants (``colour = max(SH(dir) + 0.5, 0)``, ``dir`` from the camera centre to the splat),
   depth-sorted front-to-back compositing per tile with gsplat's constants (alpha clamped at 0.999, splats
   with alpha < 1/255 skipped, a pixel stops at transmittance <= 1e-4, pixel centres at +0.5).
-- ``"auto"``: gsplat when the tensors are on CUDA and gsplat imports, else torch.
+- ``"cpu"``: the same per-splat math as ``"torch"`` (shared code), with binning and compositing -- forward and
+  backward -- in compiled, multi-threaded C++ (:mod:`splatflow.kernels`; 16-pixel tiles, splats of a tile in
+  depth order, the backward pass walking each pixel's splats in reverse). About two orders of magnitude faster
+  than ``"torch"`` on the compositing (bench/results/render-cpu.md); float32.
+- ``"auto"``: gsplat when the tensors are on CUDA and gsplat imports; on CPU the ``"cpu"`` backend when its
+  kernels build or load, else torch.
 
 Memory stays bounded: compositing walks all tiles together in chunks of splats whose size adapts so one chunk
 holds at most ``SAMPLES_PER_CHUNK`` (tile, splat, pixel) samples; tiles whose pixels are all opaque drop out early.
@@ -278,10 +283,13 @@ def _composite(means2d: Tensor, conics: Tensor, opac: Tensor, colors: Tensor, sp
     return img, acc
 
 
-def _rasterize_torch(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
-                     viewmat: Tensor, K: Tensor, width: int, height: int, sh_degree: int | None,
-                     background: Tensor | None, near: float, far: float, info: dict[str, Any] | None
-                     ) -> tuple[Tensor, Tensor]:
+def _visible_splats(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
+                    viewmat: Tensor, K: Tensor, width: int, height: int, sh_degree: int | None, near: float,
+                    far: float, info: dict[str, Any] | None) -> dict[str, Tensor]:
+    """The per-splat part shared by the torch and cpu backends: projection, the opacity-aware screen box, culling
+    and SH colour, differentiable in every input. Returns, for the M visible splats, ``means2d`` (M, 2),
+    ``conics`` (M, 3), ``opacities`` (M,), ``colors`` (M, D), ``radii`` (M, 2) and ``depths`` (M,) (the last two
+    without gradient). Fills ``info`` (gsplat's ``meta`` layout) when given."""
     proj = project(means, covariance_3d(quats, scales), viewmat, K, width, height)
     means2d, depths, cov2d, det = proj["means2d"], proj["depths"], proj["cov2d"], proj["det"]
     with torch.no_grad():
@@ -306,13 +314,212 @@ def _rasterize_torch(means: Tensor, quats: Tensor, scales: Tensor, opacities: Te
     else:
         dirs = means[vis] - camera_center(viewmat)
         rgb_v = torch.clamp_min(eval_sh(sh_degree, colors[vis], dirs) + 0.5, 0.0)
+    return {"means2d": means2d[vis], "conics": proj["conics"][vis], "opacities": opacities[vis], "colors": rgb_v,
+            "radii": radii[vis], "depths": depths.detach()[vis]}
+
+
+def _rasterize_torch(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
+                     viewmat: Tensor, K: Tensor, width: int, height: int, sh_degree: int | None,
+                     background: Tensor | None, near: float, far: float, info: dict[str, Any] | None
+                     ) -> tuple[Tensor, Tensor]:
+    v = _visible_splats(means, quats, scales, opacities, colors, viewmat, K, width, height, sh_degree, near, far,
+                        info)
+    return _composite_visible(v, width, height, background)
+
+
+def _composite_visible(v: dict[str, Tensor], width: int, height: int, background: Tensor | None
+                       ) -> tuple[Tensor, Tensor]:
+    """The torch backend's binning and compositing of :func:`_visible_splats`' output: rgb (H, W, D), alpha
+    (H, W, 1)."""
     tile = TILE
     tiles_x, tiles_y = -(-width // tile), -(-height // tile)
     with torch.no_grad():
-        sid, start, end = _tile_intersections(means2d.detach()[vis], radii[vis], depths.detach()[vis],
-                                              tiles_x, tiles_y, tile)
-    return _composite(means2d[vis], proj["conics"][vis], opacities[vis], rgb_v, sid, start, end,
+        sid, start, end = _tile_intersections(v["means2d"].detach(), v["radii"], v["depths"], tiles_x, tiles_y,
+                                              tile)
+    return _composite(v["means2d"], v["conics"], v["opacities"], v["colors"], sid, start, end,
                       tiles_x, tiles_y, width, height, background, tile)
+
+
+# ---------------------------------------------------------------------------------------------- the cpu backend
+CPU_TILE = 16
+"""Tile edge in pixels of the compiled CPU backend (measured against 8: bench/results/render-cpu.md)."""
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _f32(t: Tensor) -> Tensor:
+    return t.detach().to(torch.float32).contiguous()
+
+
+class _CpuProject(torch.autograd.Function):
+    """Per-splat projection, screen box, culling and SH colour in the compiled kernels, forward and backward
+    (:func:`_visible_splats` is the torch reference it follows).
+
+    Inputs: ``means`` (N, 3), ``quats`` (N, 4), ``scales`` (N, 3), ``opacities`` (N,) (no gradient: they only
+    size the screen box), ``sh`` (N, K, 3) or None (then no colours), ``viewmat`` (4, 4), ``K`` (3, 3).
+    Outputs: ``means2d`` (N, 2), ``conics`` (N, 3), ``colors`` (N, 3) (empty without ``sh``), and without
+    gradient ``depths`` (N,), ``radii`` (N, 2) and ``visible`` (N,) bool.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, sh: Tensor | None,
+                viewmat: Tensor, K: Tensor, width: int, height: int, degree: int, near: float, far: float
+                ) -> tuple[Tensor, ...]:
+        from splatflow import kernels
+
+        lib = kernels.load()
+        n = len(means)
+        mu, q, sc, op = _f32(means), _f32(quats), _f32(scales), _f32(opacities)
+        shc = None if sh is None else _f32(sh)
+        vm = _f32(viewmat)
+        intr = torch.stack([K[0, 0], K[1, 1], K[0, 2], K[1, 2]]).to(torch.float32).contiguous()
+        f32 = torch.float32
+        means2d, conics, depths = torch.empty(n, 2, dtype=f32), torch.empty(n, 3, dtype=f32), torch.empty(n, dtype=f32)
+        radii = torch.empty(n, 2, dtype=f32)
+        colors = torch.empty(n if shc is not None else 0, 3, dtype=f32)
+        visible = torch.empty(n, dtype=torch.uint8)
+        lib.sf_project_forward(n, _ptr(mu), _ptr(q), _ptr(sc), _ptr(op), _ptr(shc),
+                               0 if shc is None else shc.shape[1], degree if shc is not None else -1, _ptr(vm),
+                               _ptr(intr), width, height, near, far, EPS2D, _ptr(means2d), _ptr(conics),
+                               _ptr(depths), _ptr(radii), _ptr(colors) if shc is not None else None, _ptr(visible),
+                               torch.get_num_threads())
+        vis = visible.bool()
+        ctx.save_for_backward(mu, q, sc, *(() if shc is None else (shc,)), vm, intr, visible)
+        ctx.meta = (width, height, degree if shc is not None else -1, shc is not None,
+                    means.dtype, quats.dtype, scales.dtype, None if sh is None else sh.dtype)
+        ctx.mark_non_differentiable(depths, radii, vis)
+        return means2d, conics, colors, depths, radii, vis
+
+    @staticmethod
+    def backward(ctx: Any, v_means2d: Tensor, v_conics: Tensor, v_colors: Tensor, *_: Any
+                 ) -> tuple[Tensor | None, ...]:
+        from splatflow import kernels
+
+        lib = kernels.load()
+        width, height, degree, has_sh, dt_m, dt_q, dt_s, dt_sh = ctx.meta
+        saved = list(ctx.saved_tensors)
+        mu, q, sc = saved[:3]
+        shc = saved[3] if has_sh else None
+        vm, intr, visible = saved[-3:]
+        n = len(mu)
+        f32 = torch.float32
+        g_m, g_q, g_s = torch.empty(n, 3, dtype=f32), torch.empty(n, 4, dtype=f32), torch.empty(n, 3, dtype=f32)
+        g_sh = None if shc is None else torch.empty_like(shc)
+        zeros = torch.zeros(n, 3, dtype=f32)
+        vc = (_f32(v_colors) if v_colors is not None and v_colors.numel() else zeros) if has_sh else None
+        lib.sf_project_backward(n, _ptr(mu), _ptr(q), _ptr(sc), _ptr(shc), 0 if shc is None else shc.shape[1],
+                                degree, _ptr(vm), _ptr(intr), width, height, EPS2D, _ptr(visible),
+                                _ptr(_f32(v_means2d) if v_means2d is not None else torch.zeros(n, 2)),
+                                _ptr(_f32(v_conics) if v_conics is not None else zeros), _ptr(vc), _ptr(g_m),
+                                _ptr(g_q), _ptr(g_s), _ptr(g_sh), torch.get_num_threads())
+        return (g_m.to(dt_m), g_q.to(dt_q), g_s.to(dt_s), None, None if g_sh is None else g_sh.to(dt_sh),
+                None, None, None, None, None, None, None)
+
+
+class _CpuComposite(torch.autograd.Function):
+    """Binning and compositing in the compiled kernels (:mod:`splatflow.kernels`), forward and backward.
+
+    Inputs per splat (L of them): ``means2d`` (L, 2), ``conics`` (L, 3), ``opacities`` (L,), ``colors`` (L, 3),
+    ``radii`` (L, 2) (no gradient); ``order`` (M,) the ids of the splats to draw, front to back;
+    ``background`` (3,) or None (no gradient). Outputs rgb (H, W, 3) and alpha (H, W, 1), as :func:`_composite`.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, means2d: Tensor, conics: Tensor, opacities: Tensor, colors: Tensor, radii: Tensor,
+                order: Tensor, width: int, height: int, background: Tensor | None, tile: int
+                ) -> tuple[Tensor, Tensor]:
+        from splatflow import kernels
+
+        lib = kernels.load()
+        f32 = torch.float32
+        m2, con, op, col, rad = (_f32(t) for t in (means2d, conics, opacities, colors, radii))
+        order = order.to(torch.int64).contiguous()
+        tiles_x, tiles_y = -(-width // tile), -(-height // tile)
+        n_tiles = tiles_x * tiles_y
+        counts = torch.empty(n_tiles, dtype=torch.int64)
+        total = lib.sf_bin_count(len(order), _ptr(order), _ptr(m2), _ptr(rad), tile, tiles_x, tiles_y, _ptr(counts))
+        offsets = torch.zeros(n_tiles + 1, dtype=torch.int64)
+        torch.cumsum(counts, 0, out=offsets[1:])
+        isect = torch.empty(max(1, total), dtype=torch.int32)
+        lib.sf_bin_fill(len(order), _ptr(order), _ptr(m2), _ptr(rad), tile, tiles_x, tiles_y, _ptr(offsets),
+                        _ptr(isect))
+        bg = None if background is None else _f32(background)
+        rgb = torch.empty(height, width, 3, dtype=f32)
+        trans = torch.empty(height, width, dtype=f32)
+        used = torch.empty(height, width, dtype=torch.int32)
+        lib.sf_forward(_ptr(m2), _ptr(rad), _ptr(con), _ptr(op), _ptr(col), _ptr(isect), _ptr(offsets), width,
+                       height, tile, tiles_x, tiles_y, _ptr(bg), _ptr(rgb), _ptr(trans), _ptr(used),
+                       torch.get_num_threads())
+        ctx.save_for_backward(m2, rad, con, op, col, isect, offsets, trans, used, *(() if bg is None else (bg,)))
+        ctx.meta = (width, height, tile, tiles_x, tiles_y, means2d.dtype, conics.dtype, opacities.dtype,
+                    colors.dtype)
+        return rgb.to(colors.dtype), (1.0 - trans)[..., None].to(colors.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_rgb: Tensor, grad_alpha: Tensor) -> tuple[Tensor | None, ...]:
+        from splatflow import kernels
+
+        lib = kernels.load()
+        m2, rad, con, op, col, isect, offsets, trans, used, *rest = ctx.saved_tensors
+        bg = rest[0] if rest else None
+        width, height, tile, tiles_x, tiles_y, *dtypes = ctx.meta
+        m = len(m2)
+        f32 = torch.float32
+        g_rgb = torch.zeros(height, width, 3, dtype=f32) if grad_rgb is None else _f32(grad_rgb)
+        g_alpha = None if grad_alpha is None else _f32(grad_alpha.reshape(height, width))
+        g_m2, g_con = torch.empty(m, 2, dtype=f32), torch.empty(m, 3, dtype=f32)
+        g_op, g_col = torch.empty(m, dtype=f32), torch.empty(m, 3, dtype=f32)
+        lib.sf_backward(m, _ptr(m2), _ptr(rad), _ptr(con), _ptr(op), _ptr(col), _ptr(isect), _ptr(offsets), width,
+                        height, tile, tiles_x, tiles_y, _ptr(bg), _ptr(trans), _ptr(used), _ptr(g_rgb),
+                        _ptr(g_alpha), _ptr(g_m2), _ptr(g_con), _ptr(g_op), _ptr(g_col), torch.get_num_threads())
+        return (g_m2.to(dtypes[0]), g_con.to(dtypes[1]), g_op.to(dtypes[2]), g_col.to(dtypes[3]), None, None, None,
+                None, None, None)
+
+
+def _depth_order(depths: Tensor, visible: Tensor) -> Tensor:
+    """(M,) int64 ids of the visible splats front to back, ties in id order (``depths`` (N,), ``visible`` (N,))."""
+    from splatflow import kernels
+
+    d = _f32(depths)
+    vis = visible.to(torch.uint8).contiguous()
+    order = torch.empty(len(d), dtype=torch.int64)
+    m = kernels.load().sf_depth_order(len(d), _ptr(d), _ptr(vis), _ptr(order))
+    return order[:m]
+
+
+def cpu_backend_available() -> bool:
+    """True when the compiled CPU kernels load (built on first call; see :mod:`splatflow.kernels`)."""
+    from splatflow import kernels
+
+    return kernels.available()
+
+
+def _rasterize_cpu(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
+                   viewmat: Tensor, K: Tensor, width: int, height: int, sh_degree: int | None,
+                   background: Tensor | None, near: float, far: float, info: dict[str, Any] | None
+                   ) -> tuple[Tensor, Tensor]:
+    if means.device.type != "cpu":
+        raise InputError(f"the cpu backend renders CPU tensors, these are on {means.device}",
+                         hint="use backend='gsplat' or 'torch' for CUDA tensors")
+    if viewmat.requires_grad or K.requires_grad or (background is not None and background.requires_grad):
+        # camera or background gradients: the kernels give none, the reference path does
+        return _rasterize_torch(means, quats, scales, opacities, colors, viewmat, K, width, height, sh_degree,
+                                background, near, far, info)
+    sh = colors if sh_degree is not None else None
+    means2d, conics, sh_rgb, depths, radii, visible = _CpuProject.apply(
+        means, quats, scales, opacities, sh, viewmat, K, width, height, -1 if sh_degree is None else sh_degree,
+        near, far)
+    if info is not None:  # the (1, N, 2) tensor handed out is the one the compositing uses, so it gets grads
+        batched = means2d[None]
+        means2d = batched[0]
+        info.update(means2d=batched, radii=radii.int()[None], depths=depths[None], width=width,
+                    height=height, n_cameras=1, visible=visible)
+    order = _depth_order(depths, visible)
+    rgb_in = colors if sh_degree is None else sh_rgb
+    return _CpuComposite.apply(means2d, conics, opacities, rgb_in, radii, order, width, height, background,
+                               CPU_TILE)
 
 
 # ---------------------------------------------------------------------------------------------- gsplat backend
@@ -383,14 +590,14 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
     RGB with ``sh_degree=None``), ``viewmat`` (4, 4) world-to-camera (OpenCV), ``K`` (3, 3), ``background``
     (3,) or None (black). Returns rgb (H, W, 3) (not clipped above 1) and alpha (H, W, 1).
 
-    ``backend``: ``"torch"``, ``"gsplat"`` or ``"auto"`` (gsplat for CUDA tensors when it imports). With
+    ``backend``: ``"cpu"`` (compiled kernels, CPU tensors), ``"torch"`` (the pure-torch reference),
+    ``"gsplat"`` (CUDA) or ``"auto"`` (see :func:`resolve_backend`). With
     ``info`` (a dict) the projection is reported in gsplat's ``meta`` layout: ``means2d`` (1, N, 2), ``radii``
     (1, N, 2), ``depths`` (1, N), ``width``, ``height``, ``n_cameras`` -- so screen-space gradients can be read
     from ``info["means2d"]`` (call ``retain_grad()`` on it before ``backward``).
     """
     _check_inputs(means, quats, scales, opacities, colors, viewmat, K, width, height, sh_degree)
-    if backend == "auto":
-        backend = "gsplat" if means.device.type == "cuda" and gsplat_available() else "torch"
+    backend = resolve_backend(backend, means.device)
     dtype = means.dtype
     viewmat = viewmat.to(device=means.device, dtype=dtype)
     K = K.to(device=means.device, dtype=dtype)
@@ -399,10 +606,30 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
     if backend == "torch":
         return _rasterize_torch(means, quats, scales, opacities, colors, viewmat, K, width, height, sh_degree,
                                 background, near, far, info)
-    if backend == "gsplat":
-        return _rasterize_gsplat(means, quats, scales, opacities, colors, viewmat, K, width, height, sh_degree,
-                                 background, near, far, info)
-    raise InputError(f"unknown render backend {backend!r}", hint="use 'auto', 'torch' or 'gsplat'")
+    if backend == "cpu":
+        return _rasterize_cpu(means, quats, scales, opacities, colors, viewmat, K, width, height, sh_degree,
+                              background, near, far, info)
+    return _rasterize_gsplat(means, quats, scales, opacities, colors, viewmat, K, width, height, sh_degree,
+                             background, near, far, info)
+
+
+BACKENDS = ("auto", "cpu", "torch", "gsplat")
+
+
+def resolve_backend(backend: str, device: torch.device | str) -> str:
+    """The backend ``"auto"`` stands for on ``device``: gsplat for CUDA tensors when it imports, else the
+    compiled ``"cpu"`` backend for CPU tensors when its kernels load, else ``"torch"``. Other names are checked
+    and returned as they are."""
+    if backend not in BACKENDS:
+        raise InputError(f"unknown render backend {backend!r}", hint=f"use one of: {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return "gsplat" if gsplat_available() else "torch"
+    if dev.type == "cpu" and cpu_backend_available():
+        return "cpu"
+    return "torch"
 
 
 def cloud_tensors(cloud: GaussianCloud, device: str | torch.device = "cpu") -> dict[str, Tensor]:

@@ -39,6 +39,8 @@ from splatflow.gaussians import SH_C0, GaussianCloud
 from splatflow.io.ply import write_ply
 from splatflow.progress import is_interactive, progress
 from splatflow.training.checkpoint import CheckpointStore
+from splatflow.training.contact_sheet import SheetRow, write_contact_sheet
+from splatflow.training.loss import ssim as ssim_loss
 from splatflow.training.scene import View, load_scene, model_dir
 from splatflow.training.strategy import CpuDefaultStrategy, CpuMCMCStrategy, Optimizers, Params
 
@@ -47,6 +49,7 @@ log = logging.getLogger(__name__)
 STRATEGIES = ("default", "mcmc")
 REPORT = "train-report.json"
 PLY = "splats.ply"
+CONTACT_SHEET = "contact-sheet.png"
 SSIM_WEIGHT = 0.2
 # learning rates of the 3DGS paper / gsplat; means are scaled by the scene size and decay 100x over the run
 LR = {"means": 1.6e-4, "scales": 5e-3, "quats": 1e-3, "opacities": 5e-2, "sh0": 2.5e-3, "shN": 2.5e-3 / 20}
@@ -129,8 +132,13 @@ def lr_boost(iterations: int) -> float:
 
 
 def make_optimizers(params: Params, scene_scale: float, boost: float = 1.0) -> Optimizers:
-    """One Adam per parameter (the layout gsplat's strategies expect), 3DGS learning rates times ``boost``."""
-    return {name: torch.optim.Adam([p], lr=LR[name] * boost * (scene_scale if name == "means" else 1.0), eps=1e-15)
+    """One Adam per parameter (the layout gsplat's strategies expect), 3DGS learning rates times ``boost``.
+
+    On CPU the fused implementation (one kernel per step, about 6x faster than the default there); CUDA keeps
+    torch's default, the one gsplat's strategies are tested with."""
+    fused = all(p.device.type == "cpu" for p in params.values())
+    return {name: torch.optim.Adam([p], lr=LR[name] * boost * (scene_scale if name == "means" else 1.0), eps=1e-15,
+                                   fused=True if fused else None)
             for name, p in params.items()}
 
 
@@ -147,13 +155,21 @@ def to_cloud(params: Params) -> GaussianCloud:
 # ---------------------------------------------------------------------------- rendering
 class Renderer:
     """Renders the splats of ``params`` from one view through :func:`splatflow.render.rasterize`: the gsplat
-    backend on CUDA, the torch backend on CPU (gsplat is then never imported)."""
+    backend on CUDA; on CPU the compiled ``"cpu"`` backend (the ``"torch"`` reference when the kernels cannot be
+    built, or when asked for); gsplat is then never imported."""
 
-    def __init__(self, device: torch.device) -> None:
-        from splatflow.render import rasterize
+    def __init__(self, device: torch.device, backend: str = "auto") -> None:
+        from splatflow.render import BACKENDS, rasterize, resolve_backend
 
+        if backend not in BACKENDS:
+            raise InputError(f"unknown render backend {backend!r}", hint=f"use one of: {', '.join(BACKENDS)}")
+        if device.type == "cuda" and backend not in ("auto", "gsplat"):
+            raise InputError(f"render backend {backend!r} does not train on CUDA", hint="use --backend auto")
+        if device.type != "cuda" and backend == "gsplat":
+            raise InputError("the gsplat backend needs CUDA", hint="use --device cuda, or --backend auto on CPU")
         self.device = device
         self.gsplat = device.type == "cuda"
+        self._backend = "gsplat" if self.gsplat else resolve_backend(backend, device)
         if self.gsplat:
             try:
                 import gsplat  # noqa: F401
@@ -169,7 +185,7 @@ class Renderer:
 
     @property
     def backend(self) -> str:
-        return "gsplat" if self.gsplat else "torch"
+        return self._backend
 
     def __call__(self, params: Params, view: View, sh_degree: int) -> tuple[torch.Tensor, dict[str, Any]]:
         """(H, W, 3) image and the projection info in gsplat's layout (``means2d`` (1, N, 2), ``radii`` ...)."""
@@ -211,8 +227,10 @@ def _ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ssim(a.permute(2, 0, 1)[None], b.permute(2, 0, 1)[None], data_range=1.0, size_average=True, win_size=win)
 
 
-def evaluate(render: Renderer, params: Params, views: list[View], sh_degree: int) -> dict[str, float | None]:
-    """Mean PSNR (dB) and SSIM over ``views`` of the clamped renders; None for an empty list."""
+def evaluate(render: Renderer, params: Params, views: list[View], sh_degree: int,
+             sheet: list[SheetRow] | None = None) -> dict[str, float | None]:
+    """Mean PSNR (dB) and SSIM over ``views`` of the clamped renders; None for an empty list. With ``sheet``, a
+    :class:`SheetRow` per view (photo, render, PSNR) is appended to it."""
     if not views:
         return {"psnr": None, "ssim": None}
     psnrs, ssims = [], []
@@ -223,6 +241,8 @@ def evaluate(render: Renderer, params: Params, views: list[View], sh_degree: int
             mse = torch.mean((img - v.image) ** 2).clamp_min(1e-10)
             psnrs.append(float(-10 * torch.log10(mse)))
             ssims.append(float(_ssim(img, v.image)))
+            if sheet is not None:
+                sheet.append(SheetRow(v.name, v.image.cpu().numpy(), img.cpu().numpy(), psnrs[-1]))
     return {"psnr": round(float(np.mean(psnrs)), 4), "ssim": round(float(np.mean(ssims)), 5)}
 
 
@@ -256,7 +276,8 @@ def _peak_memory(device: torch.device) -> tuple[int, str]:
 def train(sfm_dir: Path, out_dir: Path, *, iterations: int = 7000, max_splats: int = 1_000_000, sh_degree: int = 3,
           strategy: str = "default", device: str = "auto", resolution: int = 1600, test_every: int = 8,
           sh_interval: int | None = None, checkpoint_every: int = 1000, resume: bool = True,
-          checkpoint_uri: str | None = None, keep_checkpoints: bool = True, seed: int = 0) -> dict[str, Any]:
+          checkpoint_uri: str | None = None, keep_checkpoints: bool = True, seed: int = 0,
+          backend: str = "auto") -> dict[str, Any]:
     """Train 3D Gaussian Splats on an SfM folder; write ``out_dir/splats.ply`` and ``out_dir/train-report.json``.
 
     ``resolution`` is the longest image side used (images are downscaled, never upscaled); ``sh_interval`` the
@@ -289,7 +310,7 @@ def train(sfm_dir: Path, out_dir: Path, *, iterations: int = 7000, max_splats: i
         raise InputError(f"output folder {out_dir.parent} does not exist", hint="create it first")
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"output {out_dir} is a file, not a folder", hint="choose a folder path for OUT_DIR")
-    render = Renderer(dev)  # fails early when gsplat is missing on CUDA
+    render = Renderer(dev, backend)  # fails early when gsplat is missing on CUDA
     sched = _schedule(iterations, sh_degree, sh_interval)
     config = {"iterations": iterations, "max_splats": max_splats, "sh_degree": sh_degree, "strategy": strategy,
               "resolution": resolution, "test_every": test_every, "seed": seed, "backend": render.backend, **sched}
@@ -385,7 +406,7 @@ def train(sfm_dir: Path, out_dir: Path, *, iterations: int = 7000, max_splats: i
 
             img, info = render(params, view, sh_now)
             l1 = torch.abs(img - view.image).mean()
-            loss = (1 - SSIM_WEIGHT) * l1 + SSIM_WEIGHT * (1 - _ssim(img, view.image))
+            loss = (1 - SSIM_WEIGHT) * l1 + SSIM_WEIGHT * (1 - ssim_loss(img, view.image))
             if strategy == "mcmc":
                 loss = loss + MCMC_OPACITY_REG * torch.sigmoid(params["opacities"]).mean() \
                     + MCMC_SCALE_REG * params["scales"].exp().mean()
@@ -421,8 +442,15 @@ def train(sfm_dir: Path, out_dir: Path, *, iterations: int = 7000, max_splats: i
 
     # ------------------------------------------------------------------ evaluate, export, report
     final_sh = min((iterations - 1) // sched["sh_interval"], sh_degree)
-    test = evaluate(render, params, scene.test, final_sh)
-    trained = evaluate(render, params, scene.train, final_sh)
+    sheet: list[SheetRow] = []
+    test = evaluate(render, params, scene.test, final_sh, sheet)
+    train_sheet: list[SheetRow] = []
+    trained = evaluate(render, params, scene.train, final_sh, train_sheet)
+    if not sheet:  # nothing held out: show a few training views instead
+        sheet = train_sheet[:: max(1, len(train_sheet) // 3)][:3]
+    with atomic_path(out_dir / CONTACT_SHEET) as tmp:
+        write_contact_sheet(sheet, tmp, title=f"{'held-out' if scene.test else 'training'} views: photo | "
+                                               f"render after {iterations} steps")
     peak, peak_kind = _peak_memory(dev)
     cloud, invalid = to_cloud(params).drop_invalid()
     if invalid:  # the PLY must load everywhere (the codec refuses NaN): never export a broken splat
@@ -463,6 +491,7 @@ def train(sfm_dir: Path, out_dir: Path, *, iterations: int = 7000, max_splats: i
         "resumed_from_step": resumed_from,
         "seed": seed,
         "ply": PLY,
+        "contact_sheet": CONTACT_SHEET,
     }
     with atomic_path(out_dir / REPORT) as tmp:
         tmp.write_text(json.dumps(report, indent=2))
