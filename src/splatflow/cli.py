@@ -484,9 +484,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except SplatflowError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
+        from splatflow.redaction import redact
+
+        print(f"error: {redact(exc.message)}", file=sys.stderr)
         if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
+            print(f"hint: {redact(exc.hint)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

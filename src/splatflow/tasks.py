@@ -55,7 +55,7 @@ def failure_uri(output_uri: str, run_id: str, stage: str) -> str:
 
 def error_line(exc: BaseException) -> str:
     """One line naming the error: ``SfmError: only 0 of 4 images registered (hint)``, secrets redacted."""
-    from splatflow.stages.notify import redact
+    from splatflow.redaction import redact
 
     text = " ".join(str(exc).split()) or "(no message)"
     line = redact(f"{type(exc).__name__}: {text}")
