@@ -287,6 +287,7 @@ def _run_publish(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from splatflow.errors import InputError
+    from splatflow.limits import read_json
     from splatflow.stages.publish import publish
 
     reports: dict[str, dict] = {}
@@ -294,11 +295,13 @@ def _run_publish(args: argparse.Namespace) -> int:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             raise InputError(f"--report {item!r} is not NAME=PATH", hint="e.g. --report train=out/train-report.json")
-        try:
-            reports[name] = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as exc:
-            raise InputError(f"--report {name}: cannot read JSON from {path} ({exc})",
-                             hint="give the path of a stage's JSON report") from exc
+        if not Path(path).is_file():
+            raise InputError(f"--report {name}: {path} is not a file", hint="give the path of a stage's JSON report")
+        report = read_json(path, f"--report {name}:", hint="give the path of a stage's JSON report")
+        if not isinstance(report, dict):
+            raise InputError(f"--report {name}: {path} holds a JSON {type(report).__name__}, not an object",
+                             hint="give the path of a stage's JSON report")
+        reports[name] = report
     files = {key: Path(value) for key, value in (("sog", args.sog), ("meta", args.meta), ("ply", args.ply))
              if value}
     result = publish(args.output_uri, scene=args.scene, run_id=args.run_id, files=files, reports=reports,
@@ -341,14 +344,16 @@ def _add_notify(sub: argparse._SubParsersAction) -> None:
 def _run_notify(args: argparse.Namespace) -> int:
     from splatflow import storage
     from splatflow.errors import InputError
+    from splatflow.limits import MAX_REPORT_BYTES, parse_json
     from splatflow.stages.notify import notify
 
     report: dict = {}
     if args.report:
-        try:
-            report = json.loads(storage.read_bytes(args.report))
-        except ValueError as exc:
-            raise InputError(f"--report {args.report} is not JSON ({exc})", hint="give a run report JSON") from exc
+        report = parse_json(storage.read_bytes(args.report, max_bytes=MAX_REPORT_BYTES), f"--report {args.report}",
+                            hint="give a run report JSON")
+        if not isinstance(report, dict):
+            raise InputError(f"--report {args.report} holds a JSON {type(report).__name__}, not an object",
+                             hint="give a run report JSON: a publish result or a manifest.json")
     result = notify(args.status, scene=args.scene, report=report, target=args.target,
                     failed_stage=args.failed_stage, error=args.error, strict=args.strict,
                     link_expires=args.link_expires)

@@ -616,18 +616,27 @@ def upload_dir(local_dir: str | os.PathLike[str], uri: str) -> list[str]:
         return list(pool.map(lambda pair: upload(*pair), pairs))
 
 
-def read_bytes(uri: str) -> bytes:
-    """The whole content of one object, verified against its recorded SHA-256 (or size)."""
+def read_bytes(uri: str, *, max_bytes: int | None = None) -> bytes:
+    """The whole content of one object, verified against its recorded SHA-256 (or size). ``max_bytes``: refuse
+    (InputError, before reading) an object larger than that."""
     loc = _object(uri)
     if loc.scheme == "file":
         p = _local(loc)
         if not p.is_file():
             raise StorageError(f"cannot read {loc}: it does not exist",
                                hint="check the path (and that an earlier stage wrote it)")
+        if max_bytes is not None:
+            from splatflow.limits import read_limited
+
+            return read_limited(p, max_bytes, "file")
         return p.read_bytes()
 
     def get() -> bytes:
         resp = client().get_object(Bucket=loc.bucket, Key=loc.key)
+        if max_bytes is not None and int(resp["ContentLength"]) > max_bytes:
+            resp["Body"].close()
+            raise InputError(f"object {loc} is {int(resp['ContentLength']):,} bytes, more than the {max_bytes:,} "
+                             "accepted", hint="this is not a file splatflow wrote; check the URI")
         data: bytes = resp["Body"].read()
         if len(data) != int(resp["ContentLength"]):
             raise _ChecksumMismatch(f"got {len(data)} bytes, the object has {resp['ContentLength']}")

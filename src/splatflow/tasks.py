@@ -26,11 +26,13 @@ from typing import Any
 
 from splatflow import storage
 from splatflow.errors import InputError
+from splatflow.limits import parse_json
 
 log = logging.getLogger("splatflow.tasks")
 
 STAGES: tuple[str, ...] = ("ingest", "sfm", "train", "compress", "publish")
 _ERROR_CHARS = 500
+_RECORD_BYTES = 64 << 10
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -107,8 +109,8 @@ def read_failure(output_uri: str, run_id: str) -> dict[str, str] | None:
         if stage not in STAGES:
             continue
         try:
-            data = json.loads(storage.read_bytes(uri))
-        except (ValueError, UnicodeDecodeError):
+            data = parse_json(storage.read_bytes(uri, max_bytes=_RECORD_BYTES), uri, max_bytes=_RECORD_BYTES)
+        except InputError:
             log.warning("ignoring an unreadable failure record %s", uri)
             continue
         if isinstance(data, dict) and data.get("stage") == stage:

@@ -34,6 +34,7 @@ from urllib.parse import unquote, urlparse
 
 from splatflow import __version__, storage
 from splatflow.errors import InputError, OutputExistsError, StorageError
+from splatflow.limits import MAX_REPORT_BYTES, parse_json
 
 log = logging.getLogger("splatflow.publish")
 
@@ -281,9 +282,13 @@ def publish(output_uri: str, *, scene: str, run_id: str, files: dict[str, Path],
 
 
 def _read_json(uri: str) -> dict[str, Any] | None:
+    """A manifest or pointer written by publish (bounded: MAX_REPORT_BYTES, nesting), or None when absent."""
     if not storage.exists(uri):
         return None
-    data: dict[str, Any] = json.loads(storage.read_bytes(uri))
+    data = parse_json(storage.read_bytes(uri, max_bytes=MAX_REPORT_BYTES), uri, error=StorageError,
+                      hint="it was not written by splatflow publish; publish the run again")
+    if not isinstance(data, dict):
+        raise StorageError(f"{uri} is not a JSON object", hint="publish the run again")
     return data
 
 
