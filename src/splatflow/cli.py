@@ -2,7 +2,8 @@
 
 Exit codes: 0 success, 1 unexpected error (a bug: the traceback is printed), 2 bad input or usage,
 3 environment problem (missing extra, credentials, CUDA), 4 a stage could not produce its result,
-130 interrupted. Every splatflow error prints one ``error:`` line and, where known, a ``hint:`` line.
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM); either way temporary files are removed on the way out.
+Every splatflow error prints one ``error:`` line and, where known, a ``hint:`` line.
 """
 
 from __future__ import annotations
@@ -486,8 +487,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    from splatflow.errors import Terminated
+    from splatflow.fsutil import terminate_cleanly
+
     try:
-        return int(args.handler(args) or 0)
+        with terminate_cleanly():  # SIGTERM cleans up like Ctrl-C: no temporary file is left behind
+            return int(args.handler(args) or 0)
+    except Terminated:
+        print("terminated (SIGTERM)", file=sys.stderr)
+        return Terminated.exit_code
     except SplatflowError as exc:
         from splatflow.redaction import redact
 

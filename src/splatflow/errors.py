@@ -18,6 +18,9 @@ Every error the library raises on purpose derives from :class:`SplatflowError`. 
         ├── SfmError                       structure from motion registered too few images
         ├── TrainError                     training failed
         └── NotifyError                    a notification could not be delivered
+
+    Terminated (SystemExit)        exit 143  SIGTERM arrived (splatflow.fsutil.terminate_cleanly): raised so
+                                             that every ``with`` block and ``finally`` cleans up on the way out
 """
 
 from __future__ import annotations
@@ -101,3 +104,18 @@ class TrainError(StageError):
 
 class NotifyError(StageError):
     """A notification could not be delivered."""
+
+
+class Terminated(SystemExit):
+    """SIGTERM arrived (a pod being stopped, ``kill``). A SystemExit, not an Exception: nothing catches it by
+    accident, every ``with`` block and ``finally`` runs on the way out, and an uncaught one ends the process with
+    exit code 143 (128 + SIGTERM) and no traceback."""
+
+    exit_code = 143
+
+    def __init__(self, message: str = "terminated by SIGTERM") -> None:
+        super().__init__(self.exit_code)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message

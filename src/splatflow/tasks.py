@@ -25,7 +25,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from splatflow import storage
-from splatflow.errors import InputError
+from splatflow.errors import InputError, Terminated
+from splatflow.fsutil import terminate_cleanly
 from splatflow.limits import parse_json
 
 log = logging.getLogger("splatflow.tasks")
@@ -66,14 +67,16 @@ def error_line(exc: BaseException) -> str:
 
 @contextmanager
 def record_failure(stage: str, output_uri: str, run_id: str) -> Iterator[None]:
-    """Run the body; if it raises, record ``{stage, error, time}`` for notify and re-raise the same error.
+    """Run the body; if it raises (or SIGTERM stops it: the body runs in :func:`~splatflow.fsutil.terminate_cleanly`,
+    so its temporary files are removed), record ``{stage, error, time}`` for notify and re-raise the same error.
 
     On success the stage's earlier record in this run (a failed attempt) is removed. Problems with the record
     itself are logged, never raised.
     """
     try:
-        yield
-    except Exception as exc:
+        with terminate_cleanly():
+            yield
+    except (Exception, Terminated) as exc:
         try:
             uri = failure_uri(output_uri, run_id, stage)
             record = {"stage": stage, "error": error_line(exc),

@@ -34,6 +34,7 @@ from urllib.parse import unquote, urlparse
 
 from splatflow import __version__, storage
 from splatflow.errors import InputError, OutputExistsError, StorageError
+from splatflow.fsutil import cleans_up_on_sigterm
 from splatflow.limits import MAX_REPORT_BYTES, parse_json
 
 log = logging.getLogger("splatflow.publish")
@@ -171,6 +172,7 @@ def _check_remote(rel: str, digest: str, size: int, base: str) -> None:
                            hint="another writer is publishing the same run id; retry with a new run id")
 
 
+@cleans_up_on_sigterm
 def publish(output_uri: str, *, scene: str, run_id: str, files: dict[str, Path], reports: dict[str, dict],
             overwrite: bool = False, viewer: bool = True, unpack_sog: bool = False) -> dict[str, Any]:
     """Publish one run (see the module docstring for the layout and the write order).
