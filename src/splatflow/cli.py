@@ -484,6 +484,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not args.verbose:  # libraries' own INFO lines ("Found credentials in environment variables") are noise
+        for name in ("botocore", "boto3", "s3transfer", "urllib3", "kfp"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2

@@ -10,7 +10,8 @@ Every error the library raises on purpose derives from :class:`SplatflowError`. 
     │   ├── SogError                       a SOG/SOGS file set is not valid
     │   ├── InvalidValuesError             NaN/Inf values where they are not allowed
     │   ├── ImageError                     images or video that cannot be used
-    │   └── OutputExistsError              the output exists and --overwrite was not given
+    │   ├── OutputExistsError              the output exists and --overwrite was not given
+    │   └── OutputBusyError                another process is writing the same output right now
     ├── EnvironmentProblem         exit 3  the machine or the cloud is not set up (missing CUDA, credentials ...)
     │   ├── StorageError                   object storage failed (missing bucket, access denied, bad endpoint)
     │   └── DependencyMissing              an optional dependency (extra) is not installed
@@ -68,6 +69,10 @@ class ImageError(InputError):
 
 class OutputExistsError(InputError):
     """The output path exists and overwriting was not requested."""
+
+
+class OutputBusyError(InputError):
+    """Another process is writing the same output (a publish of the same run id) right now."""
 
 
 class EnvironmentProblem(SplatflowError):

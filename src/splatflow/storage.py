@@ -885,7 +885,8 @@ def replace_object(uri: str, data: bytes, tag: str) -> str | None:
         current = read_tagged(uri)
         if current is None or current[1] != tag:
             return None
-        write_bytes(uri, data)
+        with _local_target(_local(loc)) as tmp:
+            tmp.write_bytes(data)
         now = read_tagged(uri)
         return now[1] if now is not None else None
     from botocore.exceptions import ClientError
