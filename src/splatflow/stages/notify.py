@@ -138,7 +138,7 @@ def temporary_credentials() -> bool:
         return False
 
 
-def _link(uri: str, expires: int) -> str:
+def link_for(uri: str, expires: int) -> str:
     """A URL a person can open: under SPLATFLOW_PUBLIC_BASE_URL (the address serving the bucket root: a CDN,
     a website endpoint, ``http://minio:9000/bucket``), else presigned (s3), else the URI itself."""
     base = os.environ.get("SPLATFLOW_PUBLIC_BASE_URL")
@@ -254,11 +254,11 @@ def build_message(status: str, *, scene: str, report: dict[str, Any], failed_sta
                 lines.append(("Viewer", f"{viewer} (serve the run folder over HTTP, or set "
                                         "SPLATFLOW_PUBLIC_BASE_URL, to open it in a browser)"))
             else:
-                links.append(("Open the viewer", _link(viewer, link_expires)))
+                links.append(("Open the viewer", link_for(viewer, link_expires)))
         if content:
-            links.append(("Download the SOG", _link(str(content), link_expires)))
+            links.append(("Download the SOG", link_for(str(content), link_expires)))
         if report.get("manifest_uri"):
-            links.append(("Manifest", _link(str(report["manifest_uri"]), link_expires)))
+            links.append(("Manifest", link_for(str(report["manifest_uri"]), link_expires)))
     except Exception as exc:  # links are a convenience: a failure to sign them must not stop the message
         log.warning("could not make links: %s", redact(str(exc)))
     err = redact(error.strip())[:_ERROR_CHARS] if error else None
