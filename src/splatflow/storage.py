@@ -16,6 +16,12 @@ Reliability:
   ``SPLATFLOW_S3_MULTIPART_MB``, default 8 MiB);
 - every object this module writes carries its SHA-256 in the object metadata (``x-amz-meta-sha256``); downloads
   and reads verify it (and the size, for objects written by others), on top of botocore's CRC checksums;
+- uploads also send it as an S3 checksum (``ChecksumAlgorithm=SHA256``: ``x-amz-checksum-sha256``, per part for
+  multipart uploads) that AWS S3 and MinIO verify on arrival; an endpoint that refuses the header is learned and
+  written to without it (``SPLATFLOW_S3_CHECKSUM=off`` never sends it); :func:`verify_stored` checks the bytes
+  the server holds (its own checksum where that can be trusted, else a read-back);
+- :func:`create_object` / :func:`replace_object` are conditional writes (``If-None-Match`` / ``If-Match``; a hard
+  link / compare-and-rename locally) with one winner, for locks;
 - throttling and 5xx answers are retried by botocore (``SPLATFLOW_S3_RETRY_MODE``: ``standard`` (default) or
   ``adaptive``; ``SPLATFLOW_S3_MAX_ATTEMPTS``, default 6; exponential backoff with jitter), and a transfer
   whose connection drops or whose data does not match its checksum is retried as a whole
