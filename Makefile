@@ -15,21 +15,29 @@ PYTEST_ARGS ?=
 help: ## list every target
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sort | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
+# Progress: one "==> [n/6]" line per step, and pip's own "Collecting ..." lines and download bars (no -q: the
+# torch and extras steps take minutes, and a silent terminal looks hung).
 $(STAMP): pyproject.toml package.json
-	@# a C++ compiler builds the CPU rasterizer (src/splatflow/kernels) below, ahead of the first render
+	@echo "==> [1/6] a C++ compiler (it builds the CPU rasterizer in step 5), $(VENV) and an up-to-date pip"
 	command -v c++ >/dev/null 2>&1 || command -v g++ >/dev/null 2>&1 || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ >/dev/null; }
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[all,dev]"
+	@echo "==> [2/6] installing $(TORCH_SPEC) (the largest download: a few minutes)"
+	$(PIP) install --progress-bar on "$(TORCH_SPEC)"
+	@echo "==> [3/6] installing splatflow with every extra (kfp, pycolmap, gsplat, boto3, test tools ...)"
+	$(PIP) install --progress-bar on -e ".[all,dev]"
+	@echo "==> [4/6] npm tools (PlayCanvas splat-transform, the viewer page)"
 	npm install --no-audit --no-fund --loglevel=error
 	$(PY) -m splatflow.viewer install-assets
+	@echo "==> [5/6] building the compiled CPU rasterizer (src/splatflow/kernels, cached)"
 	$(PY) -m splatflow.kernels build
+	@echo "==> [6/6] chromium for the viewer page's browser test"
 	@# Debian's chromium drives the viewer page's browser test (Playwright's own browser download is not used)
 	command -v chromium >/dev/null 2>&1 || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 	touch $(STAMP)
+	@echo "==> installed: try 'make run-local' (about a minute on a CPU), then 'make help'"
 
 install: $(STAMP) ## create .venv with splatflow and every extra (CPU torch), the npm reference tools and chromium
 

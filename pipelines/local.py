@@ -9,21 +9,33 @@ splatflow, kfp, ``components`` and ``pipelines`` must be importable here (``make
 Retries are off locally (``build_pipeline(retries=False)``): kfp.local would honour their back-off, and a
 local failure (bad input, no CUDA) fails the same way each time.
 
-Layout of one local run under ``output`` (a fresh folder per run):
+Output: kfp.local prints every task's executor input and log (hundreds of lines); that all goes to
+``<work>/run.log``, and the terminal gets one line per stage with its time (``verbose=True`` prints the log as
+well). When a stage fails, :class:`~splatflow.errors.StageError` names it and its one-line error (the record the
+stage left for notify), so the last lines a user sees say what went wrong and where.
 
-- ``output/<scene>/<run_id>/...`` what publish wrote (the .sog, the viewer page, the run report);
-- ``output/pipeline-root/`` kfp.local's task outputs (images, SfM model, PLY, SOG, reports) and logs.
+Layout of one local run:
+
+- ``output`` a local folder (new or empty): ``output/<scene>/<run_id>/...`` is what publish wrote (the .sog,
+  the viewer page, the run report), ``output/pipeline-root/`` kfp.local's task outputs, ``output/run.log``;
+- ``output`` an ``s3://bucket/prefix``: publish writes to the bucket exactly as in a cluster
+  (``<prefix>/<scene>/<run_id>/``), and the task outputs and ``run.log`` stay in a local work folder
+  (``./runs/<UTC timestamp>`` unless ``work`` is given).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
+import re
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from splatflow.errors import InputError, StageError
 from splatflow.presets import check_run_parameters
@@ -34,12 +46,16 @@ LOCAL_DEFAULTS: dict[str, Any] = {"quality": "tiny", "iterations": 0, "max_splat
 
 @dataclass
 class LocalRun:
-    """What one local run produced: the publish result (``urls``, ``manifest_uri``, ``viewer_uri``) and folders."""
+    """What one local run produced: the publish result (``urls``, ``manifest_uri``, ``viewer_uri``), the folders,
+    and each stage's status and seconds (``stages``: name -> ``{"status", "seconds"}``)."""
 
-    output: Path
+    output: Path | str
     pipeline_root: Path
     publish: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    log: Path | None = None
+    run_id: str | None = None
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def urls(self) -> dict[str, str]:
@@ -82,45 +98,158 @@ def find_publish_result(pipeline_root: Path) -> dict[str, Any]:
     return result
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_START = re.compile(r"Executing task '([^']+)'")
+_END = re.compile(r"Task '([^']+)' finished with status (\w+)")
+_RUN_ID = re.compile(r'"run_id": "([^"]+)"')
+
+
+class _TaskLog(io.TextIOBase):
+    """What kfp.local prints (its own lines and every task's log): written to ``log``, echoed to ``echo`` when
+    verbose, and otherwise turned into one line per stage with its time."""
+
+    def __init__(self, log: TextIO, echo: TextIO, verbose: bool) -> None:
+        self.log, self.echo, self.verbose = log, echo, verbose
+        self.stages: dict[str, dict[str, Any]] = {}
+        self.run_id: str | None = None
+        self._pending = ""
+        self._current: tuple[str, float] | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        if self.verbose:
+            self.echo.write(text)
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            self._line(_plain(line))
+        return len(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+        self.echo.flush()
+
+    def _line(self, line: str) -> None:
+        if self.run_id is None and (m := _RUN_ID.search(line)):
+            self.run_id = m.group(1)
+        if m := _START.search(line):
+            self._current = (m.group(1), time.monotonic())
+            if not self.verbose:
+                self.echo.write(f"  {m.group(1):<9} ... ")
+                self.echo.flush()
+        elif (m := _END.search(line)) and self._current and self._current[0] == m.group(1):
+            name, began = self._current
+            seconds = round(time.monotonic() - began, 1)
+            status = "ok" if m.group(2) == "SUCCESS" else "FAILED"
+            self.stages[name] = {"status": status, "seconds": seconds}
+            self._current = None
+            if not self.verbose:
+                self.echo.write(f"{status} ({seconds:.1f} s)\n")
+                self.echo.flush()
+
+    def interrupted(self) -> None:
+        """End a stage line left open (the run stopped inside it)."""
+        if self._current and not self.verbose:
+            self.echo.write("stopped\n")
+            self.echo.flush()
+
+
 def run_local(source: str | Path, output: Path | str, *, quality: str = LOCAL_DEFAULTS["quality"],
               iterations: int = LOCAL_DEFAULTS["iterations"], max_splats: int = LOCAL_DEFAULTS["max_splats"],
-              sh_degree: int = LOCAL_DEFAULTS["sh_degree"], notify_target: str = "") -> LocalRun:
-    """Run ``splat_pipeline`` under kfp.local with file:// output in ``output`` (must be new or empty).
+              sh_degree: int = LOCAL_DEFAULTS["sh_degree"], notify_target: str = "", verbose: bool = False,
+              work: Path | str | None = None, echo: TextIO | None = None) -> LocalRun:
+    """Run ``splat_pipeline`` under kfp.local; results go to ``output`` (a new or empty local folder, or an
+    ``s3://bucket/prefix``: the bucket is checked first), task outputs and ``run.log`` to the local folder
+    ``output``, or for s3 outputs ``work`` (default ``./runs/<UTC timestamp>``).
 
-    Raises :class:`~splatflow.errors.StageError` naming the failed task when the pipeline fails (notify has
-    run by then, with the failure in its message).
+    Prints one line per stage with its time to ``echo`` (default: stdout), or with ``verbose`` every task's log.
+    Raises :class:`~splatflow.errors.StageError` naming the failed stage and its one-line error when the
+    pipeline fails (notify has run by then, with the failure in its message).
     """
     from kfp import local
 
     from pipelines.splat_pipeline import build_pipeline
+    from splatflow import storage
 
     check_run_parameters({"quality": quality, "iterations": iterations, "max_splats": max_splats,
                           "sh_degree": sh_degree, "notify_target": notify_target})
     src = source_uri(source)
-    out = _prepare_output(Path(output))
-    root = out / "pipeline-root"
+    if str(output).startswith("s3://"):
+        output_uri = str(output).rstrip("/")
+        storage.check_bucket(output_uri)  # a wrong bucket or missing credentials: said now, not after training
+        local_dir = _prepare_output(Path(work) if work else default_output())
+    else:
+        local_dir = _prepare_output(Path(output))
+        output_uri = local_dir.as_uri()
+    root = local_dir / "pipeline-root"
+    log_path = local_dir / "run.log"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     started = time.monotonic()
     pipeline = build_pipeline(retries=False)  # the same graph; failures here are deterministic
-    try:
-        with warnings.catch_warnings():
-            # expected locally: the stage images are not used, and Kubernetes resources do not apply
-            warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
-            warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-            pipeline(source_uri=src, output_uri=out.as_uri(), quality=quality, iterations=iterations,
-                     max_splats=max_splats, sh_degree=sh_degree, notify_target=notify_target)
-    except RuntimeError as exc:  # kfp.local: "Pipeline splatflow finished with status FAILURE. Inner task failed: ..."
-        raise StageError(f"the local pipeline run failed: {_plain(str(exc))}",
-                         hint=f"each task's log is above; task outputs are under {root}") from exc
-    return LocalRun(output=out, pipeline_root=root, publish=find_publish_result(root),
-                    seconds=round(time.monotonic() - started, 1))
+    out = echo or sys.stdout
+    out.write(f"running the pipeline: {src} -> {output_uri} (quality {quality}; full log: {log_path})\n")
+    out.flush()
+    root_logger = logging.getLogger()
+    level = root_logger.level
+    with open(log_path, "w") as log_file:
+        tee = _TaskLog(log_file, out, verbose)
+        try:
+            if not verbose:
+                root_logger.setLevel(logging.WARNING)  # kfp's "Cleaned up workspace" and the like: the log has them
+            with warnings.catch_warnings(), contextlib.redirect_stdout(tee):
+                # expected locally: the stage images are not used, and Kubernetes resources do not apply
+                warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
+                warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+                pipeline(source_uri=src, output_uri=output_uri, quality=quality, iterations=iterations,
+                         max_splats=max_splats, sh_degree=sh_degree, notify_target=notify_target)
+        except RuntimeError as exc:  # kfp.local: "Pipeline splatflow finished with status FAILURE. Inner task ..."
+            raise _failure(str(exc), tee, output_uri, log_path, root) from exc
+        except BaseException:
+            tee.interrupted()
+            raise
+        finally:
+            root_logger.setLevel(level)
+    return LocalRun(output=output_uri if output_uri.startswith("s3://") else local_dir, pipeline_root=root,
+                    publish=find_publish_result(root), seconds=round(time.monotonic() - started, 1), log=log_path,
+                    run_id=tee.run_id, stages=tee.stages)
+
+
+def _failure(message: str, tee: _TaskLog, output_uri: str, log_path: Path, root: Path) -> PipelineFailed:
+    """The error of a failed run: the stage that failed and its own one-line error (the record it left under
+    ``output_uri``), else the task kfp.local names."""
+    from splatflow.tasks import read_failure
+
+    failure = None
+    if tee.run_id:
+        try:
+            failure = read_failure(output_uri, tee.run_id)
+        except Exception as exc:  # storage unreadable: fall back on what kfp.local says
+            log.debug("no failure record: %s", exc)
+    failed = [name for name, st in tee.stages.items() if st["status"] == "FAILED" and name != "notify"]
+    stage = failure["stage"] if failure else (failed[0] if failed else None)
+    if stage is None:
+        inner = re.search(r"Inner task failed: '([^']+)'", _plain(message))
+        stage = inner.group(1) if inner else "an unknown stage"
+    error = failure["error"] if failure else "it left no error record; see the log"
+    return PipelineFailed(stage, error, hint=f"the full log is {log_path} (search for '{stage}'); task outputs "
+                                             f"are under {root}")
+
+
+class PipelineFailed(StageError):
+    """A local run failed: ``failed_stage`` and its one-line ``error`` (what the stage recorded for notify)."""
+
+    def __init__(self, stage: str, error: str, *, hint: str | None = None) -> None:
+        super().__init__(f"the pipeline failed at {stage}: {error}", hint=hint)
+        self.failed_stage = stage
+        self.error = error
 
 
 def _plain(text: str) -> str:
     """Drop the ANSI colour codes kfp.local puts into its messages."""
-    import re
-
-    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+    return _ANSI.sub("", text)
 
 
 def _as_path(uri: str | None) -> str:
@@ -132,6 +261,25 @@ def _as_path(uri: str | None) -> str:
 
         return unquote(urlparse(uri).path)
     return uri
+
+
+def _links(pub: dict[str, Any]) -> list[str]:
+    """Browser links for s3:// results where configured: the viewer under SPLATFLOW_PUBLIC_BASE_URL, the .sog
+    presigned for SPLATFLOW_LINK_EXPIRES seconds."""
+    import os
+
+    from splatflow.stages.notify import link_expires_from_env, link_for
+
+    lines = []
+    try:
+        if os.environ.get("SPLATFLOW_PUBLIC_BASE_URL") and pub.get("viewer_uri"):
+            lines.append(f"  open           {link_for(str(pub['viewer_uri']), 1)}")
+        elif os.environ.get("SPLATFLOW_LINK_EXPIRES") and pub.get("content_uri"):
+            expires = link_expires_from_env()
+            lines.append(f"  download       {link_for(str(pub['content_uri']), expires)}  (presigned, {expires} s)")
+    except Exception as exc:  # links are a convenience
+        log.warning("could not make a link: %s", exc)
+    return lines
 
 
 def summary_lines(run: LocalRun) -> list[str]:
@@ -147,7 +295,15 @@ def summary_lines(run: LocalRun) -> list[str]:
         lines.append(f"  stage reports  {_as_path(run.urls[reports[0]]).rsplit('/', 1)[0]}/ "
                      f"({', '.join(r.split('/', 1)[1] for r in reports)})")
     lines.append(f"  task outputs   {run.pipeline_root}")
-    if viewer != "-":
+    if run.log is not None:
+        lines.append(f"  full log       {run.log}")
+    if viewer.startswith("s3://"):
+        lines += _links(pub)
+        lines.append("view it: serve the run folder over HTTP, or set SPLATFLOW_PUBLIC_BASE_URL to the address "
+                     "serving the bucket")
+    elif viewer != "-":
         lines.append(f"view it: python -m http.server -d {viewer.rsplit('/', 1)[0]} 8000, then open "
                      "http://localhost:8000/")
+    lines.append("next: your own photos (splatflow run PHOTOS_DIR), a better preset on a GPU (--quality preview), "
+                 "the cluster (README: The pipeline)")
     return lines

@@ -2,7 +2,8 @@
 
 Exit codes: 0 success, 1 unexpected error (a bug: the traceback is printed), 2 bad input or usage,
 3 environment problem (missing extra, credentials, CUDA), 4 a stage could not produce its result,
-130 interrupted. Every splatflow error prints one ``error:`` line and, where known, a ``hint:`` line.
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM); either way temporary files are removed on the way out.
+Every splatflow error prints one ``error:`` line and, where known, a ``hint:`` line.
 """
 
 from __future__ import annotations
@@ -12,12 +13,56 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from splatflow import __version__
 from splatflow.errors import SplatflowError
 
 Handler = Callable[[argparse.Namespace], int]
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+class CommandParser(argparse.ArgumentParser):
+    """The parser of every command: no abbreviated options (``--overwrit`` is not ``--overwrite``), and an
+    unknown option is reported against the command's own usage, with the closest real option."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        ns, extras = super().parse_known_args(args, namespace)
+        if extras and self.prog != PROG:  # a command: its own unknown arguments, its own usage
+            self.error(unrecognized(self, extras))
+        return ns, extras
+
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.error(unrecognized(self, extras))
+        return ns
+
+
+PROG = "splatflow"
+
+
+def unrecognized(parser: argparse.ArgumentParser, extras: list[str]) -> str:
+    """``unrecognized arguments: --overwrit (did you mean --overwrite?)``."""
+    import difflib
+
+    known = [opt for action in parser._actions for opt in action.option_strings]
+    hints = {}
+    for arg in extras:
+        name = arg.split("=", 1)[0]
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6) if name.startswith("-") else []
+        if close:
+            hints[name] = close[0]
+    text = f"unrecognized arguments: {' '.join(extras)}"
+    if len(hints) == 1:
+        return text + f" (did you mean {next(iter(hints.values()))}?)"
+    return text + (" (" + "; ".join(f"{k}: did you mean {v}?" for k, v in hints.items()) + ")" if hints else "")
 
 
 def command(register: Callable[[argparse._SubParsersAction], None]) -> Callable[..., None]:
@@ -230,17 +275,29 @@ def _run_sfm(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- run (the whole pipeline locally)
 @command
 def _add_run(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run the whole pipeline locally (kfp.local, CPU, file:// output)",
+    from splatflow.presets import MAX_SH_DEGREE, PRESETS
+
+    p = sub.add_parser("run", help="run the whole pipeline locally (kfp.local, CPU; local folder or s3:// output)",
                        description="Run the Kubeflow pipeline on this machine with kfp.local's SubprocessRunner: "
-                                   "ingest, sfm, train, compress, publish, then notify (on failure too).")
+                                   "ingest, sfm, train, compress, publish, then notify (on failure too). One line "
+                                   "per stage with its time; the full log is kept in the run's folder "
+                                   "(--verbose prints it as it runs). On failure the last lines name the stage "
+                                   "and its error.")
     p.add_argument("source", nargs="?", default="data/photos/lund",
                    help="photos folder, .zip, video or s3:// URI (default: data/photos/lund, the bundled sample)")
-    p.add_argument("output", nargs="?", default=None, help="a new output folder (default: ./runs/<UTC timestamp>)")
-    p.add_argument("--quality", default="tiny", help="tiny (default, CPU minutes) | preview | standard | high")
+    p.add_argument("output", nargs="?", default=None,
+                   help="a new output folder, or s3://bucket/prefix (results then go to the bucket, as in a "
+                        "cluster; task outputs stay in ./runs/<UTC timestamp>); default: ./runs/<UTC timestamp>")
+    p.add_argument("--quality", default="tiny", choices=list(PRESETS),
+                   help="preset: tiny (default: a CPU smoke run in a minute), preview, standard, high "
+                        "(src/splatflow/presets.py)")
     p.add_argument("--iterations", type=int, default=0, help="training steps (0: the preset's)")
     p.add_argument("--max-splats", type=int, default=20_000, help="splat budget (default 20000)")
-    p.add_argument("--sh-degree", type=int, default=1, help="spherical-harmonics degree 0..3 (default 1)")
+    p.add_argument("--sh-degree", type=int, default=1, choices=range(MAX_SH_DEGREE + 1),
+                   help="spherical-harmonics degree (default 1)")
     p.add_argument("--notify-target", default="", help="notification channel name (secrets come from the env)")
+    p.add_argument("--verbose", dest="run_verbose", action="store_true",
+                   help="print every task's full log (KFP executor output) as it runs")
     p.set_defaults(handler=_run_pipeline_locally)
 
 
@@ -253,7 +310,8 @@ def _run_pipeline_locally(args: argparse.Namespace) -> int:
         raise DependencyMissing(f"the local pipeline runner is not available ({exc})",
                                 hint="pip install -e '.[all]' from the repository (make install)") from exc
     run = run_local(args.source, args.output or default_output(), quality=args.quality, iterations=args.iterations,
-                    max_splats=args.max_splats, sh_degree=args.sh_degree, notify_target=args.notify_target)
+                    max_splats=args.max_splats, sh_degree=args.sh_degree, notify_target=args.notify_target,
+                    verbose=args.run_verbose or args.verbose)
     print("\n".join(summary_lines(run)))
     return 0
 
@@ -287,6 +345,7 @@ def _run_publish(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from splatflow.errors import InputError
+    from splatflow.limits import read_json
     from splatflow.stages.publish import publish
 
     reports: dict[str, dict] = {}
@@ -294,11 +353,13 @@ def _run_publish(args: argparse.Namespace) -> int:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             raise InputError(f"--report {item!r} is not NAME=PATH", hint="e.g. --report train=out/train-report.json")
-        try:
-            reports[name] = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as exc:
-            raise InputError(f"--report {name}: cannot read JSON from {path} ({exc})",
-                             hint="give the path of a stage's JSON report") from exc
+        if not Path(path).is_file():
+            raise InputError(f"--report {name}: {path} is not a file", hint="give the path of a stage's JSON report")
+        report = read_json(path, f"--report {name}:", hint="give the path of a stage's JSON report")
+        if not isinstance(report, dict):
+            raise InputError(f"--report {name}: {path} holds a JSON {type(report).__name__}, not an object",
+                             hint="give the path of a stage's JSON report")
+        reports[name] = report
     files = {key: Path(value) for key, value in (("sog", args.sog), ("meta", args.meta), ("ply", args.ply))
              if value}
     result = publish(args.output_uri, scene=args.scene, run_id=args.run_id, files=files, reports=reports,
@@ -341,14 +402,16 @@ def _add_notify(sub: argparse._SubParsersAction) -> None:
 def _run_notify(args: argparse.Namespace) -> int:
     from splatflow import storage
     from splatflow.errors import InputError
+    from splatflow.limits import MAX_REPORT_BYTES, parse_json
     from splatflow.stages.notify import notify
 
     report: dict = {}
     if args.report:
-        try:
-            report = json.loads(storage.read_bytes(args.report))
-        except ValueError as exc:
-            raise InputError(f"--report {args.report} is not JSON ({exc})", hint="give a run report JSON") from exc
+        report = parse_json(storage.read_bytes(args.report, max_bytes=MAX_REPORT_BYTES), f"--report {args.report}",
+                            hint="give a run report JSON")
+        if not isinstance(report, dict):
+            raise InputError(f"--report {args.report} holds a JSON {type(report).__name__}, not an object",
+                             hint="give a run report JSON: a publish result or a manifest.json")
     result = notify(args.status, scene=args.scene, report=report, target=args.target,
                     failed_stage=args.failed_stage, error=args.error, strict=args.strict,
                     link_expires=args.link_expires)
@@ -458,15 +521,16 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every registered subcommand."""
-    parser = argparse.ArgumentParser(
-        prog="splatflow",
+    parser = CommandParser(
+        prog=PROG,
         description="Photos of a scene in, a web-ready compressed 3D Gaussian Splat out.",
-        epilog="Exit codes: 0 ok, 2 bad input, 3 environment problem, 4 stage failed, 1 unexpected error.",
+        epilog="Exit codes: 0 ok, 2 bad input, 3 environment problem, 4 stage failed, 1 unexpected error, "
+               "130 interrupted, 143 terminated.",
     )
     parser.add_argument("--version", action="version", version=f"splatflow {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug output")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
     for register in COMMANDS:
         register(sub)
     return parser
@@ -478,15 +542,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not args.verbose:  # libraries' own INFO lines ("Found credentials in environment variables") are noise
+        for name in ("botocore", "boto3", "s3transfer", "urllib3", "kfp"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    from splatflow.errors import Terminated
+    from splatflow.fsutil import terminate_cleanly
+
     try:
-        return int(args.handler(args) or 0)
+        with terminate_cleanly():  # SIGTERM cleans up like Ctrl-C: no temporary file is left behind
+            return int(args.handler(args) or 0)
+    except Terminated:
+        print("terminated (SIGTERM)", file=sys.stderr)
+        return Terminated.exit_code
     except SplatflowError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
+        from splatflow.redaction import redact
+
+        print(f"error: {redact(exc.message)}", file=sys.stderr)
         if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
+            print(f"hint: {redact(exc.hint)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -10,7 +10,8 @@ Every error the library raises on purpose derives from :class:`SplatflowError`. 
     │   ├── SogError                       a SOG/SOGS file set is not valid
     │   ├── InvalidValuesError             NaN/Inf values where they are not allowed
     │   ├── ImageError                     images or video that cannot be used
-    │   └── OutputExistsError              the output exists and --overwrite was not given
+    │   ├── OutputExistsError              the output exists and --overwrite was not given
+    │   └── OutputBusyError                another process is writing the same output right now
     ├── EnvironmentProblem         exit 3  the machine or the cloud is not set up (missing CUDA, credentials ...)
     │   ├── StorageError                   object storage failed (missing bucket, access denied, bad endpoint)
     │   └── DependencyMissing              an optional dependency (extra) is not installed
@@ -18,6 +19,9 @@ Every error the library raises on purpose derives from :class:`SplatflowError`. 
         ├── SfmError                       structure from motion registered too few images
         ├── TrainError                     training failed
         └── NotifyError                    a notification could not be delivered
+
+    Terminated (SystemExit)        exit 143  SIGTERM arrived (splatflow.fsutil.terminate_cleanly): raised so
+                                             that every ``with`` block and ``finally`` cleans up on the way out
 """
 
 from __future__ import annotations
@@ -67,6 +71,10 @@ class OutputExistsError(InputError):
     """The output path exists and overwriting was not requested."""
 
 
+class OutputBusyError(InputError):
+    """Another process is writing the same output (a publish of the same run id) right now."""
+
+
 class EnvironmentProblem(SplatflowError):
     """The environment is not set up for the request (no CUDA, no credentials, an extra not installed)."""
 
@@ -101,3 +109,18 @@ class TrainError(StageError):
 
 class NotifyError(StageError):
     """A notification could not be delivered."""
+
+
+class Terminated(SystemExit):
+    """SIGTERM arrived (a pod being stopped, ``kill``). A SystemExit, not an Exception: nothing catches it by
+    accident, every ``with`` block and ``finally`` runs on the way out, and an uncaught one ends the process with
+    exit code 143 (128 + SIGTERM) and no traceback."""
+
+    exit_code = 143
+
+    def __init__(self, message: str = "terminated by SIGTERM") -> None:
+        super().__init__(self.exit_code)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message

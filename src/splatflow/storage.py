@@ -16,6 +16,12 @@ Reliability:
   ``SPLATFLOW_S3_MULTIPART_MB``, default 8 MiB);
 - every object this module writes carries its SHA-256 in the object metadata (``x-amz-meta-sha256``); downloads
   and reads verify it (and the size, for objects written by others), on top of botocore's CRC checksums;
+- uploads also send it as an S3 checksum (``ChecksumAlgorithm=SHA256``: ``x-amz-checksum-sha256``, per part for
+  multipart uploads) that AWS S3 and MinIO verify on arrival; an endpoint that refuses the header is learned and
+  written to without it (``SPLATFLOW_S3_CHECKSUM=off`` never sends it); :func:`verify_stored` checks the bytes
+  the server holds (its own checksum where that can be trusted, else a read-back);
+- :func:`create_object` / :func:`replace_object` are conditional writes (``If-None-Match`` / ``If-Match``; a hard
+  link / compare-and-rename locally) with one winner, for locks;
 - throttling and 5xx answers are retried by botocore (``SPLATFLOW_S3_RETRY_MODE``: ``standard`` (default) or
   ``adaptive``; ``SPLATFLOW_S3_MAX_ATTEMPTS``, default 6; exponential backoff with jitter), and a transfer
   whose connection drops or whose data does not match its checksum is retried as a whole
@@ -28,6 +34,7 @@ Local writes are atomic (a temporary file renamed into place). Nothing here logs
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import logging
@@ -35,6 +42,7 @@ import mimetypes
 import os
 import random
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -45,7 +53,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlparse
 
 from splatflow.errors import DependencyMissing, InputError, SplatflowError, StorageError
-from splatflow.fsutil import atomic_path
+from splatflow.fsutil import atomic_path, is_temporary
 
 log = logging.getLogger("splatflow.storage")
 T = TypeVar("T")
@@ -231,6 +239,39 @@ def _transfer_config() -> Any:
     part = mib << 20
     return TransferConfig(multipart_threshold=part, multipart_chunksize=part, max_concurrency=4,
                           num_download_attempts=5, use_threads=True)
+
+
+_no_checksum: set[str | None] = set()  # endpoints that refused x-amz-checksum-sha256 (learned once per process)
+
+
+def _checksum_args() -> dict[str, str]:
+    """``ChecksumAlgorithm=SHA256`` for uploads: botocore sends the SHA-256 (a header, or a trailer over TLS)
+    and a server that supports flexible checksums (AWS S3, MinIO ...) refuses data that does not match it. Off
+    with ``SPLATFLOW_S3_CHECKSUM=off``, or for an endpoint that refused it once."""
+    if os.environ.get("SPLATFLOW_S3_CHECKSUM", "sha256").strip().lower() in ("off", "none", "0", "false"):
+        return {}
+    return {} if endpoint_url() in _no_checksum else {"ChecksumAlgorithm": "SHA256"}
+
+
+def _with_checksum(put: Callable[[dict[str, str]], T]) -> T:
+    """Run ``put(checksum args)``; when the server refuses the checksum headers (older S3-compatible stores),
+    remember that for its endpoint and put again without them (integrity then rests on publish's read-back)."""
+    from botocore.exceptions import ClientError
+
+    sums = _checksum_args()
+    try:
+        return put(sums)
+    except ClientError as exc:
+        err = exc.response.get("Error", {})
+        code, message = str(err.get("Code", "")), str(err.get("Message", "")).lower()
+        refused = code == "NotImplemented" or (code in ("InvalidRequest", "InvalidArgument", "BadRequest")
+                                               and "checksum" in message)
+        if not sums or not refused:
+            raise
+    log.warning("the S3 endpoint %s refused SHA-256 checksum headers (%s); uploading without them",
+                endpoint_url() or "AWS S3", code)
+    _no_checksum.add(endpoint_url())
+    return put({})
 
 
 def _explain(exc: BaseException, loc: Location, action: str) -> StorageError:
@@ -451,7 +492,8 @@ def upload(local_path: str | os.PathLike[str], uri: str, *, content_type_: str |
     size = src.stat().st_size
 
     def put() -> None:
-        client().upload_file(str(src), loc.bucket, loc.key, ExtraArgs=extra, Config=_transfer_config())
+        _with_checksum(lambda sums: client().upload_file(str(src), loc.bucket, loc.key, ExtraArgs={**extra, **sums},
+                                                         Config=_transfer_config()))
 
     _with_retries("upload to", loc, put)
     log.debug("uploaded %s (%d bytes) to %s", src, size, loc)
@@ -522,7 +564,7 @@ def list_objects(uri: str, *, max_count: int | None = None) -> list[ObjectInfo]:
             return [ObjectInfo(str(loc), root.stat().st_size)]
         found: list[ObjectInfo] = []
         for p in sorted(root.rglob("*")):
-            if p.is_file():
+            if p.is_file() and not is_temporary(p.name):  # another writer's file in progress is no object yet
                 found.append(ObjectInfo(str(Location("file", path=p, plain=loc.plain)), p.stat().st_size))
                 if max_count is not None and len(found) > max_count:
                     raise too_many()
@@ -616,18 +658,27 @@ def upload_dir(local_dir: str | os.PathLike[str], uri: str) -> list[str]:
         return list(pool.map(lambda pair: upload(*pair), pairs))
 
 
-def read_bytes(uri: str) -> bytes:
-    """The whole content of one object, verified against its recorded SHA-256 (or size)."""
+def read_bytes(uri: str, *, max_bytes: int | None = None) -> bytes:
+    """The whole content of one object, verified against its recorded SHA-256 (or size). ``max_bytes``: refuse
+    (InputError, before reading) an object larger than that."""
     loc = _object(uri)
     if loc.scheme == "file":
         p = _local(loc)
         if not p.is_file():
             raise StorageError(f"cannot read {loc}: it does not exist",
                                hint="check the path (and that an earlier stage wrote it)")
+        if max_bytes is not None:
+            from splatflow.limits import read_limited
+
+            return read_limited(p, max_bytes, "file")
         return p.read_bytes()
 
     def get() -> bytes:
         resp = client().get_object(Bucket=loc.bucket, Key=loc.key)
+        if max_bytes is not None and int(resp["ContentLength"]) > max_bytes:
+            resp["Body"].close()
+            raise InputError(f"object {loc} is {int(resp['ContentLength']):,} bytes, more than the {max_bytes:,} "
+                             "accepted", hint="this is not a file splatflow wrote; check the URI")
         data: bytes = resp["Body"].read()
         if len(data) != int(resp["ContentLength"]):
             raise _ChecksumMismatch(f"got {len(data)} bytes, the object has {resp['ContentLength']}")
@@ -652,7 +703,7 @@ def write_bytes(uri: str, data: bytes, *, content_type_: str | None = None,
                             "ContentType": content_type_ or content_type(loc.key)}
     if cache_control:
         args["CacheControl"] = cache_control
-    _with_retries("write", loc, lambda: client().put_object(**args))
+    _with_retries("write", loc, lambda: _with_checksum(lambda sums: client().put_object(**args, **sums)))
     return str(loc)
 
 
@@ -685,3 +736,181 @@ def delete(uri: str) -> None:
         p.unlink(missing_ok=True)
         return
     _with_retries("delete", loc, lambda: client().delete_object(Bucket=loc.bucket, Key=loc.key))
+
+
+# ---------------------------------------------------------------------------- what the server stored
+def _composite_sha256(path: Path, part: int) -> tuple[str, str]:
+    """S3's multipart SHA-256 checksum of a file uploaded in ``part``-byte parts (base64 of the SHA-256 of the
+    parts' digests, then ``-<parts>``) and the file's own hex SHA-256, in one pass."""
+    outer, whole, parts = hashlib.sha256(), hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(part):
+            outer.update(hashlib.sha256(chunk).digest())
+            whole.update(chunk)
+            parts += 1
+    return f"{base64.b64encode(outer.digest()).decode()}-{parts}", whole.hexdigest()
+
+
+def _trust_server_checksums() -> bool:
+    """Whether the checksum S3 reports can stand for the stored bytes: on AWS S3 (it verifies the checksum
+    sent with the data and computes its own), or where ``SPLATFLOW_S3_TRUST_CHECKSUMS=1`` says the endpoint does
+    the same. Other S3-compatible servers may store whatever checksum the client sent, unverified."""
+    if os.environ.get("SPLATFLOW_S3_TRUST_CHECKSUMS", "").strip() in ("1", "true", "yes"):
+        return True
+    return endpoint_url() is None
+
+
+def verify_stored(uri: str, sha256: str, size: int, *, local_path: Path | None = None) -> bool:
+    """Whether the object at ``uri`` holds exactly the bytes with this SHA-256 and size, as the server stored
+    them (not as the client described them in the metadata).
+
+    Local files are hashed. On S3 the server's own SHA-256 checksum is used where it can be trusted (AWS S3;
+    ``SPLATFLOW_S3_TRUST_CHECKSUMS=1``): the full-object value, or the multipart one computed from
+    ``local_path``; elsewhere, or when the server has none, the object is read back and hashed. StorageError
+    when it cannot be read.
+    """
+    loc = _object(uri)
+    if loc.scheme == "file":
+        p = _local(loc)
+        return p.is_file() and p.stat().st_size == size and sha256_file(p) == sha256
+
+    def check() -> bool:
+        c = client()
+        if _trust_server_checksums():
+            head = c.head_object(Bucket=loc.bucket, Key=loc.key, ChecksumMode="ENABLED")
+            if int(head["ContentLength"]) != size:
+                return False
+            stored = head.get("ChecksumSHA256")
+            part = _transfer_config().multipart_chunksize
+            if stored:
+                if stored == base64.b64encode(bytes.fromhex(sha256)).decode():
+                    return True
+                if local_path is not None and size >= part:
+                    composite, whole = _composite_sha256(local_path, part)
+                    if stored in (composite, composite.rsplit("-", 1)[0]):
+                        return whole == sha256
+                if size < part and "-" not in stored:
+                    return False  # one part: the server's own SHA-256 of what it stored differs
+        # no trusted checksum (or one of a part size we do not know): read the object back
+        resp = c.get_object(Bucket=loc.bucket, Key=loc.key)
+        h, got = hashlib.sha256(), 0
+        for chunk in resp["Body"].iter_chunks(_CHUNK):
+            h.update(chunk)
+            got += len(chunk)
+        return got == size and h.hexdigest() == sha256
+
+    return _with_retries("verify", loc, check)
+
+
+# ---------------------------------------------------------------------------- conditional writes (locks)
+def _precondition_failed(exc: Any) -> bool:
+    err = exc.response.get("Error", {})
+    return _status(exc) in (409, 412) or str(err.get("Code", "")) in ("PreconditionFailed",
+                                                                      "ConditionalRequestConflict")
+
+
+def _unsupported(exc: Any) -> bool:
+    return _status(exc) == 501 or str(exc.response.get("Error", {}).get("Code", "")) == "NotImplemented"
+
+
+def create_object(uri: str, data: bytes) -> bool:
+    """Write ``data`` at ``uri`` only if nothing is there: True when this call created it, False when an object
+    already existed. One winner among concurrent callers: S3's conditional write (``If-None-Match: *``), a
+    hard link for local files. An S3 endpoint without conditional writes falls back to check-then-write (logged:
+    two writers racing within one round trip could then both win)."""
+    loc = _object(uri)
+    if loc.scheme == "file":
+        dest = _local(loc)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.chmod(name, 0o644)
+            os.link(name, dest)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(name)
+    from botocore.exceptions import ClientError
+
+    args = {"Bucket": loc.bucket, "Key": loc.key, "Body": data, "ContentType": content_type(loc.key),
+            "Metadata": {SHA256_META: hashlib.sha256(data).hexdigest()}}
+
+    def put() -> bool:
+        try:
+            client().put_object(**args, IfNoneMatch="*")
+            return True
+        except ClientError as exc:
+            if _precondition_failed(exc):
+                return False
+            if not _unsupported(exc):
+                raise
+        log.warning("the S3 endpoint %s has no conditional writes; creating %s without one", endpoint_url(), loc)
+        if exists(uri):
+            return False
+        client().put_object(**args)
+        return True
+
+    return _with_retries("create", loc, put)
+
+
+def read_tagged(uri: str) -> tuple[bytes, str] | None:
+    """An object's bytes and a tag that changes whenever it is rewritten (the S3 ETag; for local files the
+    inode, size and modification time), or None when there is none."""
+    loc = _object(uri)
+    if loc.scheme == "file":
+        p = _local(loc)
+        try:
+            with open(p, "rb") as f:
+                st = os.fstat(f.fileno())
+                return f.read(), f"{st.st_ino}-{st.st_size}-{st.st_mtime_ns}"
+        except FileNotFoundError:
+            return None
+    from botocore.exceptions import ClientError
+
+    def get() -> tuple[bytes, str] | None:
+        try:
+            resp = client().get_object(Bucket=loc.bucket, Key=loc.key)
+        except ClientError as exc:
+            if _status(exc) == 404:
+                return None
+            raise
+        return resp["Body"].read(), str(resp["ETag"])
+
+    return _with_retries("read", loc, get)
+
+
+def replace_object(uri: str, data: bytes, tag: str) -> str | None:
+    """Overwrite ``uri`` with ``data`` only if it still carries ``tag`` (from :func:`read_tagged` or an earlier
+    call): the new tag, or None when someone else rewrote or removed it first. S3: ``If-Match`` (an endpoint
+    without it: compare, then write); local: compare, then an atomic rename."""
+    loc = _object(uri)
+    if loc.scheme == "file":
+        current = read_tagged(uri)
+        if current is None or current[1] != tag:
+            return None
+        with _local_target(_local(loc)) as tmp:
+            tmp.write_bytes(data)
+        now = read_tagged(uri)
+        return now[1] if now is not None else None
+    from botocore.exceptions import ClientError
+
+    args = {"Bucket": loc.bucket, "Key": loc.key, "Body": data, "ContentType": content_type(loc.key),
+            "Metadata": {SHA256_META: hashlib.sha256(data).hexdigest()}}
+
+    def put() -> str | None:
+        try:
+            return str(client().put_object(**args, IfMatch=tag)["ETag"])
+        except ClientError as exc:
+            if _precondition_failed(exc) or _status(exc) == 404:
+                return None
+            if not _unsupported(exc):
+                raise
+        current = read_tagged(uri)
+        if current is None or current[1] != tag:
+            return None
+        return str(client().put_object(**args)["ETag"])
+
+    return _with_retries("replace", loc, put)

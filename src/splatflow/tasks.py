@@ -25,12 +25,15 @@ from contextlib import contextmanager
 from typing import Any
 
 from splatflow import storage
-from splatflow.errors import InputError
+from splatflow.errors import InputError, Terminated
+from splatflow.fsutil import terminate_cleanly
+from splatflow.limits import parse_json
 
 log = logging.getLogger("splatflow.tasks")
 
 STAGES: tuple[str, ...] = ("ingest", "sfm", "train", "compress", "publish")
 _ERROR_CHARS = 500
+_RECORD_BYTES = 64 << 10
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -55,7 +58,7 @@ def failure_uri(output_uri: str, run_id: str, stage: str) -> str:
 
 def error_line(exc: BaseException) -> str:
     """One line naming the error: ``SfmError: only 0 of 4 images registered (hint)``, secrets redacted."""
-    from splatflow.stages.notify import redact
+    from splatflow.redaction import redact
 
     text = " ".join(str(exc).split()) or "(no message)"
     line = redact(f"{type(exc).__name__}: {text}")
@@ -64,14 +67,16 @@ def error_line(exc: BaseException) -> str:
 
 @contextmanager
 def record_failure(stage: str, output_uri: str, run_id: str) -> Iterator[None]:
-    """Run the body; if it raises, record ``{stage, error, time}`` for notify and re-raise the same error.
+    """Run the body; if it raises (or SIGTERM stops it: the body runs in :func:`~splatflow.fsutil.terminate_cleanly`,
+    so its temporary files are removed), record ``{stage, error, time}`` for notify and re-raise the same error.
 
     On success the stage's earlier record in this run (a failed attempt) is removed. Problems with the record
     itself are logged, never raised.
     """
     try:
-        yield
-    except Exception as exc:
+        with terminate_cleanly():
+            yield
+    except (Exception, Terminated) as exc:
         try:
             uri = failure_uri(output_uri, run_id, stage)
             record = {"stage": stage, "error": error_line(exc),
@@ -107,8 +112,8 @@ def read_failure(output_uri: str, run_id: str) -> dict[str, str] | None:
         if stage not in STAGES:
             continue
         try:
-            data = json.loads(storage.read_bytes(uri))
-        except (ValueError, UnicodeDecodeError):
+            data = parse_json(storage.read_bytes(uri, max_bytes=_RECORD_BYTES), uri, max_bytes=_RECORD_BYTES)
+        except InputError:
             log.warning("ignoring an unreadable failure record %s", uri)
             continue
         if isinstance(data, dict) and data.get("stage") == stage:

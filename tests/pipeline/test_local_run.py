@@ -96,6 +96,14 @@ def test_whole_pipeline_runs_locally_on_the_sample_photos(tmp_path: Path, data_d
     from pipelines.local import run_local, summary_lines
 
     run = run_local(data_dir / "photos" / "lund", tmp_path / "run", **TINY)
+    out = capfd.readouterr()
+    # quiet by default: one line per stage with its time; KFP's executor chatter only in run.log
+    stage_lines = [ln for ln in out.out.splitlines() if ln.startswith("  ") and " ... " in ln]
+    assert [ln.split()[0] for ln in stage_lines] == ["ingest", "sfm", "train", "compress", "publish", "notify"]
+    assert all(" ... ok (" in ln and ln.endswith(" s)") for ln in stage_lines), stage_lines
+    assert "KFP Executor" not in out.out + out.err and len(out.out.splitlines()) < 12
+    assert run.log is not None and "KFP Executor" in run.log.read_text() and run.log.parent == tmp_path / "run"
+    assert set(run.stages) == {"ingest", "sfm", "train", "compress", "publish", "notify"}
 
     sog = _path(run.publish["content_uri"])
     assert sog.suffix == ".sog" and sog.stat().st_size > 0
@@ -134,16 +142,17 @@ def test_whole_pipeline_runs_locally_on_the_sample_photos(tmp_path: Path, data_d
     # train mirrored its checkpoints under the run (a retry would resume from them) and removed them when done
     assert not list((tmp_path / "run").rglob("*.pt"))
 
-    out = capfd.readouterr()
-    _assert_no_secret(tmp_path / "run", out.out + out.err + printed + json.dumps(webhook), secrets_in_env)
+    _assert_no_secret(tmp_path / "run", out.out + out.err + run.log.read_text() + printed + json.dumps(webhook),
+                      secrets_in_env)
 
 
 def test_a_failing_middle_stage_still_runs_notify_with_the_failure(tmp_path: Path, webhook: list[dict[str, Any]],
                                                                    secrets_in_env: dict[str, str],
                                                                    capfd: pytest.CaptureFixture[str]) -> None:
     """Sharp but unrelated images pass ingest and make sfm fail: the exit handler must still notify, naming sfm
-    and its error (KFP itself only says that the exit handler's group failed)."""
-    from pipelines.local import run_local
+    and its error (KFP itself only says that the exit handler's group failed), and the last lines `splatflow run`
+    prints name the stage and its one-line error."""
+    from splatflow.cli import main
 
     photos = tmp_path / "noise"
     photos.mkdir()
@@ -151,8 +160,17 @@ def test_a_failing_middle_stage_still_runs_notify_with_the_failure(tmp_path: Pat
     for i in range(4):
         Image.fromarray((rng.random((240, 320, 3)) * 255).astype(np.uint8)).save(photos / f"n{i}.jpg", quality=90)
 
-    with pytest.raises(StageError, match="'sfm'"):
-        run_local(photos, tmp_path / "run", **TINY)
+    code = main(["run", str(photos), str(tmp_path / "run"), "--quality", TINY["quality"], "--iterations",
+                 str(TINY["iterations"]), "--max-splats", str(TINY["max_splats"]), "--sh-degree",
+                 str(TINY["sh_degree"])])
+    printed = capfd.readouterr()
+    assert code == StageError.exit_code
+    last = printed.err.strip().splitlines()[-2:]
+    assert last[0].startswith("error: the pipeline failed at sfm: SfmError: structure from motion registered "), last
+    assert last[1].startswith("hint: the full log is ") and str(tmp_path / "run" / "run.log") in last[1]
+    assert "Traceback" not in printed.err and "KFP Executor" not in printed.out + printed.err
+    assert [ln.split()[:3] for ln in printed.out.splitlines() if " ... " in ln] == [
+        ["ingest", "...", "ok"], ["sfm", "...", "FAILED"], ["notify", "...", "ok"]]
 
     assert len(webhook) == 1
     message = webhook[0]
@@ -165,5 +183,59 @@ def test_a_failing_middle_stage_still_runs_notify_with_the_failure(tmp_path: Pat
     assert record.name == "sfm.json" and json.loads(record.read_text())["stage"] == "sfm"
     ran = {p.name for p in (tmp_path / "run" / "pipeline-root").glob("*/*") if p.is_dir()}
     assert {"ingest", "sfm", "notify"} <= ran and not ran & {"train", "compress", "publish"}, ran
-    out = capfd.readouterr()
-    _assert_no_secret(tmp_path / "run", out.out + out.err + json.dumps(webhook), secrets_in_env)
+    log = (tmp_path / "run" / "run.log").read_text()
+    _assert_no_secret(tmp_path / "run", printed.out + printed.err + log + json.dumps(webhook), secrets_in_env)
+
+
+@pytest.mark.slow
+def test_the_local_pipeline_publishes_to_s3(tmp_path: Path, data_dir: Path, s3_server: dict[str, str],
+                                            monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    """`splatflow run SRC s3://bucket/prefix`: the results land in the bucket exactly as in a cluster, the summary
+    prints s3:// addresses, and nothing is written to a local folder named after the URI."""
+    import boto3
+    from pipelines.local import run_local, summary_lines
+
+    for name in ("SPLATFLOW_WEBHOOK_URL", "SPLATFLOW_NOTIFY_TARGET", "SPLATFLOW_PUBLIC_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SPLATFLOW_LINK_EXPIRES", "3600")
+    monkeypatch.chdir(tmp_path)
+    prefix = "results/local-run"
+    run = run_local(data_dir / "photos" / "lund", f"s3://{s3_server['bucket']}/{prefix}", work=tmp_path / "work",
+                    **TINY)
+    keys = {o["Key"] for page in boto3.client("s3").get_paginator("list_objects_v2").paginate(
+        Bucket=s3_server["bucket"], Prefix=prefix) for o in page.get("Contents", [])}
+    run_dir = f"{prefix}/lund/{run.run_id}"
+    assert {f"{run_dir}/lund.sog", f"{run_dir}/index.html", f"{run_dir}/manifest.json", f"{run_dir}/sog/meta.json",
+            f"{prefix}/lund/latest.json"} <= keys, sorted(keys)
+    manifest = json.loads(boto3.client("s3").get_object(Bucket=s3_server["bucket"],
+                                                         Key=f"{run_dir}/manifest.json")["Body"].read())
+    assert {f"{run_dir}/{rel}" for rel in manifest["objects"]} | {f"{run_dir}/manifest.json"} == {
+        k for k in keys if k.startswith(run_dir + "/")}
+    assert not any(".splatflow/locks" in k for k in keys)  # the publish lock was released
+    printed = "\n".join(summary_lines(run))
+    assert f"s3://{s3_server['bucket']}/{run_dir}/lund.sog" in printed and "presigned, 3600 s" in printed
+    assert not (tmp_path / "s3:").exists() and sorted(p.name for p in (tmp_path / "work").iterdir()) == [
+        "pipeline-root", "run.log"]
+
+
+def test_s3_outputs_are_checked_before_the_run(tmp_path: Path, s3_server: dict[str, str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing bucket is said at once (no training first), and nothing local is created for it."""
+    from pipelines.local import LocalRun, run_local, summary_lines
+
+    from splatflow.errors import StorageError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StorageError, match="does not exist"):
+        run_local(tmp_path, "s3://no-such-bucket-here/x", work=tmp_path / "work")
+    assert list(tmp_path.iterdir()) == []
+    base = f"s3://{s3_server['bucket']}/p/lund/r1"
+    run = LocalRun(output=f"s3://{s3_server['bucket']}/p", pipeline_root=tmp_path / "pipeline-root",
+                   log=tmp_path / "run.log", publish={"content_uri": f"{base}/lund.sog",
+                                                      "viewer_uri": f"{base}/index.html",
+                                                      "manifest_uri": f"{base}/manifest.json"})
+    monkeypatch.delenv("SPLATFLOW_LINK_EXPIRES", raising=False)
+    monkeypatch.setenv("SPLATFLOW_PUBLIC_BASE_URL", "https://cdn.example.com/splats")
+    text = "\n".join(summary_lines(run))
+    assert f"{base}/lund.sog" in text and f"{base}/index.html" in text
+    assert "https://cdn.example.com/splats/p/lund/r1/index.html" in text

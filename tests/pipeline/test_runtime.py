@@ -83,10 +83,16 @@ def test_image_names_come_from_registry_and_tag(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_published_run_reads_back_what_publish_wrote(tmp_path: Path) -> None:
+    import zipfile
+
     from splatflow.stages.publish import publish
 
-    sog = tmp_path / "splats.sog"
-    sog.write_bytes(b"PK\x05\x06" + bytes(18))  # publish copies bytes; the viewer page (off here) would parse it
+    sog = tmp_path / "splats.sog"  # publish checks what it publishes: a real SOG (PlayCanvas's, zipped)
+    ref = Path(__file__).resolve().parents[2] / "data" / "sog-reference" / "playbot-lod3-v2"
+    with zipfile.ZipFile(sog, "w") as zf:
+        for f in sorted(ref.iterdir(), key=lambda f: f.name != "meta.json"):
+            if f.suffix in (".json", ".webp"):
+                zf.write(f, f.name)
     out = (tmp_path / "out").as_uri()
     assert published_run(out, "lund", "run-1") is None  # nothing published yet
     result = publish(out, scene="lund", run_id="run-1", files={"sog": sog},

@@ -74,3 +74,49 @@ def test_errors_are_one_line_with_exit_code(tmp_path: Path) -> None:
     assert lines[0].startswith("error: ") and "not a PLY file" in lines[0]
     assert lines[1].startswith("hint: ")
     assert "Traceback" not in proc.stderr
+
+
+def _commands() -> dict[str, object]:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    return dict(sub.choices)  # type: ignore[arg-type]
+
+
+def test_no_command_takes_abbreviated_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--overwrit` is not `--overwrite`: refused against the command's own usage, with the closest option, and
+    before anything runs (no output, exit 2)."""
+    assert build_parser().allow_abbrev is False
+    assert all(p.allow_abbrev is False for p in _commands().values())  # type: ignore[attr-defined]
+    out = tmp_path / "o.sog"
+    for args, command, wrong, right in (
+            (["compress", "in.ply", str(out), "--overwrit"], "compress", "--overwrit", "--overwrite"),
+            (["decompress", "in.sog", "--overwrit", str(out)], "decompress", "--overwrit", "--overwrite"),
+            (["run", "photos", str(out), "--qualty", "tiny"], "run", "--qualty", "--quality"),
+            (["publish", str(out), "--scene", "s", "--run-id", "r", "--sog", "x.sog", "--no-view"], "publish",
+             "--no-view", "--no-viewer")):
+        with pytest.raises(SystemExit) as exc:
+            main(args)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert f"usage: splatflow {command}" in err, err
+        assert f"splatflow {command}: error: unrecognized arguments: {wrong}" in err
+        assert f"did you mean {right}?" in err and str(out) not in err.splitlines()[-1]
+    assert not out.exists()
+    with pytest.raises(SystemExit):
+        main(["--verbos", "info", "x"])
+    assert "did you mean --verbose?" in capsys.readouterr().err
+
+
+def test_run_help_lists_the_allowed_values(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = capsys.readouterr().out
+    assert "--quality {tiny,preview,standard,high}" in text and "--sh-degree {0,1,2,3}" in text
+    assert "s3://bucket/prefix" in text and "--verbose" in text
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--quality", "best"])
+    assert exc.value.code == 2 and "invalid choice: 'best'" in capsys.readouterr().err
+    # the top-level -v and run's own --verbose do not overwrite each other
+    args = build_parser().parse_args(["-v", "run"])
+    assert args.verbose is True and args.run_verbose is False
+    assert build_parser().parse_args(["run", "--verbose"]).run_verbose is True

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from splatflow import storage
-from splatflow.errors import DependencyMissing, InputError, OutputExistsError, StorageError
+from splatflow.errors import DependencyMissing, InputError, OutputBusyError, OutputExistsError, StorageError
 from splatflow.stages import publish as publish_mod
 from splatflow.stages.publish import publish, read_latest, read_manifest, run_summary
 
@@ -173,7 +173,9 @@ def test_killed_publish_process(s3_server: dict[str, str], sample_sog: Path, tmp
     publish(out, scene="big", run_id="old", files={"sog": sample_sog}, reports={}, viewer=False)
     latest_before = storage.read_bytes(f"{out}/big/latest.json")
     big = tmp_path / "big.ply"
-    big.write_bytes(os.urandom(48 << 20))  # not a real PLY: only its bytes travel (no viewer page)
+    n = (48 << 20) // 12  # a PLY header over random float triples: only its bytes travel (no viewer page)
+    big.write_bytes(f"ply\nformat binary_little_endian 1.0\nelement vertex {n}\nproperty float x\n"
+                    "property float y\nproperty float z\nend_header\n".encode() + os.urandom(n * 12))
     cmd = [sys.executable, "-m", "splatflow.cli", "publish", out, "--scene", "big", "--run-id", "new",
            "--sog", str(sample_sog), "--ply", str(big), "--no-viewer"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -190,6 +192,11 @@ def test_killed_publish_process(s3_server: dict[str, str], sample_sog: Path, tmp
     assert storage.list_uris(f"{out}/big/new")  # something was written ...
     assert not storage.exists(f"{out}/big/new/manifest.json")  # ... but the run is not marked complete
     assert storage.read_bytes(f"{out}/big/latest.json") == latest_before
+    # the killed writer's lock is still there (it expires unrenewed): a re-run right away is told so, and how
+    with pytest.raises(OutputBusyError, match="being published by another process") as busy:
+        publish(out, scene="big", run_id="new", files={"sog": sample_sog, "ply": big}, reports={}, viewer=False)
+    assert publish_mod.lock_uri(out, "big", "new") in (busy.value.hint or "")
+    storage.delete(publish_mod.lock_uri(out, "big", "new"))
     res = publish(out, scene="big", run_id="new", files={"sog": sample_sog, "ply": big}, reports={}, viewer=False)
     assert res["uploaded"] < res["objects"]  # the re-run resumed
     assert read_latest(out, "big")["run_id"] == "new"  # type: ignore[index]
@@ -236,7 +243,7 @@ def test_meta_folder_only_and_no_viewer(sog_dir: Path, tmp_path: Path) -> None:
     ({"scene": "a b"}, "scene"),
     ({"run_id": ""}, "run id"),
     ({"files": {}}, "needs the compressed scene"),
-    ({"files": {"sog": Path("/nonexistent.sog")}}, "is not a .sog file"),
+    ({"files": {"sog": Path("/nonexistent.sog")}}, "does not exist"),
     ({"files": {"sog": None, "splats": Path("x")}}, "unknown file keys"),
     ({"reports": {"bad/name": {}}}, "report name"),
 ])

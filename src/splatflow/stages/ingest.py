@@ -35,7 +35,7 @@ from PIL import Image
 
 from splatflow import imaging
 from splatflow.errors import ImageError, InputError, OutputExistsError
-from splatflow.fsutil import atomic_path, made_parents
+from splatflow.fsutil import atomic_path, cleans_up_on_sigterm, made_parents
 from splatflow.progress import progress, step
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ class _Result:
     rejected: dict[str, str] = field(default_factory=dict)
 
 
+@cleans_up_on_sigterm
 def ingest(source: str, out_dir: Path, *, max_images: int = 300, max_side: int = 1600, video_frames: int = 120,
            max_archive_bytes: int = 4 << 30, max_pixels: int = imaging.DEFAULT_MAX_PIXELS,
            overwrite: bool = False) -> dict[str, Any]:

@@ -30,8 +30,8 @@ reading those fails.
 
 A failed delivery is logged and reported (``delivered: False``) but never raised, so it cannot fail a run that
 succeeded — unless ``strict`` (``SPLATFLOW_NOTIFY_STRICT=1``), which raises NotifyError. Logs, errors and the
-returned dict never contain a secret: webhooks are named by host only, and known secret values are redacted
-from every error text.
+returned dict never contain a secret: webhooks are named by host only, and every error text goes through
+:func:`splatflow.redaction.redact` (secret values and their parts, URL userinfo and query strings).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import smtplib
 import ssl
 import time
@@ -53,13 +54,12 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 from splatflow import storage
 from splatflow.errors import InputError, NotifyError
+from splatflow.redaction import redact, url_parts
 
 log = logging.getLogger("splatflow.notify")
 
 STATUSES = {"succeeded": "succeeded", "success": "succeeded", "ok": "succeeded", "failed": "failed",
             "failure": "failed", "error": "failed", "canceled": "canceled", "cancelled": "canceled"}
-SECRET_ENV = ("SPLATFLOW_WEBHOOK_URL", "SPLATFLOW_NOTIFY_URL", "SPLATFLOW_SMTP_PASSWORD", "AWS_SECRET_ACCESS_KEY",
-              "AWS_SESSION_TOKEN")
 _ICON = {"succeeded": ":white_check_mark:", "failed": ":x:", "canceled": ":heavy_minus_sign:"}
 _ERROR_CHARS = 1500
 MAX_LINK_EXPIRES = 7 * 24 * 3600  # S3's limit for presigned URLs (SigV4)
@@ -82,28 +82,6 @@ def _env(name: str) -> str | None:
             raise InputError(f"{name}_FILE names {path}, which cannot be read ({exc.strerror})",
                              hint=f"mount the Secret there or unset {name}_FILE") from None
     return None
-
-
-def _secrets() -> list[str]:
-    out = []
-    for name in SECRET_ENV:
-        try:
-            value = _env(name)
-        except InputError:
-            value = None
-        if value and len(value) >= 4:
-            out.append(value)
-            parsed = urlparse(value)
-            if parsed.scheme in ("http", "https") and len(parsed.path) > 1:
-                out.append(parsed.path)  # the token part of a webhook URL
-    return out
-
-
-def redact(text: str) -> str:
-    """``text`` with every known secret value (webhook URL and its path, SMTP password, AWS secret) replaced."""
-    for secret in sorted(_secrets(), key=len, reverse=True):
-        text = text.replace(secret, "[redacted]")
-    return text
 
 
 # ---------------------------------------------------------------------------- message
@@ -160,7 +138,7 @@ def temporary_credentials() -> bool:
         return False
 
 
-def _link(uri: str, expires: int) -> str:
+def link_for(uri: str, expires: int) -> str:
     """A URL a person can open: under SPLATFLOW_PUBLIC_BASE_URL (the address serving the bucket root: a CDN,
     a website endpoint, ``http://minio:9000/bucket``), else presigned (s3), else the URI itself."""
     base = os.environ.get("SPLATFLOW_PUBLIC_BASE_URL")
@@ -276,11 +254,11 @@ def build_message(status: str, *, scene: str, report: dict[str, Any], failed_sta
                 lines.append(("Viewer", f"{viewer} (serve the run folder over HTTP, or set "
                                         "SPLATFLOW_PUBLIC_BASE_URL, to open it in a browser)"))
             else:
-                links.append(("Open the viewer", _link(viewer, link_expires)))
+                links.append(("Open the viewer", link_for(viewer, link_expires)))
         if content:
-            links.append(("Download the SOG", _link(str(content), link_expires)))
+            links.append(("Download the SOG", link_for(str(content), link_expires)))
         if report.get("manifest_uri"):
-            links.append(("Manifest", _link(str(report["manifest_uri"]), link_expires)))
+            links.append(("Manifest", link_for(str(report["manifest_uri"]), link_expires)))
     except Exception as exc:  # links are a convenience: a failure to sign them must not stop the message
         log.warning("could not make links: %s", redact(str(exc)))
     err = redact(error.strip())[:_ERROR_CHARS] if error else None
@@ -304,11 +282,16 @@ def _retry(what: str, fn: Callable[[], None], *, attempts: int = 3,
 
 def send_webhook(message: Message, url: str, *, timeout: float = 10.0) -> str:
     """POST the Slack-compatible JSON to ``url``; returns the channel label (host only: the URL is a secret)."""
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise InputError("SPLATFLOW_WEBHOOK_URL is not an http(s) URL",
+    try:
+        parsed = urlparse(url)
+        usable = parsed.scheme in ("http", "https") and bool(parsed.hostname)
+        parsed.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        usable = False
+    if not usable:
+        raise InputError("SPLATFLOW_WEBHOOK_URL is not a valid http(s) URL",
                          hint="set it to the incoming-webhook URL (https://hooks.slack.com/services/...)")
-    label = f"webhook({parsed.hostname})"
+    label = _webhook_label(url)
     body = json.dumps(message.slack()).encode()
 
     def post() -> None:
@@ -452,7 +435,7 @@ def _plan(spec: str, message: Message) -> tuple[str, Callable[[], str]]:
         if not url:
             raise InputError("target webhook needs SPLATFLOW_WEBHOOK_URL",
                              hint="put the webhook URL in the notify Secret (it is a secret: never a parameter)")
-        return f"webhook({urlparse(url).hostname})", lambda: send_webhook(message, url)
+        return _webhook_label(url), lambda: send_webhook(message, url)
     if spec == "sns" or spec.startswith("sns:"):
         arn = spec[4:] if spec.startswith("sns:") else _env("SPLATFLOW_SNS_TOPIC_ARN")
         if not arn:
@@ -466,6 +449,12 @@ def _plan(spec: str, message: Message) -> tuple[str, Callable[[], str]]:
                          hint="webhook URLs are secrets: put it in SPLATFLOW_WEBHOOK_URL and use target 'webhook'")
     raise InputError(f"unknown notify target {spec!r}",
                      hint="use webhook, sns:<topic ARN>, smtp://host:port?to=..., or none")
+
+
+def _webhook_label(url: str) -> str:
+    """``webhook(<host>)``: the only part of a webhook URL that is not secret (split by hand: never raises)."""
+    host = re.match(r"^(\[[^\]]*\]?|[^:]*)", url_parts(url)["host"]).group(1)  # type: ignore[union-attr]
+    return f"webhook({host})" if "://" in url and host else "webhook"
 
 
 def _kind(spec: str) -> str:

@@ -12,28 +12,41 @@ Layout of one run (``output_uri`` is ``s3://bucket/prefix``, ``file:///path`` or
     <scene>/<run_id>/manifest.json        written LAST: size + SHA-256 of every object above; marks the run complete
     <scene>/latest.json                   moved to this run only after its manifest exists
 
-Order: every object is uploaded (objects already there with the same SHA-256 are skipped, so a re-run or a
-resumed run uploads only what is missing) and checked on the server (size + recorded SHA-256); stale objects of
-an earlier publish of the same run id are removed; then ``manifest.json``; then ``latest.json``. An interrupted
-publish leaves no manifest for the broken run and the previous ``latest.json`` untouched. Publishing the same
-inputs again yields byte-identical objects (the manifest and pointer carry no timestamps).
+Order: the inputs are checked to be what they claim (a SOG bundle or folder whose images fit its meta.json, a
+PLY with the data its header declares; a SOG folder contributes only its own files, and no symbolic link is
+followed); the run's lock is taken (:class:`RunLock`: one writer per run id, a second one fails at once with
+OutputBusyError); every object is uploaded with its SHA-256 (objects already there with the same SHA-256 are
+skipped, so a re-run or a resumed run uploads only what is missing) and checked as the server stored it
+(:func:`splatflow.storage.verify_stored`; a copy that differs is uploaded again); stale objects of an earlier
+publish of the same run id are removed; then ``manifest.json``; then ``latest.json``; then the lock is released.
+An interrupted publish (SIGTERM and Ctrl-C included) leaves no manifest for the broken run, no temporary file
+and the previous ``latest.json`` untouched. Publishing the same inputs again yields byte-identical objects (the
+manifest and pointer carry no timestamps).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import socket
+import stat
 import tempfile
+import threading
 import time
+import uuid
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 from urllib.parse import unquote, urlparse
 
 from splatflow import __version__, storage
-from splatflow.errors import InputError, OutputExistsError, StorageError
+from splatflow.errors import InputError, OutputBusyError, OutputExistsError, PlyError, SogError, StorageError
+from splatflow.fsutil import cleans_up_on_sigterm
+from splatflow.limits import MAX_REPORT_BYTES, parse_json
 
 log = logging.getLogger("splatflow.publish")
 
@@ -80,8 +93,103 @@ def _unpack_sog(sog: Path, dest: Path) -> Path:
     return dest
 
 
+def _regular_file(path: Path, what: str) -> Path:
+    """``path`` if it is a regular file and not a symbolic link (never followed: a link to a secret file would
+    publish its content)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        raise InputError(f"{what} {path} does not exist", hint="check the path") from None
+    if stat.S_ISLNK(mode):
+        raise InputError(f"{what} {path} is a symbolic link; publish never follows links",
+                         hint="pass the real file (copy it in place of the link)")
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{what} {path} is not a regular file", hint="check the path")
+    return path
+
+
+def _check_sog(files: dict[str, bytes], meta: dict[str, Any], where: Path) -> None:
+    """A SOG set is what it claims: every image a WebP of the size its meta.json's count needs (headers only)."""
+    from splatflow.sog.bundle import splat_count
+    from splatflow.sog.decode import check_images
+
+    try:
+        check_images(meta, files, splat_count(meta))
+    except SogError as exc:
+        raise SogError(f"{where}: {exc.message}", hint=exc.hint) from exc
+
+
+def _sog_objects(sog: Path, scene: str) -> tuple[str, Path]:
+    """The .sog bundle, validated (a ZIP with meta.json and every image it names, of the right sizes)."""
+    from splatflow.sog.bundle import read_files
+
+    _regular_file(sog, "files['sog'] =")
+    if sog.suffix.lower() != ".sog":
+        raise InputError(f"files['sog'] = {sog} is not a .sog file", hint="pass the bundle written by compress")
+    meta, blobs, _ = read_files(sog)
+    _check_sog(blobs, meta, sog)
+    return f"{scene}.sog", sog
+
+
+def _meta_objects(meta_path: Path) -> list[tuple[str, Path]]:
+    """A SOG folder's own files only (meta.json and the images it names), each a regular file and no link."""
+    from splatflow.sog.bundle import read_files
+
+    folder = meta_path.parent if meta_path.name == "meta.json" else meta_path
+    if folder.is_symlink():
+        raise InputError(f"files['meta'] = {folder} is a symbolic link; publish never follows links",
+                         hint="pass the real SOG folder")
+    if not folder.is_dir() or not (folder / "meta.json").exists():
+        raise InputError(f"files['meta'] = {meta_path} is not a SOG folder with a meta.json",
+                         hint="pass the folder (or its meta.json) written by compress")
+    _regular_file(folder / "meta.json", "the SOG folder's")
+    meta, blobs, _ = read_files(folder)
+    names = ["meta.json", *blobs]
+    for name in names:
+        _regular_file(folder / name, "the SOG folder's file")
+    _check_sog(blobs, meta, folder)
+    return [(f"sog/{name}", folder / name) for name in sorted(names)]
+
+
+_PLY_TYPES = {"char": 1, "uchar": 1, "int8": 1, "uint8": 1, "short": 2, "ushort": 2, "int16": 2, "uint16": 2,
+              "int": 4, "uint": 4, "int32": 4, "uint32": 4, "float": 4, "float32": 4, "double": 8, "float64": 8}
+_PLY_HEADER_MAX = 1 << 20
+
+
+def _check_ply(path: Path) -> None:
+    """A PLY is what it claims: the ``ply`` magic, a header with a vertex element that ends within 1 MiB, and
+    (binary, fixed-size rows) at least as many data bytes as the header declares."""
+    _regular_file(path, "files['ply'] =")
+    with open(path, "rb") as f:
+        head = f.read(_PLY_HEADER_MAX)
+    end = head.find(b"end_header")
+    newline = head.find(b"\n", end) if end >= 0 else -1
+    if not head.startswith(b"ply") or newline < 0:
+        raise PlyError(f"files['ply'] = {path} is not a PLY file (no 'ply' magic and header)",
+                       hint="pass the trained PLY (splats.ply), or leave it out")
+    lines = head[:end].decode("ascii", "replace").splitlines()
+    fmt = next((ln.split()[1] for ln in lines if ln.startswith("format ") and len(ln.split()) > 1), "")
+    elements: list[tuple[str, int, int | None]] = []  # (name, count, row bytes or None for list rows)
+    for ln in lines:
+        parts = ln.split()
+        if parts[:1] == ["element"] and len(parts) == 3 and parts[2].isdigit():
+            elements.append((parts[1], int(parts[2]), 0))
+        elif parts[:1] == ["property"] and elements and len(parts) >= 3:
+            name, count, row = elements[-1]
+            size = _PLY_TYPES.get(parts[1]) if parts[1] != "list" else None
+            elements[-1] = (name, count, None if row is None or size is None else row + size)
+    if not any(name == "vertex" and count > 0 for name, count, _ in elements):
+        raise PlyError(f"files['ply'] = {path} has no vertices", hint="pass the trained PLY, or leave it out")
+    if fmt.startswith("binary") and all(row is not None for _, _, row in elements):
+        need = newline + 1 + sum(count * (row or 0) for _, count, row in elements)
+        if path.stat().st_size < need:
+            raise PlyError(f"files['ply'] = {path} is truncated: its header declares {need:,} bytes, it has "
+                           f"{path.stat().st_size:,}", hint="copy the file again, or leave it out")
+
+
 def _collect_files(scene: str, files: dict[str, Path]) -> tuple[list[tuple[str, Path]], str]:
-    """Objects to publish from ``files`` as (relative name, local path), and the viewer's content name."""
+    """Objects to publish from ``files`` as (relative name, local path), and the viewer's content name. Each file
+    is checked to be what it claims (a SOG bundle, a SOG folder, a PLY); links are never followed."""
     unknown = sorted(set(files) - set(FILE_KEYS))
     if unknown:
         raise InputError(f"publish got unknown file keys {unknown}", hint=f"use {', '.join(FILE_KEYS)}")
@@ -90,25 +198,14 @@ def _collect_files(scene: str, files: dict[str, Path]) -> tuple[list[tuple[str, 
     out: list[tuple[str, Path]] = []
     content = ""
     if files.get("sog"):
-        sog = Path(files["sog"])
-        if not sog.is_file() or sog.suffix.lower() != ".sog":
-            raise InputError(f"files['sog'] = {sog} is not a .sog file", hint="pass the bundle written by compress")
-        out.append((f"{scene}.sog", sog))
+        out.append(_sog_objects(Path(files["sog"]), scene))
         content = f"{scene}.sog"
     if files.get("meta"):
-        meta = Path(files["meta"])
-        folder = meta.parent if meta.name == "meta.json" else meta
-        if not (folder / "meta.json").is_file():
-            raise InputError(f"files['meta'] = {meta} is not a SOG folder with a meta.json",
-                             hint="pass the folder (or its meta.json) written by compress")
-        for p in sorted(folder.rglob("*")):
-            if p.is_file():
-                out.append((f"sog/{p.relative_to(folder).as_posix()}", p))
+        out += _meta_objects(Path(files["meta"]))
         content = content or "sog/meta.json"
     if files.get("ply"):
         ply = Path(files["ply"])
-        if not ply.is_file():
-            raise InputError(f"files['ply'] = {ply} does not exist", hint="pass the trained PLY or leave it out")
+        _check_ply(ply)
         out.append((f"{scene}.ply", ply))
     return out, content
 
@@ -151,25 +248,175 @@ def run_summary(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+UPLOAD_ATTEMPTS = 3
+
+
 def _upload_one(rel: str, path: Path, digest: str, size: int, base: str) -> bool:
-    """Upload one object unless the same bytes are already there; True when it was uploaded."""
+    """Upload one object unless the same bytes are already there, then check what the server stored (the bytes,
+    not the writer's description of them: :func:`splatflow.storage.verify_stored`); a stored copy that differs
+    (a proxy or disk that changed it) is uploaded again. True when it was uploaded."""
     uri = storage.join(base, rel)
-    if storage.exists(uri) and storage.stat(uri) == {"size": size, "sha256": digest}:
-        return False
-    storage.upload(path, uri)
-    return True
+    uploaded = False
+    fresh = storage.exists(uri) and storage.stat(uri) == {"size": size, "sha256": digest}
+    for attempt in range(1, UPLOAD_ATTEMPTS + 1):
+        if not fresh:
+            storage.upload(path, uri)
+            uploaded = True
+        if storage.verify_stored(uri, digest, size, local_path=path):
+            return uploaded
+        log.warning("the server holds different bytes for %s than were sent (attempt %d of %d)%s", uri, attempt,
+                    UPLOAD_ATTEMPTS, "; uploading it again" if attempt < UPLOAD_ATTEMPTS else "")
+        fresh = False
+    raise StorageError(f"the server kept storing different bytes for {uri} than were uploaded "
+                       f"({UPLOAD_ATTEMPTS} attempts; expected {size:,} bytes, sha256 {digest[:12]}...)",
+                       hint="something between here and the store changes the data (a proxy, a faulty disk); "
+                            "nothing was marked complete")
 
 
 def _check_remote(rel: str, digest: str, size: int, base: str) -> None:
-    """Raise StorageError unless the object at ``base/rel`` has this size and recorded SHA-256."""
+    """Raise StorageError unless the object at ``base/rel`` still has this size and recorded SHA-256."""
     uri = storage.join(base, rel)
     st = storage.stat(uri)
     if st != {"size": size, "sha256": digest}:
-        raise StorageError(f"published object {uri} does not match what was uploaded "
+        raise StorageError(f"published object {uri} changed after it was checked "
                            f"({st['size']} bytes, sha256 {str(st['sha256'])[:12]}; expected {size}, {digest[:12]})",
-                           hint="another writer is publishing the same run id; retry with a new run id")
+                           hint="something else writes under this run id; publish again with a new run id")
 
 
+LOCK_TTL_ENV = "SPLATFLOW_PUBLISH_LOCK_SECONDS"
+
+
+def lock_uri(output_uri: str, scene: str, run_id: str) -> str:
+    """Where a publish of ``scene``/``run_id`` under ``output_uri`` holds its lock while it writes."""
+    return storage.join(output_uri, ".splatflow", "locks", scene, f"{run_id}.json")
+
+
+class RunLock:
+    """One writer per run id: a lock object created only if absent (S3 ``If-None-Match``, a hard link locally)
+    and renewed while the publish runs (``If-Match`` on its ETag), so a second publish of the same run id fails
+    at once with :class:`~splatflow.errors.OutputBusyError`. A lock left by a killed publish (not renewed for
+    ``SPLATFLOW_PUBLISH_LOCK_SECONDS``, default 60) is taken over."""
+
+    def __init__(self, output_uri: str, scene: str, run_id: str) -> None:
+        raw = os.environ.get(LOCK_TTL_ENV, "").strip() or "60"
+        if not raw.isdigit() or int(raw) < 10:
+            raise InputError(f"{LOCK_TTL_ENV}={raw!r} is not a whole number of seconds >= 10",
+                             hint="unset it for 60 s")
+        self.ttl = int(raw)
+        self.uri = lock_uri(output_uri, scene, run_id)
+        self.what = storage.join(output_uri, scene, run_id)
+        self.owner = uuid.uuid4().hex
+        self.tag: str | None = None
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+        self._tag_lock = threading.Lock()
+
+    def _body(self) -> bytes:
+        now = time.time()
+        return json.dumps({"owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(),
+                           "renewed": now, "expires": now + self.ttl, "publishing": self.what}).encode()
+
+    def __enter__(self) -> RunLock:
+        loc = storage.parse(self.uri)
+        self._made: list[Path] = []  # local folders this lock creates, removed again when they stay empty
+        if loc.scheme == "file" and loc.path is not None:
+            folder = loc.path.parent.absolute()
+            while not folder.exists():
+                self._made.append(folder)
+                folder = folder.parent
+        try:
+            return self._acquire()
+        except BaseException:
+            self._remove_made()
+            raise
+
+    def _remove_made(self) -> None:
+        for folder in self._made:
+            try:
+                folder.rmdir()
+            except OSError:
+                return  # not empty: the publish wrote there, or another writer's lock
+
+    def _acquire(self) -> RunLock:
+        if storage.create_object(self.uri, self._body()):
+            found = storage.read_tagged(self.uri)
+        else:
+            found = storage.read_tagged(self.uri)
+            holder = _lock_info(found[0]) if found else {}
+            if found is not None and holder.get("expires", 0) > time.time():
+                since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(holder.get("renewed", 0))))
+                raise OutputBusyError(
+                    f"{self.what} is being published by another process right now (host {holder.get('host', '?')}, "
+                    f"pid {holder.get('pid', '?')}, lock renewed {since}); two writers would mix their results",
+                    hint=f"wait for it to finish and publish again (what is already there is skipped), or use "
+                         f"another run id; a lock left by a killed publish expires {self.ttl} s after its last "
+                         f"renewal, or delete {self.uri} once you know no publish is running")
+            if found is None:  # released between our try and our look: try once more
+                if not storage.create_object(self.uri, self._body()):
+                    raise OutputBusyError(f"{self.what} is being published by another process right now",
+                                          hint="wait for it to finish, or use another run id")
+                found = storage.read_tagged(self.uri)
+            else:
+                log.warning("taking over the expired publish lock of %s (host %s, pid %s)", self.what,
+                            holder.get("host", "?"), holder.get("pid", "?"))
+                if storage.replace_object(self.uri, self._body(), found[1]) is None:
+                    raise OutputBusyError(f"{self.what}: another process took over its expired publish lock first",
+                                          hint="wait for it to finish, or use another run id")
+                found = storage.read_tagged(self.uri)
+        if found is None or _lock_info(found[0]).get("owner") != self.owner:  # a store without conditional writes
+            raise OutputBusyError(f"{self.what} is being published by another process right now",
+                                  hint="wait for it to finish, or use another run id")
+        self.tag = found[1]
+        self._renewer = threading.Thread(target=self._renew, name="publish-lock", daemon=True)
+        self._renewer.start()
+        return self
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.ttl / 4):
+            try:
+                with self._tag_lock:
+                    assert self.tag is not None
+                    tag = storage.replace_object(self.uri, self._body(), self.tag)
+                    if tag is None:
+                        self.lost.set()
+                        return
+                    self.tag = tag
+            except Exception as exc:  # a network blip: the next renewal may succeed before the lock expires
+                log.warning("could not renew the publish lock %s: %s", self.uri, exc)
+
+    def check(self) -> None:
+        """Raise OutputBusyError unless this process still holds the lock (called before the manifest)."""
+        found = storage.read_tagged(self.uri)
+        if self.lost.is_set() or found is None or _lock_info(found[0]).get("owner") != self.owner:
+            raise OutputBusyError(f"{self.what}: this publish lost its lock (it was not renewed in time and "
+                                  "another process took it over); nothing was marked complete",
+                                  hint="publish again once the other writer is done, or use another run id")
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join()
+        try:
+            with self._tag_lock:
+                found = storage.read_tagged(self.uri)
+                if found is not None and _lock_info(found[0]).get("owner") == self.owner:
+                    storage.delete(self.uri)
+            self._remove_made()
+        except Exception as err:  # the publish's own outcome matters more; the lock expires by itself
+            log.warning("could not release the publish lock %s: %s", self.uri, err)
+
+
+def _lock_info(raw: bytes) -> dict[str, Any]:
+    try:
+        info = json.loads(raw)
+    except ValueError:
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+@cleans_up_on_sigterm
 def publish(output_uri: str, *, scene: str, run_id: str, files: dict[str, Path], reports: dict[str, dict],
             overwrite: bool = False, viewer: bool = True, unpack_sog: bool = False) -> dict[str, Any]:
     """Publish one run (see the module docstring for the layout and the write order).
@@ -192,9 +439,18 @@ def publish(output_uri: str, *, scene: str, run_id: str, files: dict[str, Path],
     if unpack_sog and (not files.get("sog") or files.get("meta")):
         raise InputError("unpack_sog needs files['sog'] and no files['meta']",
                          hint="pass the .sog bundle; its files are published under sog/")
-    _collect_files(scene, files)  # check the inputs before any work
+    for name, rep in reports.items():
+        if not isinstance(rep, dict):
+            raise InputError(f"report {name!r} is a {type(rep).__name__}, not a JSON object",
+                             hint="pass each stage's report dict")
+    _collect_files(scene, files)  # check the inputs (what each file is) before any work
+    if viewer:
+        from splatflow.viewer.page import assets_dir
+
+        assets_dir()  # the viewer's files are there (DependencyMissing names the fix) before anything is written
     base = storage.join(output_uri, scene, run_id)
-    with tempfile.TemporaryDirectory(prefix="splatflow-publish-") as tmp_name:
+    with RunLock(output_uri, scene, run_id) as lock, \
+            tempfile.TemporaryDirectory(prefix="splatflow-publish-") as tmp_name:
         tmp = Path(tmp_name)
         if unpack_sog:
             files = {**files, "meta": _unpack_sog(Path(files["sog"]), tmp / "sog")}
@@ -235,7 +491,8 @@ def publish(output_uri: str, *, scene: str, run_id: str, files: dict[str, Path],
         manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
         manifest_uri = storage.join(base, MANIFEST)
 
-        if storage.exists(manifest_uri) and storage.read_bytes(manifest_uri) != manifest_bytes:
+        if storage.exists(manifest_uri) and \
+                storage.read_bytes(manifest_uri, max_bytes=MAX_REPORT_BYTES) != manifest_bytes:
             if not overwrite:
                 raise OutputExistsError(f"{base} is already published with different content",
                                         hint="use a new run id, or pass overwrite=True (--overwrite)")
@@ -243,25 +500,26 @@ def publish(output_uri: str, *, scene: str, run_id: str, files: dict[str, Path],
             storage.delete(manifest_uri)  # incomplete from here until the new manifest lands
 
         log.info("publishing %d objects (%d bytes) to %s", len(objects), manifest["bytes"], base)
-        with ThreadPoolExecutor(max_workers=_PARALLEL) as pool:
+        with ThreadPoolExecutor(max_workers=_PARALLEL) as pool:  # each object checked as the server stored it
             done = list(pool.map(lambda o: _upload_one(o[0], o[1], entries[o[0]]["sha256"],
                                                        entries[o[0]]["bytes"], base), objects))
-        for stale in storage.list_uris(base):
+        for stale in storage.list_uris(base):  # files being written elsewhere are never listed
             if storage.relative_name(stale, base) not in (*entries, MANIFEST):
                 log.info("removing stale object %s", stale)
                 storage.delete(stale)
         with ThreadPoolExecutor(max_workers=_PARALLEL) as pool:
             list(pool.map(lambda rel: _check_remote(rel, entries[rel]["sha256"], entries[rel]["bytes"], base),
                           entries))
+        lock.check()
         storage.write_bytes(manifest_uri, manifest_bytes, cache_control="no-cache")
 
-    latest_uri = storage.join(output_uri, scene, LATEST)
-    viewer_uri = storage.join(base, "index.html") if viewer else None
-    latest = {"format": MANIFEST_FORMAT, "scene": scene, "run_id": run_id, "manifest": f"{run_id}/{MANIFEST}",
-              "manifest_uri": manifest_uri, "viewer": f"{run_id}/index.html" if viewer else None,
-              "viewer_uri": viewer_uri}
-    storage.write_bytes(latest_uri, (json.dumps(latest, indent=2, sort_keys=True) + "\n").encode(),
-                        cache_control="no-cache")
+        latest_uri = storage.join(output_uri, scene, LATEST)
+        viewer_uri = storage.join(base, "index.html") if viewer else None
+        latest = {"format": MANIFEST_FORMAT, "scene": scene, "run_id": run_id, "manifest": f"{run_id}/{MANIFEST}",
+                  "manifest_uri": manifest_uri, "viewer": f"{run_id}/index.html" if viewer else None,
+                  "viewer_uri": viewer_uri}
+        storage.write_bytes(latest_uri, (json.dumps(latest, indent=2, sort_keys=True) + "\n").encode(),
+                            cache_control="no-cache")
     uploaded = sum(done)
     log.info("published %s (%d uploaded, %d already there); latest -> %s", base, uploaded, len(done) - uploaded,
              run_id)
@@ -281,9 +539,13 @@ def publish(output_uri: str, *, scene: str, run_id: str, files: dict[str, Path],
 
 
 def _read_json(uri: str) -> dict[str, Any] | None:
+    """A manifest or pointer written by publish (bounded: MAX_REPORT_BYTES, nesting), or None when absent."""
     if not storage.exists(uri):
         return None
-    data: dict[str, Any] = json.loads(storage.read_bytes(uri))
+    data = parse_json(storage.read_bytes(uri, max_bytes=MAX_REPORT_BYTES), uri, error=StorageError,
+                      hint="it was not written by splatflow publish; publish the run again")
+    if not isinstance(data, dict):
+        raise StorageError(f"{uri} is not a JSON object", hint="publish the run again")
     return data
 
 

@@ -30,7 +30,7 @@ from PIL import Image
 
 from splatflow import imaging
 from splatflow.errors import DependencyMissing, ImageError, InputError, SfmError
-from splatflow.fsutil import atomic_path, made_parents
+from splatflow.fsutil import atomic_path, cleans_up_on_sigterm, made_parents, reclaim_sigterm
 from splatflow.progress import step
 from splatflow.stages.ingest import check_out_dir
 
@@ -48,6 +48,7 @@ SEQUENTIAL_OVERLAP = 10
 _FRAME_NAME = re.compile(r"^frame_\d+\.(jpg|png)$")
 
 
+@cleans_up_on_sigterm
 def sfm(images_dir: Path, out_dir: Path, *, matcher: str = "auto", max_side: int = 1600, min_registered: float = 0.5,
         max_features: int = 8192, num_threads: int = -1, seed: int = 0, overwrite: bool = False) -> dict[str, Any]:
     """Reconstruct cameras and sparse points from the images in ``images_dir`` (or ``images_dir/images``).
@@ -57,6 +58,7 @@ def sfm(images_dir: Path, out_dir: Path, *, matcher: str = "auto", max_side: int
     """
     start = time.monotonic()
     pycolmap = _pycolmap()
+    reclaim_sigterm()  # importing pycolmap hands SIGTERM to glog, which would kill the process without cleanup
     if matcher not in MATCHERS:
         raise InputError(f"unknown matcher {matcher!r}", hint=f"use one of {', '.join(MATCHERS)}")
     if not 0.0 < min_registered <= 1.0:
