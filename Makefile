@@ -76,6 +76,10 @@ bench-codec: $(STAMP) ## SOG codec vs splat-transform -g cpu: time, RSS, size, e
 bench-render: $(STAMP) ## renderer time and peak memory per view: playbot_lod2 at 256/512 px, 1M synthetic splats (CPU; + gsplat if CUDA)
 	$(PY) bench/render.py
 
+.PHONY: gpu-check
+gpu-check: $(STAMP) ## every GPU acceptance check in one command (~8 min on an H100; DRY_RUN=1: same code on CPU, toy size)
+	$(PY) bench/gpu_check.py $(if $(filter 1,$(DRY_RUN)),--dry-run)
+
 .PHONY: bench-kmeans
 bench-kmeans: $(STAMP) ## SH palette k-means: splatflow's two-level torch k-means vs faiss flat k-means (~15 min)
 	$(PY) bench/kmeans.py

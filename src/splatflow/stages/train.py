@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from splatflow.errors import DependencyMissing, EnvironmentProblem, InputError, TrainError
-from splatflow.fsutil import atomic_path
+from splatflow.fsutil import atomic_path, reclaim_sigterm
 from splatflow.gaussians import SH_C0, GaussianCloud
 from splatflow.io.ply import write_ply
 from splatflow.progress import is_interactive, progress
@@ -303,6 +303,7 @@ def train(sfm_dir: Path, out_dir: Path, *, iterations: int = 7000, max_splats: i
     sfm_dir, out_dir = Path(sfm_dir), Path(out_dir)
     started = time.monotonic()
     scene = load_scene(sfm_dir, resolution=resolution, test_every=test_every, device=dev)
+    reclaim_sigterm()  # load_scene imports pycolmap, which hands SIGTERM to glog (a kill without cleanup)
     if not scene.train:
         raise InputError(f"{sfm_dir}: no training image left after holding out every {test_every}th image",
                          hint="use more images or --test-every 0")
