@@ -2,15 +2,17 @@
 
 # no `from __future__ import annotations`: kfp reads the real annotation objects (Input[Model] ...)
 from kfp import dsl
-from kfp.dsl import Artifact, Input, Output
+from kfp.dsl import Artifact, Input, Model, Output
 
 from components.images import image_for
 
 
 @dsl.component(base_image=image_for("publish"), install_kfp_package=False)
-def publish(output_uri: str, source_uri: str, run_id: str, sog: Input[Artifact], ingest_report: dict,
-            sfm_report: dict, train_report: dict, compress_report: dict, report: Output[Artifact]) -> dict:
-    """Objects under ``output_uri/<scene>/<run_id>/``; returns ``urls``, ``manifest_uri``, ``viewer_uri``.
+def publish(output_uri: str, source_uri: str, run_id: str, sog: Input[Artifact], model: Input[Model],
+            ingest_report: dict, sfm_report: dict, train_report: dict, compress_report: dict,
+            report: Output[Artifact]) -> dict:
+    """Objects under ``output_uri/<scene>/<run_id>/`` (with training's contact sheet from ``model``); returns
+    ``urls``, ``manifest_uri``, ``viewer_uri``.
 
     ``report.path`` gets the publish result as JSON so the Kubeflow UI links the run to what it published.
     """
@@ -18,12 +20,12 @@ def publish(output_uri: str, source_uri: str, run_id: str, sog: Input[Artifact],
     from pathlib import Path
 
     from splatflow.stages.publish import publish as run_publish
-    from splatflow.stages.publish import scene_name
+    from splatflow.stages.publish import published_files, scene_name
     from splatflow.tasks import record_failure, task_output
 
     with record_failure("publish", output_uri, run_id):
         result = run_publish(output_uri, scene=scene_name(source_uri), run_id=run_id,
-                             files={"sog": Path(sog.path) / "splats.sog"}, unpack_sog=True,
+                             files=published_files(Path(sog.path), Path(model.path)), unpack_sog=True,
                              reports={"ingest": ingest_report, "sfm": sfm_report, "train": train_report,
                                       "compress": compress_report})
     Path(report.path).write_text(json.dumps(result, indent=2, default=str))

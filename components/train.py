@@ -13,14 +13,13 @@ def train(sfm_model: Input[Dataset], quality: str, iterations: int, max_splats: 
     """The trained PLY at ``model.path/splats.ply`` (INRIA layout); returns the training report."""
     from pathlib import Path
 
-    from splatflow.presets import preset
+    from splatflow.presets import train_options
     from splatflow.stages.train import train as run_train
     from splatflow.tasks import checkpoint_uri, record_failure, task_output
 
     with record_failure("train", output_uri, run_id):
-        settings = preset(quality, iterations)
-        report = run_train(Path(sfm_model.path), Path(model.path), iterations=settings["iterations"],
-                           resolution=settings["resolution"], max_splats=max_splats, sh_degree=sh_degree,
+        report = run_train(Path(sfm_model.path), Path(model.path), sh_degree=sh_degree,
+                           **train_options(quality, iterations, max_splats),
                            checkpoint_uri=checkpoint_uri(output_uri, run_id), keep_checkpoints=False)
     model.metadata.update(task_output({"splats": report.get("splats"), "psnr_test": report.get("psnr_test")}))
     return task_output(report)

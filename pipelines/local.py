@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from splatflow.errors import InputError, StageError
-from splatflow.presets import check_run_parameters
+from splatflow.presets import CPU_MAX_SPLATS, check_run_parameters
 
 log = logging.getLogger(__name__)
-LOCAL_DEFAULTS: dict[str, Any] = {"quality": "tiny", "iterations": 0, "max_splats": 20_000, "sh_degree": 1}
+LOCAL_DEFAULTS: dict[str, Any] = {"quality": "cpu", "iterations": 0, "max_splats": CPU_MAX_SPLATS, "sh_degree": 1}
 
 
 @dataclass
@@ -290,6 +290,8 @@ def summary_lines(run: LocalRun) -> list[str]:
              f"  scene (SOG)    {_as_path(pub.get('content_uri'))}",
              f"  viewer page    {viewer}",
              f"  run report     {_as_path(pub.get('manifest_uri'))}  (summary: {json.dumps(pub.get('summary', {}))})"]
+    if "contact-sheet.png" in run.urls:
+        lines.append(f"  contact sheet  {_as_path(run.urls['contact-sheet.png'])}  (held-out photos beside renders)")
     reports = sorted(rel for rel in run.urls if rel.startswith("reports/"))
     if reports:
         lines.append(f"  stage reports  {_as_path(run.urls[reports[0]]).rsplit('/', 1)[0]}/ "

@@ -131,7 +131,7 @@ def build_pipeline(*, retries: bool = True) -> GraphComponent:
     def splat_pipeline(source_uri: str, output_uri: str, quality: str = DEFAULT_QUALITY,
                        max_splats: int = 1_000_000, iterations: int = 0, sh_degree: int = 3,
                        notify_target: str = "") -> None:
-        """The whole pipeline. ``quality``: tiny | preview | standard | high (splatflow/presets.py);
+        """The whole pipeline. ``quality``: tiny | cpu | preview | standard | high (splatflow/presets.py);
         ``iterations`` 0 takes the preset's; ``notify_target`` names a channel, never a secret (empty: default).
 
         KFP allows no pipeline outputs from inside an exit handler: the results are what publish writes under
@@ -150,6 +150,7 @@ def build_pipeline(*, retries: bool = True) -> GraphComponent:
                                      max_splats=max_splats, sh_degree=sh_degree, **run), "train", retries=retries)
             sog = configure(compress(model=splats.outputs["model"], **run), "compress", retries=retries)
             configure(publish(output_uri=output_uri, source_uri=source_uri, run_id=run_id, sog=sog.outputs["sog"],
+                              model=splats.outputs["model"],
                               ingest_report=images.outputs["Output"], sfm_report=model.outputs["Output"],
                               train_report=splats.outputs["Output"], compress_report=sog.outputs["Output"]),
                       "publish", retries=retries)

@@ -275,7 +275,7 @@ def _run_sfm(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- run (the whole pipeline locally)
 @command
 def _add_run(sub: argparse._SubParsersAction) -> None:
-    from splatflow.presets import MAX_SH_DEGREE, PRESETS
+    from splatflow.presets import CPU_MAX_SPLATS, MAX_SH_DEGREE, PRESETS
 
     p = sub.add_parser("run", help="run the whole pipeline locally (kfp.local, CPU; local folder or s3:// output)",
                        description="Run the Kubeflow pipeline on this machine with kfp.local's SubprocessRunner: "
@@ -288,11 +288,12 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("output", nargs="?", default=None,
                    help="a new output folder, or s3://bucket/prefix (results then go to the bucket, as in a "
                         "cluster; task outputs stay in ./runs/<UTC timestamp>); default: ./runs/<UTC timestamp>")
-    p.add_argument("--quality", default="tiny", choices=list(PRESETS),
-                   help="preset: tiny (default: a CPU smoke run in a minute), preview, standard, high "
-                        "(src/splatflow/presets.py)")
+    p.add_argument("--quality", default="cpu", choices=list(PRESETS),
+                   help="preset: cpu (default: a recognisable scene in minutes on a CPU), tiny (a smoke run in a "
+                        "minute), preview, standard, high (GPU presets; src/splatflow/presets.py)")
     p.add_argument("--iterations", type=int, default=0, help="training steps (0: the preset's)")
-    p.add_argument("--max-splats", type=int, default=20_000, help="splat budget (default 20000)")
+    p.add_argument("--max-splats", type=int, default=CPU_MAX_SPLATS,
+                   help=f"splat budget (default {CPU_MAX_SPLATS}; a preset may cap it)")
     p.add_argument("--sh-degree", type=int, default=1, choices=range(MAX_SH_DEGREE + 1),
                    help="spherical-harmonics degree (default 1)")
     p.add_argument("--notify-target", default="", help="notification channel name (secrets come from the env)")
@@ -332,6 +333,8 @@ def _add_publish(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sog", help="the .sog bundle")
     p.add_argument("--meta", help="the SOG folder (or its meta.json)")
     p.add_argument("--ply", help="the trained PLY (optional)")
+    p.add_argument("--contact-sheet", help="training's contact-sheet.png, published next to the viewer page "
+                                           "(optional)")
     p.add_argument("--report", action="append", default=[], metavar="NAME=PATH",
                    help="a stage report JSON to publish as reports/NAME.json (repeatable)")
     p.add_argument("--no-viewer", action="store_true", help="publish no viewer page")
@@ -360,7 +363,8 @@ def _run_publish(args: argparse.Namespace) -> int:
             raise InputError(f"--report {name}: {path} holds a JSON {type(report).__name__}, not an object",
                              hint="give the path of a stage's JSON report")
         reports[name] = report
-    files = {key: Path(value) for key, value in (("sog", args.sog), ("meta", args.meta), ("ply", args.ply))
+    files = {key: Path(value) for key, value in (("sog", args.sog), ("meta", args.meta), ("ply", args.ply),
+                                                 ("contact_sheet", args.contact_sheet))
              if value}
     result = publish(args.output_uri, scene=args.scene, run_id=args.run_id, files=files, reports=reports,
                      overwrite=args.overwrite, viewer=not args.no_viewer)

@@ -19,17 +19,28 @@ class Preset:
     """Settings one quality preset stands for.
 
     ``max_side``: the longest image side kept by ingest and used by sfm (px); ``resolution``: the longest side of
-    the training images (px); ``iterations``: training steps.
+    the training images (px); ``iterations``: training steps; ``max_splats``: a ceiling on the run's splat budget
+    (None: the run's ``max_splats`` alone), which keeps a CPU preset's time bounded; ``background_points``: splats
+    started on a far shell for the sky (training's ``background_shell``).
     """
 
     max_side: int
     resolution: int
     iterations: int
+    max_splats: int | None = None
+    background_points: int = 0
 
 
+CPU_ITERATIONS = 1500
+CPU_MAX_SPLATS = 150_000
+CPU_BACKGROUND_POINTS = 4000
 PRESETS: dict[str, Preset] = {
-    # CPU smoke run (CI, `make run-local`): minutes on a laptop, a recognisable but rough scene.
+    # CPU smoke run (CI): a minute, a few hundred blurry splats -- proves the pipeline runs, not a scene
     "tiny": Preset(max_side=640, resolution=128, iterations=30),
+    # laptops and CPU nodes (`make run-local`, `splatflow run`): the compiled CPU rasterizer trains the sample into
+    # a recognisable scene in minutes (README: Training on a CPU; bench/results/train-cpu.md)
+    "cpu": Preset(max_side=800, resolution=256, iterations=CPU_ITERATIONS, max_splats=CPU_MAX_SPLATS,
+                  background_points=CPU_BACKGROUND_POINTS),
     # a quick look on a GPU node
     "preview": Preset(max_side=1200, resolution=800, iterations=3000),
     # the stage defaults (docs/STAGES.md)
@@ -41,7 +52,7 @@ DEFAULT_QUALITY = "standard"
 MAX_SH_DEGREE = 3
 
 
-def preset(quality: str, iterations: int = 0) -> dict[str, int]:
+def preset(quality: str, iterations: int = 0) -> dict[str, Any]:
     """The settings of preset ``quality``; ``iterations`` > 0 overrides the preset's training steps."""
     key = str(quality).strip().lower()
     if key not in PRESETS:
@@ -53,6 +64,16 @@ def preset(quality: str, iterations: int = 0) -> dict[str, int]:
     if iterations:
         out["iterations"] = int(iterations)
     return out
+
+
+def train_options(quality: str, iterations: int, max_splats: int) -> dict[str, int]:
+    """The training stage's options for a run: the preset's steps (unless ``iterations`` > 0), resolution and
+    background shell, and the budget ``max_splats`` capped by the preset's ceiling."""
+    p = preset(quality, iterations)
+    ceiling = p["max_splats"]
+    return {"iterations": p["iterations"], "resolution": p["resolution"],
+            "max_splats": min(max_splats, ceiling) if ceiling else max_splats,
+            "background_points": p["background_points"]}
 
 
 def _whole(name: str, value: Any) -> int:

@@ -16,16 +16,30 @@ from splatflow.stages.publish import published_run, scene_name
 from splatflow.tasks import task_output
 
 
+def test_train_options_cap_the_budget_by_the_preset() -> None:
+    from splatflow.presets import train_options
+
+    cpu = PRESETS["cpu"]
+    assert cpu.max_splats is not None and max(cpu.resolution, 0) >= 256  # the CPU preset trains at >= 256 px
+    assert train_options("cpu", 0, 1_000_000) == {"iterations": cpu.iterations, "resolution": cpu.resolution,
+                                                  "max_splats": cpu.max_splats,
+                                                  "background_points": cpu.background_points}
+    assert train_options("cpu", 10, 5000)["max_splats"] == 5000  # under the ceiling: the run's own budget
+    assert train_options("cpu", 10, 5000)["iterations"] == 10
+    assert train_options("standard", 0, 2_000_000)["max_splats"] == 2_000_000  # GPU presets: no ceiling
+
+
 def test_presets_map_quality_to_resolution_and_iterations() -> None:
-    assert list(PRESETS) == ["tiny", "preview", "standard", "high"]
-    assert preset("standard") == {"max_side": 1600, "resolution": 1600, "iterations": 7000}  # the stage defaults
+    assert list(PRESETS) == ["tiny", "cpu", "preview", "standard", "high"]
+    assert preset("standard") == {"max_side": 1600, "resolution": 1600, "iterations": 7000,  # the stage defaults
+                                  "max_splats": None, "background_points": 0}
     assert preset(" High ")["iterations"] == 30000
     assert preset("preview", 1234)["iterations"] == 1234  # iterations > 0 overrides the preset
     steps = [preset(q)["iterations"] for q in PRESETS]
     assert steps == sorted(steps)
     with pytest.raises(InputError, match="unknown quality preset 'ultra'") as err:
         preset("ultra")
-    assert "tiny, preview, standard, high" in str(err.value.hint)
+    assert "tiny, cpu, preview, standard, high" in str(err.value.hint)
     with pytest.raises(InputError, match="iterations must be 0"):
         preset("tiny", -5)
 

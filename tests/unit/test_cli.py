@@ -111,7 +111,7 @@ def test_run_help_lists_the_allowed_values(capsys: pytest.CaptureFixture[str]) -
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     text = capsys.readouterr().out
-    assert "--quality {tiny,preview,standard,high}" in text and "--sh-degree {0,1,2,3}" in text
+    assert "--quality {tiny,cpu,preview,standard,high}" in text and "--sh-degree {0,1,2,3}" in text
     assert "s3://bucket/prefix" in text and "--verbose" in text
     with pytest.raises(SystemExit) as exc:
         main(["run", "--quality", "best"])

@@ -180,3 +180,33 @@ def test_gsplat_default_strategy_path_resets_opacity_and_stops_growing_at_the_bu
                             100)
     assert events.get("opacity_resets") == 1
     assert float(torch.sigmoid(params["opacities"].detach()).max()) <= strat.prune_opa * 2.0 + 1e-6
+
+
+def test_held_out_views_are_interior() -> None:
+    from splatflow.training.scene import held_out_indices
+
+    assert held_out_indices(29, 8) == [4, 12, 20]      # never the first or the last photo of the path
+    assert held_out_indices(12, 8) == [4]
+    assert held_out_indices(7, 8) == [4]
+    assert held_out_indices(3, 8) == [1]               # short captures still hold out one interior view
+    assert held_out_indices(2, 8) == [] and held_out_indices(29, 0) == []
+    assert held_out_indices(40, 4) == [2, 6, 10, 14, 18, 22, 26, 30, 34, 38]
+
+
+def test_background_shell_lies_beyond_the_scene() -> None:
+    import numpy as np
+
+    from splatflow.stages.train import background_shell
+    from splatflow.training.scene import Scene
+
+    rng = np.random.default_rng(0)
+    points = rng.normal(0, 1.0, (500, 3)).astype(np.float32) + np.array([5.0, 0, 0], dtype=np.float32)
+    scene = Scene(train=[], test=[], points=points, colors=np.zeros((500, 3), np.float32), scene_scale=0.5,
+                  source_size=(10, 10))
+    shell, colors = background_shell(scene, 1000, seed=0)
+    assert shell.shape == (1000, 3) and colors.shape == (1000, 3) and shell.dtype == np.float32
+    r = np.linalg.norm(shell - np.median(points, axis=0), axis=1)
+    far = np.percentile(np.linalg.norm(points - np.median(points, axis=0), axis=1), 95)
+    np.testing.assert_allclose(r, 2 * far, rtol=1e-5)     # on one sphere, twice as far as the scene's points
+    assert np.abs(shell - np.median(points, axis=0)).mean(axis=0).min() > 0.4 * far  # spread in every direction
+    assert (colors == 0.5).all()

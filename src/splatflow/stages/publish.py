@@ -53,7 +53,9 @@ log = logging.getLogger("splatflow.publish")
 MANIFEST = "manifest.json"
 LATEST = "latest.json"
 MANIFEST_FORMAT = "splatflow-run/1"
-FILE_KEYS = ("sog", "meta", "ply")
+FILE_KEYS = ("sog", "meta", "ply", "contact_sheet")
+CONTACT_SHEET = "contact-sheet.png"
+"""Where the training run's contact sheet (held-out photos beside their renders) lands, next to the viewer page."""
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PARALLEL = 4
 
@@ -207,7 +209,35 @@ def _collect_files(scene: str, files: dict[str, Path]) -> tuple[list[tuple[str, 
         ply = Path(files["ply"])
         _check_ply(ply)
         out.append((f"{scene}.ply", ply))
+    if files.get("contact_sheet"):
+        sheet = Path(files["contact_sheet"])
+        _check_png(sheet)
+        out.append((CONTACT_SHEET, sheet))
     return out, content
+
+
+def published_files(sog_dir: Path, model_dir: Path) -> dict[str, Path]:
+    """The pipeline's files to publish: the compress artifact's ``splats.sog`` and, when training wrote one, its
+    contact sheet (``model_dir/contact-sheet.png``)."""
+    files = {"sog": sog_dir / "splats.sog"}
+    if (model_dir / CONTACT_SHEET).is_file():
+        files["contact_sheet"] = model_dir / CONTACT_SHEET
+    return files
+
+
+def _check_png(path: Path) -> None:
+    """A contact sheet is a PNG of sane size (the header is read, the pixels are not decoded)."""
+    _regular_file(path, "files['contact_sheet'] =")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            fmt, (w, h) = img.format, img.size
+    except (UnidentifiedImageError, OSError):
+        fmt, w, h = None, 0, 0
+    if fmt != "PNG" or not (0 < w <= 8192 and 0 < h <= 65536):
+        raise InputError(f"files['contact_sheet'] = {path} is not a PNG contact sheet",
+                         hint="pass the training output's contact-sheet.png, or leave it out")
 
 
 def run_summary(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:

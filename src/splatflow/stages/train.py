@@ -41,7 +41,7 @@ from splatflow.progress import is_interactive, progress
 from splatflow.training.checkpoint import CheckpointStore
 from splatflow.training.contact_sheet import SheetRow, write_contact_sheet
 from splatflow.training.loss import ssim as ssim_loss
-from splatflow.training.scene import View, load_scene, model_dir
+from splatflow.training.scene import Scene, View, load_scene, model_dir
 from splatflow.training.strategy import CpuDefaultStrategy, CpuMCMCStrategy, Optimizers, Params
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,24 @@ def init_params(points: np.ndarray, colors: np.ndarray, *, sh_degree: int, init_
     return {k: torch.nn.Parameter(v.to(device).contiguous()) for k, v in tensors.items()}
 
 
+def background_shell(scene: Scene, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` points (count, 3) spread evenly over a sphere around the scene, far behind its SfM points, with
+    grey colours (count, 3).
+
+    SfM finds no points in the sky or on distant, textureless background, so the optimiser paints them with
+    splats close to the cameras: the large "floaters" that hang in front of every held-out view. Splats
+    that start on a far shell give the sky a place to be instead. The radius is twice the 95th percentile of
+    the SfM points' distance from their median, and at least three times the camera spread."""
+    centre = np.median(scene.points, axis=0)
+    far = float(np.percentile(np.linalg.norm(scene.points - centre, axis=1), 95)) if len(scene.points) else 1.0
+    radius = max(2.0 * far, 3.0 * scene.scene_scale)
+    i = np.arange(count) + 0.5  # a Fibonacci sphere: even coverage without randomness in the spacing
+    phi = np.arccos(1.0 - 2.0 * i / count)
+    theta = np.pi * (1.0 + 5**0.5) * i + np.random.default_rng(seed).uniform(0, 2 * np.pi)
+    dirs = np.stack([np.cos(theta) * np.sin(phi), np.sin(theta) * np.sin(phi), np.cos(phi)], -1)
+    return (centre + radius * dirs).astype(np.float32), np.full((count, 3), 0.5, dtype=np.float32)
+
+
 def lr_boost(iterations: int) -> float:
     """Learning-rate factor of a short run: the 3DGS rates are tuned for thousands of steps, so a run of fewer
     than 7000 steps scales them by sqrt(7000 / iterations), at most 10 (1.0 from 7000 steps on)."""
@@ -189,7 +207,7 @@ class Renderer:
 
     def __call__(self, params: Params, view: View, sh_degree: int) -> tuple[torch.Tensor, dict[str, Any]]:
         """(H, W, 3) image and the projection info in gsplat's layout (``means2d`` (1, N, 2), ``radii`` ...)."""
-        colors = torch.cat([params["sh0"], params["shN"]], dim=1)[:, : (sh_degree + 1) ** 2]
+        colors = torch.cat([params["sh0"], params["shN"][:, : (sh_degree + 1) ** 2 - 1]], dim=1)
         info: dict[str, Any] = {}
         img, _alpha = self._rasterize(
             params["means"], params["quats"], params["scales"].exp(), torch.sigmoid(params["opacities"]), colors,
@@ -277,7 +295,7 @@ def train(sfm_dir: Path, out_dir: Path, *, iterations: int = 7000, max_splats: i
           strategy: str = "default", device: str = "auto", resolution: int = 1600, test_every: int = 8,
           sh_interval: int | None = None, checkpoint_every: int = 1000, resume: bool = True,
           checkpoint_uri: str | None = None, keep_checkpoints: bool = True, seed: int = 0,
-          backend: str = "auto") -> dict[str, Any]:
+          backend: str = "auto", background_points: int = 0) -> dict[str, Any]:
     """Train 3D Gaussian Splats on an SfM folder; write ``out_dir/splats.ply`` and ``out_dir/train-report.json``.
 
     ``resolution`` is the longest image side used (images are downscaled, never upscaled); ``sh_interval`` the
@@ -314,7 +332,8 @@ def train(sfm_dir: Path, out_dir: Path, *, iterations: int = 7000, max_splats: i
     render = Renderer(dev, backend)  # fails early when gsplat is missing on CUDA
     sched = _schedule(iterations, sh_degree, sh_interval)
     config = {"iterations": iterations, "max_splats": max_splats, "sh_degree": sh_degree, "strategy": strategy,
-              "resolution": resolution, "test_every": test_every, "seed": seed, "backend": render.backend, **sched}
+              "resolution": resolution, "test_every": test_every, "seed": seed, "backend": render.backend,
+              "background_points": background_points, **sched}
     fingerprint = _fingerprint(sfm_dir, config)
     boost = lr_boost(iterations)
     store = CheckpointStore(out_dir / "checkpoints", checkpoint_uri)
@@ -329,6 +348,9 @@ def train(sfm_dir: Path, out_dir: Path, *, iterations: int = 7000, max_splats: i
         log.warning("the SfM cloud has %d points, over the budget of %d splats: randomly downsampled to %d",
                     initial_points, max_splats, max_splats)
 
+    if background_points > 0:  # a shell for the sky and the far background (see background_shell)
+        shell, shell_colors = background_shell(scene, background_points, seed)
+        points, colors = np.concatenate([points, shell]), np.concatenate([colors, shell_colors])
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     init_opacity = 0.5 if strategy == "mcmc" else 0.1

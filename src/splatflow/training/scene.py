@@ -70,10 +70,23 @@ def _resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize(size, Image.Resampling.LANCZOS))
 
 
+def held_out_indices(n: int, every: int) -> list[int]:
+    """Which of ``n`` views (in name order) are held out: every ``every``-th counted from ``every // 2``, never the
+    first or the last view, and at least one when ``n`` >= 3.
+
+    A capture is usually a path (a walk down a street, an orbit): its first and last photos can only be
+    extrapolated, while a viewer looks from inside the path. Holding out interior views measures that."""
+    if every <= 0 or n < 3:
+        return []
+    picks = [i for i in range(every // 2, n - 1, every) if 0 < i < n - 1]
+    return picks or [n // 2]
+
+
 def load_scene(sfm_dir: Path, *, resolution: int, test_every: int = 8, device: str | torch.device = "cpu") -> Scene:
     """Read the SfM folder; images are downscaled so their longer side is at most ``resolution`` (never upscaled).
 
-    Every ``test_every``-th image (0, 8, 16, ... in name order) is held out; ``test_every=0`` holds out none.
+    Every ``test_every``-th image is held out, interior ones only (:func:`held_out_indices`: 4, 12, 20, ... in
+    name order for 8); ``test_every=0`` holds out none.
     Raises InputError for a missing folder or model, no registered images, no 3D points or a non-pinhole camera.
     """
     try:
@@ -149,8 +162,9 @@ def load_scene(sfm_dir: Path, *, resolution: int, test_every: int = 8, device: s
     if radius <= 0:  # one camera (or all at one place): use the spread of the points instead
         radius = float(np.linalg.norm(points - points.mean(axis=0), axis=1).max()) or 1.0
     if test_every > 0 and len(views) > 1:
-        test = [v for i, v in enumerate(views) if i % test_every == 0]
-        train = [v for i, v in enumerate(views) if i % test_every != 0]
+        held = set(held_out_indices(len(views), test_every))
+        test = [v for i, v in enumerate(views) if i in held]
+        train = [v for i, v in enumerate(views) if i not in held]
     else:
         test, train = [], views
     log.info("scene: %d training views, %d held out, %d SfM points, %dx%d px", len(train), len(test), len(points),
