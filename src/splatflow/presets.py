@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from splatflow.errors import InputError
 
@@ -66,7 +66,16 @@ def preset(quality: str, iterations: int = 0) -> dict[str, Any]:
     return out
 
 
-def train_options(quality: str, iterations: int, max_splats: int) -> dict[str, int]:
+class TrainOptions(TypedDict):
+    """What :func:`train_options` hands the training stage."""
+
+    iterations: int
+    resolution: int
+    max_splats: int
+    background_points: int
+
+
+def train_options(quality: str, iterations: int, max_splats: int) -> TrainOptions:
     """The training stage's options for a run: the preset's steps (unless ``iterations`` > 0), resolution and
     background shell, and the budget ``max_splats`` capped by the preset's ceiling."""
     p = preset(quality, iterations)
