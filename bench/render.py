@@ -1,10 +1,12 @@
-"""Benchmark of splatflow.render: time and peak memory per view.
+"""Benchmark of splatflow.render: time and peak memory per view, the compiled cpu backend against the torch one.
 
-Rows (each measured in a fresh subprocess, so peak RSS belongs to that row alone):
-- playbot_lod2.ply (125,000 splats, SH 2) at 256x256 and 512x512, torch backend, forward only, 1 and 2 threads;
-- the same at 256x256 with a backward pass (what the CPU training path pays per view);
-- a synthetic 1,000,000-splat SH-3 scene (bench/make_synthetic.py) at 512x512: bounded memory;
-- on a CUDA machine also the gsplat backend, and the PSNR between the torch and gsplat renders (> 40 dB expected).
+Rows (each measured in a fresh subprocess, so peak RSS belongs to that row alone; 2 threads unless noted):
+- synthetic SH-3 scenes (bench/make_synthetic.py) of 1k, 10k, 100k and 1M splats at 256x192: forward and
+  forward+backward (what a CPU training step pays), cpu and torch backends (torch skipped where it takes minutes),
+  the 100k row on 1 thread too; 100k and 1M at 512x512 (peak memory: target <= 2 GB for 1M);
+- playbot_lod2.ply (125,000 real splats, SH 2) at 256x256, both backends, forward and forward+backward;
+- on a CUDA machine the gsplat and torch backends, and the PSNR between them (> 40 dB expected).
+The markdown gives each cpu row its speed-up over the torch row of the same scene, size and pass (same run).
 
     python bench/render.py                 # every row for this machine
     python bench/render.py --views 2       # fewer views per row
@@ -29,8 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 WORK = ROOT / "bench" / "work" / "render"
 PLAYBOT = ROOT.parent / "shared" / "data" / "splats" / "playbot_lod2.ply"
-SYNTHETIC = ROOT / "bench" / "work" / "codec" / "synthetic_1m_sh3.ply"
-TARGET_S = 10.0  # per 256x256 view of playbot_lod2 on the 2-core CPU
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
@@ -41,17 +41,29 @@ def machine() -> dict[str, Any]:
     return machine_info(("splatflow", "torch", "numpy", "torchmetrics", "pytorch-msssim", "gsplat"))
 
 
-def one(path: str, size: int, views: int, backend: str, device: str, threads: int, backward: bool) -> dict:
-    """Render ``views`` orbit views of ``path`` (in this process) and measure them."""
+def _cloud(path: str):  # -> GaussianCloud
+    """A PLY path, or ``synthetic:N`` for N synthetic SH-3 splats (made in memory, deterministic)."""
+    if path.startswith("synthetic:"):
+        from make_synthetic import synthetic_cloud  # bench/make_synthetic.py
+
+        return synthetic_cloud(int(path.split(":", 1)[1]), 3, seed=0)
+    from splatflow.io.ply import read_ply
+
+    return read_ply(path)
+
+
+def one(path: str, size: str, views: int, backend: str, device: str, threads: int, backward: bool) -> dict:
+    """Render ``views`` orbit views (WxH ``size``) of ``path`` (in this process) after one warm-up render (the
+    kernels' first load), and measure them."""
     import torch
 
     from splatflow.cameras import orbit_cameras
-    from splatflow.io.ply import read_ply
     from splatflow.render import cloud_tensors, rasterize
 
     torch.set_num_threads(threads)
-    cloud = read_ply(path)
-    cams = orbit_cameras(cloud, views, size, size)
+    cloud = _cloud(path)
+    w, h = (int(x) for x in size.split("x"))
+    cams = orbit_cameras(cloud, views + 1, w, h)
     t = cloud_tensors(cloud, device)
     if backward:
         for k in ("means", "quats", "scales", "opacities", "colors"):
@@ -60,25 +72,28 @@ def one(path: str, size: int, views: int, backend: str, device: str, threads: in
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     seconds, coverage = [], []
-    for cam in cams:
+    for i, cam in enumerate(cams):
         vm = torch.tensor(cam.viewmat, device=device)
         K = torch.tensor(cam.K, device=device)
         if device == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         with torch.set_grad_enabled(backward):
-            rgb, alpha = rasterize(t["means"], t["quats"], t["scales"], t["opacities"], t["colors"], vm, K, size,
-                                   size, sh_degree=cloud.sh_degree, backend=backend)
+            rgb, alpha = rasterize(t["means"], t["quats"], t["scales"], t["opacities"], t["colors"], vm, K, w,
+                                   h, sh_degree=cloud.sh_degree, backend=backend)
             if backward:
                 rgb.mean().backward()
         if device == "cuda":
             torch.cuda.synchronize()
+        if i == 0:
+            continue  # warm-up
         seconds.append(time.perf_counter() - t0)
-        coverage.append(float(alpha.mean()))
+        coverage.append(float(alpha.detach().mean()))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    row = {"file": Path(path).name, "splats": len(cloud), "size": f"{size}x{size}", "backend": backend,
+    row = {"file": Path(path).name if not path.startswith("synthetic:") else "synthetic SH3", "splats": len(cloud),
+           "size": size, "backend": backend,
            "device": device, "threads": threads, "pass": "forward+backward" if backward else "forward",
-           "views": views, "seconds_per_view": round(sum(seconds) / len(seconds), 3),
+           "views": views, "seconds_per_view": round(sorted(seconds)[len(seconds) // 2], 4),
            "seconds_max": round(max(seconds), 3), "coverage": round(sum(coverage) / len(coverage), 3),
            "peak_rss_bytes": peak, "rss_before_render_bytes": base_rss,
            "load_average": round(os.getloadavg()[0], 2)}
@@ -119,16 +134,20 @@ def _markdown(report: dict) -> str:
              f"gsplat {m['versions'].get('gsplat')}. Orbit views around the dense region (splatflow.cameras). "
              "Peak RSS is the whole process (Python, torch, the cloud); 'load' is the 1-minute load average "
              "when the row finished (a shared machine: a load above the core count slows every row).", "",
-             "| file | splats | size | backend | threads | pass | s/view | s max | peak RSS MiB | load |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| scene | splats | size | backend | threads | pass | s/view (median) | s max | vs torch | peak RSS MiB "
+             "| load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    ref = {(r["file"], r["splats"], r["size"], r["pass"], r["threads"]): r["seconds_per_view"]
+           for r in report["rows"] if r["backend"] == "torch"}
     for r in report["rows"]:
+        base = ref.get((r["file"], r["splats"], r["size"], r["pass"], r["threads"]))
+        ratio = f"{base / r['seconds_per_view']:.0f}x faster" if base and r["backend"] != "torch" else ""
         lines.append(f"| {r['file']} | {r['splats']:,} | {r['size']} | {r['backend']} ({r['device']}) | "
-                     f"{r['threads']} | {r['pass']} | {r['seconds_per_view']} | {r['seconds_max']} | "
+                     f"{r['threads']} | {r['pass']} | {r['seconds_per_view']} | {r['seconds_max']} | {ratio} | "
                      f"{r['peak_rss_bytes'] / 2**20:.0f} | {r['load_average']} |")
-    t = report.get("target")
-    if t:
-        lines += ["", f"Target: <= {t['seconds']} s per 256x256 view of playbot_lod2 on the CPU; best measured "
-                      f"{t['best_seconds']} s ({'met' if t['met'] else 'NOT met'})."]
+    for t in report.get("targets", []):
+        lines += ["", f"Target: {t['what']} <= {t['limit']} {t['unit']}; measured {t['value']} "
+                      f"({'met' if t['met'] else 'NOT met'})."]
     if report.get("backend_agreement"):
         a = report["backend_agreement"]
         lines += ["", f"torch vs gsplat backend, {a['file']} {a['size']}: PSNR {a['psnr_torch_vs_gsplat_db']} dB "
@@ -138,13 +157,13 @@ def _markdown(report: dict) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--views", type=int, default=4)
+    ap.add_argument("--views", type=int, default=3)
     ap.add_argument("--one", nargs=7, metavar=("PATH", "SIZE", "VIEWS", "BACKEND", "DEVICE", "THREADS", "BACKWARD"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         p, size, views, backend, device, threads, backward = args.one
-        print(json.dumps(one(p, int(size), int(views), backend, device, int(threads), backward == "1")))
+        print(json.dumps(one(p, size, int(views), backend, device, int(threads), backward == "1")))
         return 0
 
     import torch
@@ -152,29 +171,38 @@ def main() -> int:
     if not PLAYBOT.exists():
         print(f"missing {PLAYBOT} (../shared/data)", file=sys.stderr)
         return 2
-    if not SYNTHETIC.exists():
-        SYNTHETIC.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, str(ROOT / "bench" / "make_synthetic.py"), str(SYNTHETIC)], check=True)
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     v = str(args.views)
     plan: list[tuple[str, ...]] = []
     if cuda:
-        plan += [(str(PLAYBOT), s, v, b, "cuda", "1", "0") for s in ("256", "512") for b in ("torch", "gsplat")]
-        plan += [(str(SYNTHETIC), "512", v, b, "cuda", "1", "0") for b in ("torch", "gsplat")]
+        plan += [(str(PLAYBOT), s, v, b, "cuda", "1", "0") for s in ("256x256", "512x512") for b in ("torch", "gsplat")]
+        plan += [("synthetic:1000000", "512x512", v, b, "cuda", "1", "0") for b in ("torch", "gsplat")]
     else:
-        plan += [(str(PLAYBOT), s, v, "torch", "cpu", th, "0") for s in ("256", "512") for th in ("1", "2")]
-        plan += [(str(PLAYBOT), "256", v, "torch", "cpu", "1", "1")]
-        plan += [(str(SYNTHETIC), "512", "2", "torch", "cpu", "1", "0")]
+        for n in (1_000, 10_000, 100_000, 1_000_000):
+            for bwd in ("0", "1"):
+                plan.append((f"synthetic:{n}", "256x192", v, "cpu", "cpu", "2", bwd))
+                if n <= 100_000 or bwd == "0":  # torch fwd+bwd of 1M splats takes minutes a view
+                    plan.append((f"synthetic:{n}", "256x192", "2" if n > 10_000 else v, "torch", "cpu", "2", bwd))
+        plan += [("synthetic:100000", "256x192", v, b, "cpu", "1", "1") for b in ("cpu", "torch")]
+        plan += [(f"synthetic:{n}", "512x512", v, "cpu", "cpu", "2", "1") for n in (100_000, 1_000_000)]
+        plan += [(str(PLAYBOT), "256x256", v, b, "cpu", "2", bwd) for b in ("cpu", "torch") for bwd in ("0", "1")]
     rows = []
     for spec in plan:
         rows.append(_sub(*spec))
         print(json.dumps(rows[-1]), flush=True)
     report: dict[str, Any] = {"device": device, "machine": machine(), "rows": rows}
-    cpu256 = [r["seconds_per_view"] for r in rows if r["file"] == PLAYBOT.name and r["size"] == "256x256"
-              and r["device"] == "cpu" and r["pass"] == "forward"]
-    if cpu256:
-        report["target"] = {"seconds": TARGET_S, "best_seconds": min(cpu256), "met": min(cpu256) <= TARGET_S}
+    targets = []
+    for r in rows:
+        if (r["backend"], r["splats"], r["size"], r["pass"], r["threads"]) == ("cpu", 100_000, "256x192",
+                                                                                "forward+backward", 2):
+            targets.append({"what": "cpu forward+backward, 100k SH3 splats at 256x192, 2 threads", "unit": "s",
+                            "limit": 0.1, "value": r["seconds_per_view"], "met": r["seconds_per_view"] <= 0.1})
+        if (r["backend"], r["splats"], r["size"]) == ("cpu", 1_000_000, "512x512"):
+            mib = round(r["peak_rss_bytes"] / 2**20)
+            targets.append({"what": f"peak memory, cpu {r['pass']}, 1M splats at 512x512", "unit": "MiB",
+                            "limit": 2048, "value": mib, "met": mib <= 2048})
+    report["targets"] = targets
     if cuda:
         report["backend_agreement"] = backend_psnr(str(PLAYBOT), 256, args.views)
     RESULTS.mkdir(parents=True, exist_ok=True)

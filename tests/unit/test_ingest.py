@@ -26,6 +26,14 @@ def _photos(n: int = 12) -> list[Path]:
     return sorted(PHOTOS.glob("*.jpg"))[:n]
 
 
+def _lund12(tmp_path: Path) -> str:
+    """A folder with the first 12 sample photos (the bundled set has 29; these tests were written for 12)."""
+    dest = tmp_path / "lund12"
+    if not dest.exists():
+        _copy_photos(dest, 12)
+    return str(dest)
+
+
 def _copy_photos(dest: Path, n: int) -> Path:
     """A fresh folder ``dest`` holding the first ``n`` sample photos."""
     dest.mkdir()
@@ -51,7 +59,7 @@ def _bomb_png(path: Path, width: int, height: int) -> None:
 
 def test_folder_of_photos(tmp_path: Path) -> None:
     out = tmp_path / "ingest"
-    report = ingest(str(PHOTOS), out, max_side=512)
+    report = ingest(_lund12(tmp_path), out, max_side=512)
     names = [p.name for p in _photos()]
     assert report["source_kind"] == "folder" and report["content"] == "photos"
     assert report["kept"] == names
@@ -142,7 +150,7 @@ def test_blurred_photo_rejected(tmp_path: Path) -> None:
 
 
 def test_max_images_subsamples_evenly(tmp_path: Path) -> None:
-    report = ingest(str(PHOTOS), tmp_path / "out", max_images=4, max_side=256)
+    report = ingest(_lund12(tmp_path), tmp_path / "out", max_images=4, max_side=256)
     assert report["kept"] == ["01.jpg", "05.jpg", "08.jpg", "12.jpg"]
     assert sum("over max_images=4" in r for r in report["rejected"].values()) == 8
 
@@ -171,11 +179,11 @@ def test_no_images_and_one_image_fail_cleanly(tmp_path: Path) -> None:
 def test_output_folder_rules(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()  # an empty folder (what KFP may create) is fine
-    ingest(str(PHOTOS), out, max_images=3, max_side=128)
+    ingest(_lund12(tmp_path), out, max_images=3, max_side=128)
     assert len(list((out / "images").iterdir())) == 3
     with pytest.raises(OutputExistsError, match="not empty"):
-        ingest(str(PHOTOS), out, max_images=3, max_side=128)
-    report = ingest(str(PHOTOS), out, max_images=4, max_side=128, overwrite=True)
+        ingest(_lund12(tmp_path), out, max_images=3, max_side=128)
+    report = ingest(_lund12(tmp_path), out, max_images=4, max_side=128, overwrite=True)
     assert sorted(p.name for p in (out / "images").iterdir()) == report["kept"] and len(report["kept"]) == 4
     assert _listing(tmp_path) == ["out"]
 
@@ -259,7 +267,7 @@ def test_cli_ingest_refuses_zip_slip(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["ingest", str(archive), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "error: archive evil.zip refused" in err and "hint:" in err
-    assert main(["ingest", str(PHOTOS), str(tmp_path / "out"), "--max-side", "200", "--json"]) == 0
+    assert main(["ingest", _lund12(tmp_path), str(tmp_path / "out"), "--max-side", "200", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["counts"]["kept"] == 12
 
 
@@ -362,5 +370,5 @@ def test_failed_run_leaves_no_parent_folders(tmp_path: Path) -> None:
     with pytest.raises(ImageError):
         ingest(str(empty), tmp_path / "runs" / "r2" / "out")
     assert _listing(tmp_path / "runs") == []
-    report = ingest(str(PHOTOS), tmp_path / "runs" / "r3" / "out", max_images=3, max_side=128)
+    report = ingest(_lund12(tmp_path), tmp_path / "runs" / "r3" / "out", max_images=3, max_side=128)
     assert (tmp_path / "runs" / "r3" / "out" / "ingest-report.json").exists() and len(report["kept"]) == 3

@@ -1,6 +1,7 @@
-"""Acceptance of the training stage on real photos (CPU): the 12 bundled lund photos go through the SfM stage,
-train at <= 128 px for a few hundred steps, beat the initial point cloud by >= 6 dB held-out PSNR, and the PLY
-goes through the codec (compress to .sog, decode) with every splat kept."""
+"""Acceptance of the training stage on real photos (CPU): 12 of the bundled lund photos go through the SfM stage,
+train with the compiled CPU rasterizer at 160 px for a few hundred steps (about a minute), reach the floors
+below on the training views and the held-out view (set from measurements: README, Training on a CPU), and the
+PLY goes through the codec (compress to .sog, decode) with every splat kept."""
 
 from __future__ import annotations
 
@@ -14,17 +15,25 @@ from splatflow.stages.train import train
 
 pytest.importorskip("pycolmap")
 LUND = Path(__file__).resolve().parents[2] / "data" / "photos" / "lund"
-ITERATIONS = 200
-RESOLUTION = 64
+ITERATIONS = 300
+RESOLUTION = 160
+# measured on the 2-core machine (one thread): 23.4 dB on the training views, held-out 16.6 dB (+6.4 over the
+# initial point cloud) and SSIM 0.447, in 29 s of training on a busy machine; the floors leave room for other CPUs
+TRAIN_PSNR_FLOOR = 21.5  # dB on the training views
+TEST_SSIM_FLOOR = 0.38   # on the held-out view
 
 
 @pytest.fixture(scope="module")
 def lund_sfm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from splatflow.stages.sfm import sfm
 
-    out = tmp_path_factory.mktemp("lund") / "sfm"
+    photos = tmp_path_factory.mktemp("lund") / "photos"
+    photos.mkdir()
+    for photo in sorted(LUND.glob("*.jpg"))[:12]:
+        (photos / photo.name).write_bytes(photo.read_bytes())
+    out = photos.parent / "sfm"
     # one thread: a reproducible reconstruction (multi-threaded matching gives 450-610 points from run to run)
-    report = sfm(LUND, out, max_side=512, num_threads=1)
+    report = sfm(photos, out, max_side=512, num_threads=1)
     assert report["registered"] >= 10, report
     return out
 
@@ -40,15 +49,17 @@ def test_lund_trains_on_cpu_and_the_ply_goes_through_the_codec(lund_sfm: Path, t
     torch.set_num_threads(1)  # reproducible float reductions: the same gain on every run of this machine kind
     try:
         report = train(lund_sfm, out, iterations=ITERATIONS, resolution=RESOLUTION, strategy="default", device="cpu",
-                       max_splats=3000, checkpoint_every=ITERATIONS)
+                       max_splats=30_000, checkpoint_every=ITERATIONS, background_points=1000)
     finally:
         torch.set_num_threads(threads)
-    assert max(report["resolution"]) == RESOLUTION <= 128
-    assert len(report["images_test"]) == 2 and report["images_train"] == 10
-    gain = report["psnr_test"] - report["psnr_test_initial"]
-    print(f"lund: {ITERATIONS} steps, held-out gain {gain:.2f} dB")
-    assert gain >= 6.0, f"held-out PSNR {report['psnr_test_initial']} -> {report['psnr_test']} dB"
-    assert report["splats"] <= 3000
+    assert max(report["resolution"]) == RESOLUTION and report["backend"] == "cpu"
+    assert report["images_test"] == ["05.jpg"] and report["images_train"] == 11
+    print(f"lund: {ITERATIONS} steps in {report['seconds']} s, training views {report['psnr_train']} dB, held-out "
+          f"{report['psnr_test']} dB (from {report['psnr_test_initial']}) SSIM {report['ssim_test']}")
+    assert report["psnr_train"] >= TRAIN_PSNR_FLOOR
+    assert report["ssim_test"] >= TEST_SSIM_FLOOR
+    assert report["psnr_test"] >= report["psnr_test_initial"] + 5.0
+    assert report["splats"] <= 30_000 and (out / "contact-sheet.png").is_file()
 
     ply = out / "splats.ply"
     cloud = read_ply(ply, on_invalid="error")

@@ -27,26 +27,6 @@ constexpr float ALPHA_MIN = 1.0f / 255.0f;
 constexpr float ALPHA_MAX = 0.999f;
 constexpr float T_MIN = 1e-4f;
 
-// exp(x) for x <= 0, vectorisable (no libm call): x = n ln2 + r, |r| <= ln2 / 2, degree-6 polynomial for e^r,
-// 2^n built in the exponent bits. Relative error about 2e-7; x below -87 flushes to 0 (never a denormal).
-inline float exp_nonpos(float x) {
-    const bool tiny = x < -87.0f;
-    x = tiny ? -87.0f : x;
-    const float n = std::floor(x * 1.4426950408889634f + 0.5f);
-    const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
-    float p = 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-    float scale;
-    std::memcpy(&scale, &bits, sizeof(scale));
-    return tiny ? 0.0f : p * scale;
-}
-
 // Run fn(tile) for every tile on up to `threads` threads (dynamic scheduling: tiles differ a lot in work).
 template <class Fn>
 void for_tiles(int n_tiles, int threads, Fn fn) {
@@ -231,7 +211,9 @@ template <int TS> struct Vec;
 template <> struct Vec<16> { using F = vf16; using I = vi16; };
 template <> struct Vec<8> { using F = vf8; using I = vi8; };
 
-// exp(x) for x <= 0 lane-wise (the same polynomial as exp_nonpos), rounding by the 1.5 * 2^23 trick.
+// exp(x) for x <= 0 lane-wise, no libm call: x = n ln2 + r with |r| <= ln2 / 2 (n rounded by the 1.5 * 2^23
+// trick), a degree-6 polynomial for e^r, 2^n built in the exponent bits. Relative error about 2e-7; below -87
+// it flushes to 0 (never a denormal).
 template <class F, class I>
 inline F vexp_nonpos(F x) {
     const I tiny = x < -87.0f;
