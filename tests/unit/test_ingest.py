@@ -27,10 +27,12 @@ def _photos(n: int = 12) -> list[Path]:
 
 
 def _lund12(tmp_path: Path) -> str:
-    """A folder with the first 12 sample photos (the bundled set has 29; these tests were written for 12)."""
-    dest = tmp_path / "lund12"
+    """A folder with the first 12 sample photos and the licence file (the bundled set has 29 photos; these tests
+    were written for 12), beside ``tmp_path`` so the tests' listings of ``tmp_path`` stay exact."""
+    dest = tmp_path.parent / f"{tmp_path.name}-lund12"
     if not dest.exists():
         _copy_photos(dest, 12)
+        shutil.copy(PHOTOS / "LICENSE_OpenSfM", dest / "LICENSE_OpenSfM")
     return str(dest)
 
 
