@@ -236,15 +236,6 @@ def screen_grad(info: dict[str, Any], means: torch.Tensor, view: View) -> tuple[
     return (g_cam[:, :2] * z / f * half).norm(dim=-1), visible
 
 
-def _ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """SSIM of two (H, W, 3) images in [0, 1] (differentiable)."""
-    from pytorch_msssim import ssim
-
-    win = min(11, a.shape[0], a.shape[1])
-    win -= 1 - win % 2  # odd window for images smaller than 11 px
-    return ssim(a.permute(2, 0, 1)[None], b.permute(2, 0, 1)[None], data_range=1.0, size_average=True, win_size=win)
-
-
 def evaluate(render: Renderer, params: Params, views: list[View], sh_degree: int,
              sheet: list[SheetRow] | None = None) -> dict[str, float | None]:
     """Mean PSNR (dB) and SSIM over ``views`` of the clamped renders; None for an empty list. With ``sheet``, a
@@ -258,7 +249,7 @@ def evaluate(render: Renderer, params: Params, views: list[View], sh_degree: int
             img = img.clamp(0, 1)
             mse = torch.mean((img - v.image) ** 2).clamp_min(1e-10)
             psnrs.append(float(-10 * torch.log10(mse)))
-            ssims.append(float(_ssim(img, v.image)))
+            ssims.append(float(ssim_loss(img, v.image)))
             if sheet is not None:
                 sheet.append(SheetRow(v.name, v.image.cpu().numpy(), img.cpu().numpy(), psnrs[-1]))
     return {"psnr": round(float(np.mean(psnrs)), 4), "ssim": round(float(np.mean(ssims)), 5)}

@@ -4,7 +4,8 @@
 filtering, C1 = 0.01^2, C2 = 0.03^2, the mean of the SSIM map) for (H, W, 3) images in [0, 1]. On CPU tensors the
 Gaussian filtering runs in the compiled kernels (:mod:`splatflow.kernels`): torch's depthwise convolution made
 SSIM about 70 % of a CPU training step. Elsewhere (CUDA, or no compiler) it calls pytorch_msssim itself.
-The reported metrics stay with pytorch_msssim (:mod:`splatflow.metrics`); a test keeps the two equal.
+Training's loss and its report use it; ``splatflow evaluate`` uses pytorch_msssim (:mod:`splatflow.metrics`);
+a test keeps the two equal.
 """
 
 from __future__ import annotations
