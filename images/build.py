@@ -14,6 +14,7 @@ configured (``pip config list``: find-links, cert), and ``--gpu-deps``: the GPU 
 ``python``) resolved and ``pip check``ed on the same base with the CPU torch build, one per GPU stage.
 
     python images/build.py [--local] [--gpu-deps] [--push] [--dry-run] [--stage S ...] [--build-arg K=V ...]
+                           [--wheels DIR] [--ca FILE] [--report FILE]
 """
 
 from __future__ import annotations
@@ -115,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage", action="append", choices=STAGES, help="only these stages (repeatable)")
     parser.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="passed to every build (bases, PIP_INDEX_URL, TORCH_INDEX, KERNELS ...)")
+    parser.add_argument("--wheels", type=Path,
+                        help="a folder of wheels pip may take first (--local: pip's find-links folder with torch)")
+    parser.add_argument("--ca", type=Path,
+                        help="a CA bundle for pip, e.g. behind a TLS-inspecting proxy (--local: pip's cert)")
     parser.add_argument("--platform", default="linux/amd64")
     parser.add_argument("--push", action="store_true", help="push each image after building it")
     parser.add_argument("--dry-run", action="store_true", help="print the build commands, run nothing")
@@ -129,8 +134,13 @@ def main(argv: list[str] | None = None) -> int:
         build_args[key] = value
     engine = os.environ.get("ENGINE") or ("docker" if args.dry_run else detect_engine())
     wheels, ca = local_sources() if args.local else (None, None)
+    wheels, ca = args.wheels or wheels, args.ca or ca
+    for what, path in (("--wheels", wheels), ("--ca", ca)):
+        if path is not None and not path.exists():
+            parser.error(f"{what} {path}: no such file or folder")
     if args.local:
-        build_args = {"BASE_IMAGE": LOCAL_BASE, **({"TORCH_INDEX": ""} if wheels else {}), **build_args}
+        has_torch = wheels is not None and any(wheels.glob("torch-*.whl"))
+        build_args = {"BASE_IMAGE": LOCAL_BASE, **({"TORCH_INDEX": ""} if has_torch else {}), **build_args}
         if not args.dry_run and subprocess.run([engine, "image", "inspect", build_args["BASE_IMAGE"]],
                                                capture_output=True).returncode != 0:
             raise SystemExit(f"error: the base image {build_args['BASE_IMAGE']} is missing: run "
@@ -149,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             if spec.stage not in GPU_STAGES or (args.stage and spec.stage not in args.stage):
                 continue
             gpu_args = {"BUILD_BASE": build_args["BASE_IMAGE"], "TORCH_VARIANT": "cpu",
-                        **({"TORCH_INDEX": ""} if wheels else {"TORCH_INDEX": "https://download.pytorch.org/whl/cpu"})}
+                        "TORCH_INDEX": build_args.get("TORCH_INDEX", "https://download.pytorch.org/whl/cpu")}
             check = BuildSpec(stage=spec.stage, image=f"{GPU_CHECK_IMAGE}:{spec.stage}", dockerfile=GPU_DOCKERFILE,
                               extras=spec.extras)
             builds.append((check, build_command(engine, check, build_args=gpu_args, platform=args.platform,

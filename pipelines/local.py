@@ -9,6 +9,13 @@ splatflow, kfp, ``components`` and ``pipelines`` must be importable here (``make
 Retries are off locally (``build_pipeline(retries=False)``): kfp.local would honour their back-off, and a
 local failure (bad input, no CUDA) fails the same way each time.
 
+``runner="docker"`` runs every task in its stage image instead (``kfp.local.DockerRunner``; the images named by
+``components.images``, e.g. built by ``make images-local``), through any Docker-compatible engine at
+``DOCKER_HOST`` (docker, or ``podman system service``). The tasks run as the images' user (uid 10001), on the
+host's network (a webhook on localhost is reachable), with the output folder and a local source mounted at
+their own paths, and with this process's ``SPLATFLOW_*`` and ``AWS_*`` variables (what a cluster gives a pod
+from its Secrets and ConfigMaps).
+
 Layout of one local run under ``output`` (a fresh folder per run):
 
 - ``output/<scene>/<run_id>/...`` what publish wrote (the .sog, the viewer page, the run report);
@@ -19,8 +26,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +41,9 @@ from splatflow.presets import check_run_parameters
 
 log = logging.getLogger(__name__)
 LOCAL_DEFAULTS: dict[str, Any] = {"quality": "tiny", "iterations": 0, "max_splats": 20_000, "sh_degree": 1}
+RUNNERS = ("subprocess", "docker")
+#: variables a task in a container gets from this process (a cluster's pods get them from Secrets and ConfigMaps)
+FORWARDED_ENV = re.compile(r"^(SPLATFLOW_|AWS_)")
 
 
 @dataclass
@@ -84,8 +98,10 @@ def find_publish_result(pipeline_root: Path) -> dict[str, Any]:
 
 def run_local(source: str | Path, output: Path | str, *, quality: str = LOCAL_DEFAULTS["quality"],
               iterations: int = LOCAL_DEFAULTS["iterations"], max_splats: int = LOCAL_DEFAULTS["max_splats"],
-              sh_degree: int = LOCAL_DEFAULTS["sh_degree"], notify_target: str = "") -> LocalRun:
-    """Run ``splat_pipeline`` under kfp.local with file:// output in ``output`` (must be new or empty).
+              sh_degree: int = LOCAL_DEFAULTS["sh_degree"], notify_target: str = "",
+              runner: str = "subprocess") -> LocalRun:
+    """Run ``splat_pipeline`` under kfp.local with file:// output in ``output`` (must be new or empty);
+    ``runner``: ``subprocess`` (this interpreter) or ``docker`` (each task in its stage image).
 
     Raises :class:`~splatflow.errors.StageError` naming the failed task when the pipeline fails (notify has
     run by then, with the failure in its message).
@@ -96,14 +112,17 @@ def run_local(source: str | Path, output: Path | str, *, quality: str = LOCAL_DE
 
     check_run_parameters({"quality": quality, "iterations": iterations, "max_splats": max_splats,
                           "sh_degree": sh_degree, "notify_target": notify_target})
+    if runner not in RUNNERS:
+        raise InputError(f"unknown runner {runner!r}", hint=f"use one of {', '.join(RUNNERS)}")
     src = source_uri(source)
     out = _prepare_output(Path(output))
     root = out / "pipeline-root"
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    task_runner = docker_runner(src, out, root) if runner == "docker" else local.SubprocessRunner(use_venv=False)
+    local.init(runner=task_runner, pipeline_root=str(root), raise_on_error=True)
     started = time.monotonic()
     pipeline = build_pipeline(retries=False)  # the same graph; failures here are deterministic
     try:
-        with warnings.catch_warnings():
+        with _container_exit_codes_kept(runner == "docker"), warnings.catch_warnings():
             # expected locally: the stage images are not used, and Kubernetes resources do not apply
             warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
@@ -114,6 +133,90 @@ def run_local(source: str | Path, output: Path | str, *, quality: str = LOCAL_DE
                          hint=f"each task's log is above; task outputs are under {root}") from exc
     return LocalRun(output=out, pipeline_root=root, publish=find_publish_result(root),
                     seconds=round(time.monotonic() - started, 1))
+
+
+def docker_runner(source: str, output: Path, pipeline_root: Path) -> Any:
+    """``kfp.local.DockerRunner`` for the stage images: the engine at ``DOCKER_HOST`` reachable and every stage
+    image present (else an :class:`InputError` saying what to do); ``output`` and ``pipeline_root`` (inside it)
+    made writable for the images' user."""
+    try:
+        import docker
+        from docker.types import Mount
+    except ImportError as exc:
+        raise InputError("the docker runner needs the docker Python package",
+                         hint="pip install docker (make install brings it)") from exc
+    from components.images import all_images
+    from kfp import local
+
+    host = os.environ.get("DOCKER_HOST", "the default socket")
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        raise InputError(f"no Docker-compatible engine answers at {host}",
+                         hint="start docker, or `podman system service --time=0 unix:///run/podman/podman.sock &` "
+                              "and export DOCKER_HOST=unix:///run/podman/podman.sock") from exc
+    try:
+        present = {tag for image in client.images.list() for tag in image.tags}
+    finally:
+        client.close()
+    missing = sorted(image for image in all_images().values() if image not in present)
+    if missing:
+        raise InputError(f"the stage images {', '.join(missing)} are not in the engine at {host}",
+                         hint="build them: make images-local (SPLATFLOW_REGISTRY and SPLATFLOW_IMAGE_TAG name them)")
+    pipeline_root.mkdir(exist_ok=True)
+    for folder in (output, pipeline_root):
+        folder.chmod(0o777)  # the tasks run as uid 10001, not as this user
+    mounts = [Mount(target=str(output), source=str(output), type="bind")]
+    if source.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        path = unquote(urlparse(source).path)
+        mounts.append(Mount(target=path, source=path, type="bind", read_only=True))
+    environment = {name: value for name, value in os.environ.items() if FORWARDED_ENV.match(name)}
+    return local.DockerRunner(mounts=mounts, environment=environment, network_mode="host")
+
+
+def run_container(client: Any, image: str, command: list[str], volumes: dict[str, Any], **run_args: Any) -> int:
+    """Run one task's container; its exit code. Stands in for ``kfp.local.docker_task_handler.run_docker_container``
+    (kfp 2.17.3), which starts the container with ``auto_remove=True`` and reports exit code 0 when the engine has
+    removed it before ``wait()`` returns: under podman every failed task passed as a success, and its log could be
+    cut short (kubeflow/pipelines#13332). Here the container stays until its log is read and its exit code known,
+    then it is removed."""
+    import codecs
+
+    import docker
+
+    print(f"Found image {image!r}\n")  # kfp.local's own line (the image tests read which image ran which task)
+    container = client.containers.run(image=image, command=command, detach=True, stdout=True, stderr=True,
+                                      volumes=volumes, **run_args)
+    try:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        for chunk in container.logs(stream=True, follow=True):
+            print(decoder.decode(chunk), end="")
+        print(decoder.decode(b"", final=True), end="")
+        return int(container.wait()["StatusCode"])
+    finally:
+        try:
+            container.remove(force=True)
+        except docker.errors.APIError as exc:  # the exit code stands; a leftover container is only untidy
+            log.warning("could not remove the finished container %s: %s", container.short_id, exc)
+
+
+@contextmanager
+def _container_exit_codes_kept(active: bool) -> Iterator[None]:
+    """While active, kfp.local's DockerRunner runs each task with :func:`run_container`."""
+    if not active:
+        yield
+        return
+    from kfp.local import docker_task_handler
+
+    original = docker_task_handler.run_docker_container
+    docker_task_handler.run_docker_container = run_container
+    try:
+        yield
+    finally:
+        docker_task_handler.run_docker_container = original
 
 
 def _plain(text: str) -> str:
