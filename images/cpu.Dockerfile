@@ -32,12 +32,15 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=igno
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 COPY images/constraints.txt /src/constraints.txt
-# torch first, in a layer every stage shares. CPU torch (the +cpu build): PyPI's default wheel would pull several
-# GB of CUDA libraries no CPU stage uses.
+# torch first, in a folder of its own (/opt/torch, on the venv's path through a .pth file): every stage image
+# shares it as one identical layer, built and pulled once (it is most of an image). CPU torch (the +cpu build):
+# PyPI's default wheel would pull several GB of CUDA libraries no CPU stage uses.
 RUN --mount=type=secret,id=pip-ca --mount=type=bind,from=wheels,target=/wheels \
     if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
-    && pip install -c /src/constraints.txt ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} \
-        "torch==${TORCH_VERSION}+cpu"
+    && pip install -c /src/constraints.txt --target /opt/torch ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} \
+        "torch==${TORCH_VERSION}+cpu" \
+    && echo /opt/torch > "$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/torch.pth" \
+    && python -c "import importlib.util as u; o = u.find_spec('torch').origin; assert o.startswith('/opt/torch/'), o"
 COPY pyproject.toml README.md /src/
 COPY src /src/src
 # the KFP layer (components/, pipelines/): component bodies import it inside the pod
@@ -65,6 +68,8 @@ RUN mkdir -p "$SPLATFLOW_KERNEL_DIR" \
 
 # ---- runtime: the same base, the venv and a non-root user; no compilers, no pip cache
 FROM ${BASE_IMAGE}
+# torch before anything stage-specific, so that this layer is the same in every stage image
+COPY --from=build /opt/torch /opt/torch
 ARG STAGE
 LABEL org.opencontainers.image.title="splatflow-${STAGE}"
 COPY --from=build /opt/venv /opt/venv

@@ -47,10 +47,14 @@ RUN python3 -c "import ensurepip, venv" 2>/dev/null \
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 COPY images/constraints.txt /src/constraints.txt
+# torch (and the NVIDIA libraries it brings) in a folder of its own, on the venv's path through a .pth file: train
+# and compress share it as one identical layer, pulled once per node (it is most of an image)
 RUN --mount=type=secret,id=pip-ca --mount=type=bind,from=wheels,target=/wheels \
     if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
-    && pip install -c /src/constraints.txt ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} \
-        "torch==${TORCH_VERSION}+${TORCH_VARIANT}"
+    && pip install -c /src/constraints.txt --target /opt/torch ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} \
+        "torch==${TORCH_VERSION}+${TORCH_VARIANT}" \
+    && echo /opt/torch > "$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/torch.pth" \
+    && python -c "import importlib.util as u; o = u.find_spec('torch').origin; assert o.startswith('/opt/torch/'), o"
 COPY pyproject.toml README.md /src/
 COPY src /src/src
 # the KFP layer (components/, pipelines/): component bodies import it inside the pod
@@ -86,12 +90,14 @@ RUN --mount=type=secret,id=pip-ca --mount=type=bind,from=wheels,target=/wheels \
 
 # ---- runtime: the CUDA runtime base, Python, the venv and a non-root user; no compilers, no CUDA headers
 FROM ${RUNTIME_BASE}
-ARG STAGE
-LABEL org.opencontainers.image.title="splatflow-${STAGE}"
 ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 libgomp1 ca-certificates \
     && rm -rf /var/lib/apt/lists/*
+# torch before anything stage-specific, so that this layer is the same in both GPU images
+COPY --from=build /opt/torch /opt/torch
+ARG STAGE
+LABEL org.opencontainers.image.title="splatflow-${STAGE}"
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HOME=/home/splatflow \
     NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility

@@ -252,6 +252,11 @@ def test_dockerfile_lint(kind: str) -> None:
     assert not COMPILERS.search(installs), f"{kind}: the final stage installs {COMPILERS.search(installs)}"
     copies_from = [flags for flags in (f for c, f, _ in final.instructions if c == "COPY") if flags]
     assert copies_from and all(f[0].startswith("--from=") for f in copies_from), f"{kind}: no venv from a builder"
+    # torch in its own folder, copied before anything stage-specific: one layer shared by the images of a Dockerfile
+    build_runs = "\n".join(s.runs() for s in stages[:-1])
+    assert "--target /opt/torch" in build_runs and "/torch.pth" in build_runs
+    first_steps = [c for c, _, _ in final.instructions if c not in ("ENV", "RUN")]
+    assert final.values("COPY")[0] == ("/opt/torch", "/opt/torch") and first_steps[0] == "COPY", first_steps
     # KFP's launcher writes artifacts under /s3, /minio, /gcs: they must exist and be writable for the user
     assert re.search(r"install -d -m 1777 /s3 /minio /gcs\b", final.runs()), f"{kind}: no /s3 /minio /gcs"
     # kfp.local's DockerRunner sets the command only: an ENTRYPOINT would swallow it
@@ -332,7 +337,7 @@ def test_gpu_dockerfile_builds_cuda_torch_and_gsplat_for_t4_to_hopper() -> None:
     # without build isolation the build backend must already be in the venv (3.12 venvs have no setuptools)
     assert runs.index("setuptools==") < runs.index("--no-build-isolation")
     assert "pip uninstall -y ninja" in runs  # the JIT build tool does not reach the runtime stage
-    assert [v for v in final.values("COPY")] == [("/opt/venv", "/opt/venv")]
+    assert [v for v in final.values("COPY")] == [("/opt/torch", "/opt/torch"), ("/opt/venv", "/opt/venv")]
 
 
 def test_cpu_dockerfile_builds_cpu_torch_and_holds_the_kernel_hook() -> None:
@@ -384,7 +389,8 @@ NOT_REACHED_ON_CPU = {
                             "torch",
 }
 #: pip options whose next token is their argument, not a package
-_PIP_ARG_OPTIONS = {"-c", "-r", "--constraint", "--index-url", "--extra-index-url", "--no-binary", "--only-binary"}
+_PIP_ARG_OPTIONS = {"-c", "-r", "--constraint", "--index-url", "--extra-index-url", "--no-binary", "--only-binary",
+                    "--target", "-t"}
 
 
 def _norm(name: str) -> str:
