@@ -115,6 +115,8 @@ def run_local(source: str | Path, output: Path | str, *, quality: str = LOCAL_DE
     if runner not in RUNNERS:
         raise InputError(f"unknown runner {runner!r}", hint=f"use one of {', '.join(RUNNERS)}")
     src = source_uri(source)
+    if runner == "docker":
+        check_docker_engine()  # before the output folder exists: a failed check leaves nothing behind
     out = _prepare_output(Path(output))
     root = out / "pipeline-root"
     task_runner = docker_runner(src, out, root) if runner == "docker" else local.SubprocessRunner(use_venv=False)
@@ -135,18 +137,15 @@ def run_local(source: str | Path, output: Path | str, *, quality: str = LOCAL_DE
                     seconds=round(time.monotonic() - started, 1))
 
 
-def docker_runner(source: str, output: Path, pipeline_root: Path) -> Any:
-    """``kfp.local.DockerRunner`` for the stage images: the engine at ``DOCKER_HOST`` reachable and every stage
-    image present (else an :class:`InputError` saying what to do); ``output`` and ``pipeline_root`` (inside it)
-    made writable for the images' user."""
+def check_docker_engine() -> None:
+    """The engine at ``DOCKER_HOST`` answers and holds every stage image (``components.images``); else an
+    :class:`InputError` saying what to do."""
     try:
         import docker
-        from docker.types import Mount
     except ImportError as exc:
         raise InputError("the docker runner needs the docker Python package",
                          hint="pip install docker (make install brings it)") from exc
     from components.images import all_images
-    from kfp import local
 
     host = os.environ.get("DOCKER_HOST", "the default socket")
     try:
@@ -164,6 +163,14 @@ def docker_runner(source: str, output: Path, pipeline_root: Path) -> Any:
     if missing:
         raise InputError(f"the stage images {', '.join(missing)} are not in the engine at {host}",
                          hint="build them: make images-local (SPLATFLOW_REGISTRY and SPLATFLOW_IMAGE_TAG name them)")
+
+
+def docker_runner(source: str, output: Path, pipeline_root: Path) -> Any:
+    """``kfp.local.DockerRunner`` for the stage images (:func:`check_docker_engine` first): ``output`` and
+    ``pipeline_root`` (inside it) made writable for the images' user, mounted with a local source."""
+    from docker.types import Mount
+    from kfp import local
+
     pipeline_root.mkdir(exist_ok=True)
     for folder in (output, pipeline_root):
         folder.chmod(0o777)  # the tasks run as uid 10001, not as this user
@@ -221,8 +228,6 @@ def _container_exit_codes_kept(active: bool) -> Iterator[None]:
 
 def _plain(text: str) -> str:
     """Drop the ANSI colour codes kfp.local puts into its messages."""
-    import re
-
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
