@@ -55,14 +55,25 @@ RUN --mount=type=secret,id=pip-ca --mount=type=bind,from=wheels,target=/wheels \
         "torch==${TORCH_VERSION}+${TORCH_VARIANT}" \
     && echo /opt/torch > "$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/torch.pth" \
     && python -c "import importlib.util as u; o = u.find_spec('torch').origin; assert o.startswith('/opt/torch/'), o"
-COPY pyproject.toml README.md /src/
+# the third-party requirements before the source, in layers keyed on pyproject.toml and the constraints only (a
+# source change rebuilds none of them): kfp, gsplat's Python code (its published wheel: the kernels are built in
+# the next stage) and the core dependencies, then the stage's extras
+COPY pyproject.toml images/requirements.py /src/
+RUN --mount=type=secret,id=pip-ca --mount=type=bind,from=wheels,target=/wheels \
+    if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
+    && python /src/requirements.py /src/pyproject.toml --core > /tmp/core.txt \
+    && pip install -c /src/constraints.txt -r /tmp/core.txt "gsplat==${GSPLAT_VERSION}" "kfp==${KFP_VERSION}"
+ARG EXTRAS=storage
+RUN --mount=type=secret,id=pip-ca --mount=type=bind,from=wheels,target=/wheels \
+    if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
+    && python /src/requirements.py /src/pyproject.toml "${EXTRAS}" > /tmp/extras.txt \
+    && pip install -c /src/constraints.txt -r /tmp/extras.txt
+COPY README.md /src/
 COPY src /src/src
 # the KFP layer (components/, pipelines/): component bodies import it inside the pod
 COPY components /src/components
 COPY pipelines /src/pipelines
-# the stage's extras (stages with the same extras share this layer), then the stage itself
-ARG EXTRAS=storage
-# gsplat's published wheel is its Python code only (kernels are JIT-compiled, or built in the next stage)
+# splatflow itself (its requirements are all there by now), and the whole venv checked
 RUN --mount=type=secret,id=pip-ca --mount=type=bind,from=wheels,target=/wheels \
     if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
     && pip install -c /src/constraints.txt "/src[${EXTRAS}]" "gsplat==${GSPLAT_VERSION}" "kfp==${KFP_VERSION}" \

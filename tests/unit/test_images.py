@@ -289,9 +289,11 @@ def test_copy_sources_exist_in_the_build_context(kind: str) -> None:
 def test_dockerignore_keeps_secrets_and_bulk_out() -> None:
     for path in ("manifests/overlays/onprem/minio.env", "manifests/base/notify.env", ".venv/bin/python",
                  "node_modules/.bin/splat-transform", "data/splats", ".git/config", "tests/conftest.py",
-                 "src/splatflow/__pycache__/cli.cpython-312.pyc", "build/images-local.json", "images/build.py"):
+                 "src/splatflow/__pycache__/cli.cpython-312.pyc", "build/images-local.json", "images/build.py",
+                 "images/cpu.Dockerfile"):
         assert _dockerignored(path), path
-    for path in ("src/splatflow/cli.py", "pyproject.toml", "components/images.py", "images/constraints.txt"):
+    for path in ("src/splatflow/cli.py", "pyproject.toml", "components/images.py", "images/constraints.txt",
+                 "images/requirements.py"):
         assert not _dockerignored(path), path
 
 
@@ -570,3 +572,22 @@ def test_train_extra_holds_what_training_imports() -> None:
     assert not missing, f"the train extra (with the core dependencies) lacks {missing}"
     gsplat = next(r for r in _pyproject()["project"]["optional-dependencies"]["train"] if r.startswith("gsplat"))
     assert gsplat.replace(" ", "") == "gsplat>=1.5,<1.6"
+
+
+def test_requirements_script_lists_what_pyproject_declares(tmp_path: Path) -> None:
+    """images/requirements.py (the layered installs in both Dockerfiles) prints pyproject's requirements exactly, and
+    refuses an extra that does not exist."""
+    project = _pyproject()["project"]
+
+    def listed(*args: str) -> list[str]:
+        proc = subprocess.run([sys.executable, str(IMAGES / "requirements.py"), str(ROOT / "pyproject.toml"), *args],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.splitlines()
+
+    assert listed("--core") == project["dependencies"]
+    optional = project["optional-dependencies"]
+    assert listed("sfm,storage") == optional["sfm"] + optional["storage"] == listed("sfm", "storage")
+    proc = subprocess.run([sys.executable, str(IMAGES / "requirements.py"), str(ROOT / "pyproject.toml"), "sfm,gpu"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "defines no extra gpu" in proc.stderr
