@@ -112,6 +112,8 @@ run-local: $(STAMP) ## set up and run the whole pipeline locally (kfp.local, CPU
 
 # ---- deployment: images, manifests (README: Deploying)
 # Image names come from components/images.py only: <REGISTRY>/splatflow-<stage>:<TAG> (TAG empty: the git commit).
+# BUILD_ARGS: more images/build.py options, e.g. BUILD_ARGS="--build-arg PIP_INDEX_URL=https://mirror/simple";
+# ENGINE=docker|podman (default: docker with buildx if present, else podman); DRY_RUN=1 prints the build commands.
 REGISTRY ?= ghcr.io/splatflow
 TAG ?=
 IMAGE_TAG ?= $(TAG)
@@ -127,17 +129,36 @@ DEVICE_PLUGIN ?= 0
 IMAGE_ENV = SPLATFLOW_REGISTRY=$(REGISTRY) SPLATFLOW_IMAGE_TAG=$(IMAGE_TAG)
 .PHONY: images validate-manifests deploy-eks deploy-onprem
 
-images: $(STAMP) ## build + push every stage image with docker buildx (REGISTRY=... TAG=...; PUSH=0 loads locally)
-	@command -v docker >/dev/null || { echo "error: docker (with buildx) is needed to build the images"; exit 3; }
+images: $(STAMP) ## build + push every stage image with docker buildx or podman (REGISTRY=... TAG=...; PUSH=0 keeps them local)
 	@test -n "$$(ls -A src/splatflow/viewer/assets 2>/dev/null)" || { echo "error: the viewer's files are not in" \
 		"src/splatflow/viewer/assets (the publish image ships them): make viewer-assets"; exit 2; }
 	@git diff --quiet HEAD -- src components pipelines pyproject.toml images || [ -n "$(IMAGE_TAG)" ] || \
 		echo "warning: uncommitted changes go into images tagged with the commit; set TAG=... to tell them apart"
-	@$(IMAGE_ENV) $(PY) -m components.images | while read -r stage image; do \
-		echo "==> $$image"; \
-		docker buildx build --platform $(PLATFORM) -f images/$$stage/Dockerfile -t $$image \
-			$(if $(filter 1,$(PUSH)),--push,--load) . || exit 1; \
-	done
+	$(IMAGE_ENV) $(if $(ENGINE),ENGINE=$(ENGINE)) $(PY) images/build.py --platform $(PLATFORM) \
+		$(if $(filter 1,$(PUSH)),--push) $(if $(filter 1,$(DRY_RUN)),--dry-run) $(BUILD_ARGS)
+
+# ---- local images: CPU builds of every stage on a local Debian base (no registry needed), as CI builds and runs them
+# LOCAL_REGISTRY/LOCAL_TAG name them; the containerised pipeline run (make test-images) uses exactly these names.
+LOCAL_REGISTRY ?= localhost/splatflow
+LOCAL_TAG ?= ci
+KERNELS ?= 0
+LOCAL_IMAGE_ENV = SPLATFLOW_REGISTRY=$(LOCAL_REGISTRY) SPLATFLOW_IMAGE_TAG=$(LOCAL_TAG)
+.PHONY: podman-setup images-base images-local test-images
+
+podman-setup: ## install podman, buildah, runc, debootstrap and the engine settings this kind of host needs (root, Debian)
+	images/podman-setup.sh
+
+images-base: ## the local Debian base image (debootstrap once; cached under /var/cache/splatflow)
+	images/debian-base.sh
+
+images-local: $(STAMP) images-base ## every stage image, CPU, on the local base (torch from pip's wheel folder) + GPU deps check
+	@test -n "$$(ls -A src/splatflow/viewer/assets 2>/dev/null)" || { echo "error: the viewer's files are not in" \
+		"src/splatflow/viewer/assets (the publish image ships them): make viewer-assets"; exit 2; }
+	$(LOCAL_IMAGE_ENV) $(PY) images/build.py --local --gpu-deps --build-arg KERNELS=$(KERNELS) \
+		--report build/images-local.json $(BUILD_ARGS)
+
+test-images: images-local ## build the local images, then test them: start-up as uid 10001, contents, the pipeline in containers
+	SPLATFLOW_IMAGES=1 $(LOCAL_IMAGE_ENV) $(PY) -m pytest -q tests/images $(PYTEST_ARGS)
 
 validate-manifests: $(STAMP) ## render every overlay (kubectl kustomize) and validate it strictly (k8s 1.30/1.33, eksctl schema)
 	$(PY) -m pytest -q tests/unit/test_manifests.py

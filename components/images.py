@@ -6,7 +6,9 @@ which the Makefile fills from its ``REGISTRY`` / ``IMAGE_TAG`` variables:
 - ``SPLATFLOW_REGISTRY`` (default ``ghcr.io/splatflow``),
 - ``SPLATFLOW_IMAGE_TAG`` (default: the short git commit of this checkout, else ``latest``).
 
-This module imports no kfp, so the image builder and the manifests tests can use it too.
+It also says how each image is built (:func:`build_spec`): which Dockerfile (``images/cpu.Dockerfile`` or
+``images/gpu.Dockerfile``) and which splatflow extras; ``images/build.py`` (``make images``) builds exactly
+:func:`all_images` from it. This module imports no kfp, so the image builder and the manifests tests can use it too.
 """
 
 from __future__ import annotations
@@ -14,11 +16,25 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 STAGES: tuple[str, ...] = ("ingest", "sfm", "train", "compress", "publish", "notify")
 GPU_STAGES: tuple[str, ...] = ("train", "compress")
+CPU_DOCKERFILE = "images/cpu.Dockerfile"
+GPU_DOCKERFILE = "images/gpu.Dockerfile"
+#: the splatflow extras each stage's image installs (tests/unit/test_images.py checks that they cover every module
+#: the stage imports): every stage records its failure under output_uri (storage); ingest decodes videos and HEIC
+#: photos (av, pillow-heif: sfm); compress renders the SOG against the PLY for its report (render)
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "ingest": ("sfm", "storage"),
+    "sfm": ("sfm", "storage"),
+    "train": ("train", "storage"),
+    "compress": ("render", "storage"),
+    "publish": ("storage",),
+    "notify": ("storage",),
+}
 DEFAULT_REGISTRY = "ghcr.io/splatflow"
 _REPO = Path(__file__).resolve().parents[1]
 # Docker reference grammar, simplified: a registry host[:port] with an optional path; a tag of 1-128 chars.
@@ -67,6 +83,36 @@ def all_images() -> dict[str, str]:
     return {stage: image_for(stage) for stage in STAGES}
 
 
-if __name__ == "__main__":  # `python -m components.images` prints one "stage image" line per stage
-    for _stage, _image in all_images().items():
-        print(_stage, _image)
+@dataclass(frozen=True)
+class BuildSpec:
+    """How one stage image is built: ``dockerfile`` (relative to the repo root) with ``--build-arg STAGE=stage
+    --build-arg EXTRAS=extras``, tagged ``image``."""
+
+    stage: str
+    image: str
+    dockerfile: str
+    extras: tuple[str, ...]
+
+    @property
+    def gpu(self) -> bool:
+        return self.dockerfile == GPU_DOCKERFILE
+
+
+def build_spec(stage: str, *, cpu_only: bool = False) -> BuildSpec:
+    """The build of ``stage``'s image; ``cpu_only``: the GPU stages from the CPU Dockerfile too (local and CI runs
+    on a machine without CUDA, under the same image names)."""
+    gpu = stage in GPU_STAGES and not cpu_only
+    return BuildSpec(stage=stage, image=image_for(stage), dockerfile=GPU_DOCKERFILE if gpu else CPU_DOCKERFILE,
+                     extras=EXTRAS[stage])
+
+
+def build_specs(*, cpu_only: bool = False) -> list[BuildSpec]:
+    """Every stage's build, in pipeline order."""
+    return [build_spec(stage, cpu_only=cpu_only) for stage in STAGES]
+
+
+if __name__ == "__main__":  # `python -m components.images` prints "stage image dockerfile extras", one line a stage
+    import sys
+
+    for _spec in build_specs(cpu_only="--cpu" in sys.argv[1:]):
+        print(_spec.stage, _spec.image, _spec.dockerfile, ",".join(_spec.extras))

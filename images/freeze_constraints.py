@@ -12,13 +12,19 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import re
+import sys
 import tomllib
 from pathlib import Path
 
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
-EXTRAS = ("codec", "render", "sfm", "train", "storage")
+sys.path.insert(0, str(ROOT))
+
+from components.images import EXTRAS as STAGE_EXTRAS  # noqa: E402
+
+#: every extra some stage image installs (components/images.py)
+EXTRAS = tuple(sorted({extra for extras in STAGE_EXTRAS.values() for extra in extras}))
 MARKERS = {"python_version": "3.12", "python_full_version": "3.12.12", "sys_platform": "linux",
            "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix", "extra": ""}
 LEFT_OUT = re.compile(r"^(torch|triton|splatflow|nvidia-.*)$")

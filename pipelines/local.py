@@ -14,6 +14,14 @@ Output: kfp.local prints every task's executor input and log (hundreds of lines)
 well). When a stage fails, :class:`~splatflow.errors.StageError` names it and its one-line error (the record the
 stage left for notify), so the last lines a user sees say what went wrong and where.
 
+``runner="docker"`` runs every task in its stage image instead (``kfp.local.DockerRunner``; the images named by
+``components.images``, e.g. built by ``make images-local``), through any Docker-compatible engine at
+``DOCKER_HOST`` (docker, or ``podman system service``). The tasks run as the images' user (uid 10001), on the
+host's network (a webhook on localhost is reachable), with the output folder and a local source mounted at
+their own paths, and with this process's ``SPLATFLOW_*`` and ``AWS_*`` variables (what a cluster gives a pod
+from its Secrets and ConfigMaps).
+
+
 Layout of one local run:
 
 - ``output`` a local folder (new or empty): ``output/<scene>/<run_id>/...`` is what publish wrote (the .sog,
@@ -29,10 +37,13 @@ import contextlib
 import io
 import json
 import logging
+import os
 import re
 import sys
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -42,6 +53,9 @@ from splatflow.presets import CPU_MAX_SPLATS, check_run_parameters
 
 log = logging.getLogger(__name__)
 LOCAL_DEFAULTS: dict[str, Any] = {"quality": "cpu", "iterations": 0, "max_splats": CPU_MAX_SPLATS, "sh_degree": 1}
+RUNNERS = ("subprocess", "docker")
+#: variables a task in a container gets from this process (a cluster's pods get them from Secrets and ConfigMaps)
+FORWARDED_ENV = re.compile(r"^(SPLATFLOW_|AWS_)")
 
 
 @dataclass
@@ -160,10 +174,11 @@ class _TaskLog(io.TextIOBase):
 def run_local(source: str | Path, output: Path | str, *, quality: str = LOCAL_DEFAULTS["quality"],
               iterations: int = LOCAL_DEFAULTS["iterations"], max_splats: int = LOCAL_DEFAULTS["max_splats"],
               sh_degree: int = LOCAL_DEFAULTS["sh_degree"], notify_target: str = "", verbose: bool = False,
-              work: Path | str | None = None, echo: TextIO | None = None) -> LocalRun:
+              work: Path | str | None = None, echo: TextIO | None = None, runner: str = "subprocess") -> LocalRun:
     """Run ``splat_pipeline`` under kfp.local; results go to ``output`` (a new or empty local folder, or an
     ``s3://bucket/prefix``: the bucket is checked first), task outputs and ``run.log`` to the local folder
-    ``output``, or for s3 outputs ``work`` (default ``./runs/<UTC timestamp>``).
+    ``output``, or for s3 outputs ``work`` (default ``./runs/<UTC timestamp>``). ``runner``: ``subprocess``
+    (this interpreter) or ``docker`` (each task in its stage image).
 
     Prints one line per stage with its time to ``echo`` (default: stdout), or with ``verbose`` every task's log.
     Raises :class:`~splatflow.errors.StageError` naming the failed stage and its one-line error when the
@@ -176,7 +191,11 @@ def run_local(source: str | Path, output: Path | str, *, quality: str = LOCAL_DE
 
     check_run_parameters({"quality": quality, "iterations": iterations, "max_splats": max_splats,
                           "sh_degree": sh_degree, "notify_target": notify_target})
+    if runner not in RUNNERS:
+        raise InputError(f"unknown runner {runner!r}", hint=f"use one of {', '.join(RUNNERS)}")
     src = source_uri(source)
+    if runner == "docker":
+        check_docker_engine()  # before the output folder exists: a failed check leaves nothing behind
     if str(output).startswith("s3://"):
         output_uri = str(output).rstrip("/")
         storage.check_bucket(output_uri)  # a wrong bucket or missing credentials: said now, not after training
@@ -186,7 +205,8 @@ def run_local(source: str | Path, output: Path | str, *, quality: str = LOCAL_DE
         output_uri = local_dir.as_uri()
     root = local_dir / "pipeline-root"
     log_path = local_dir / "run.log"
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    task_runner = docker_runner(src, local_dir, root) if runner == "docker" else local.SubprocessRunner(use_venv=False)
+    local.init(runner=task_runner, pipeline_root=str(root), raise_on_error=True)
     started = time.monotonic()
     pipeline = build_pipeline(retries=False)  # the same graph; failures here are deterministic
     out = echo or sys.stdout
@@ -199,7 +219,8 @@ def run_local(source: str | Path, output: Path | str, *, quality: str = LOCAL_DE
         try:
             if not verbose:
                 root_logger.setLevel(logging.WARNING)  # kfp's "Cleaned up workspace" and the like: the log has them
-            with warnings.catch_warnings(), contextlib.redirect_stdout(tee):
+            with _container_exit_codes_kept(runner == "docker"), warnings.catch_warnings(), \
+                    contextlib.redirect_stdout(tee):
                 # expected locally: the stage images are not used, and Kubernetes resources do not apply
                 warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
                 warnings.filterwarnings("ignore", message=".*non-Python base image.*")
@@ -245,6 +266,95 @@ class PipelineFailed(StageError):
         super().__init__(f"the pipeline failed at {stage}: {error}", hint=hint)
         self.failed_stage = stage
         self.error = error
+
+
+def check_docker_engine() -> None:
+    """The engine at ``DOCKER_HOST`` answers and holds every stage image (``components.images``); else an
+    :class:`InputError` saying what to do."""
+    try:
+        import docker
+    except ImportError as exc:
+        raise InputError("the docker runner needs the docker Python package",
+                         hint="pip install docker (make install brings it)") from exc
+    from components.images import all_images
+
+    host = os.environ.get("DOCKER_HOST", "the default socket")
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        raise InputError(f"no Docker-compatible engine answers at {host}",
+                         hint="start docker, or `podman system service --time=0 unix:///run/podman/podman.sock &` "
+                              "and export DOCKER_HOST=unix:///run/podman/podman.sock") from exc
+    try:
+        present = {tag for image in client.images.list() for tag in image.tags}
+    finally:
+        client.close()
+    missing = sorted(image for image in all_images().values() if image not in present)
+    if missing:
+        raise InputError(f"the stage images {', '.join(missing)} are not in the engine at {host}",
+                         hint="build them: make images-local (SPLATFLOW_REGISTRY and SPLATFLOW_IMAGE_TAG name them)")
+
+
+def docker_runner(source: str, output: Path, pipeline_root: Path) -> Any:
+    """``kfp.local.DockerRunner`` for the stage images (:func:`check_docker_engine` first): ``output`` and
+    ``pipeline_root`` (inside it) made writable for the images' user, mounted with a local source."""
+    from docker.types import Mount
+    from kfp import local
+
+    pipeline_root.mkdir(exist_ok=True)
+    for folder in (output, pipeline_root):
+        folder.chmod(0o777)  # the tasks run as uid 10001, not as this user
+    mounts = [Mount(target=str(output), source=str(output), type="bind")]
+    if source.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        path = unquote(urlparse(source).path)
+        mounts.append(Mount(target=path, source=path, type="bind", read_only=True))
+    environment = {name: value for name, value in os.environ.items() if FORWARDED_ENV.match(name)}
+    return local.DockerRunner(mounts=mounts, environment=environment, network_mode="host")
+
+
+def run_container(client: Any, image: str, command: list[str], volumes: dict[str, Any], **run_args: Any) -> int:
+    """Run one task's container; its exit code. Stands in for ``kfp.local.docker_task_handler.run_docker_container``
+    (kfp 2.17.3), which starts the container with ``auto_remove=True`` and reports exit code 0 when the engine has
+    removed it before ``wait()`` returns: under podman every failed task passed as a success, and its log could be
+    cut short (kubeflow/pipelines#13332). Here the container stays until its log is read and its exit code known,
+    then it is removed."""
+    import codecs
+
+    import docker
+
+    print(f"Found image {image!r}\n")  # kfp.local's own line (the image tests read which image ran which task)
+    container = client.containers.run(image=image, command=command, detach=True, stdout=True, stderr=True,
+                                      volumes=volumes, **run_args)
+    try:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        for chunk in container.logs(stream=True, follow=True):
+            print(decoder.decode(chunk), end="")
+        print(decoder.decode(b"", final=True), end="")
+        return int(container.wait()["StatusCode"])
+    finally:
+        try:
+            container.remove(force=True)
+        except docker.errors.APIError as exc:  # the exit code stands; a leftover container is only untidy
+            log.warning("could not remove the finished container %s: %s", container.short_id, exc)
+
+
+@contextmanager
+def _container_exit_codes_kept(active: bool) -> Iterator[None]:
+    """While active, kfp.local's DockerRunner runs each task with :func:`run_container`."""
+    if not active:
+        yield
+        return
+    from kfp.local import docker_task_handler
+
+    original = docker_task_handler.run_docker_container
+    docker_task_handler.run_docker_container = run_container
+    try:
+        yield
+    finally:
+        docker_task_handler.run_docker_container = original
 
 
 def _plain(text: str) -> str:

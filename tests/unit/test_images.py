@@ -1,7 +1,8 @@
-"""Stage images, checked statically (there is no Docker engine in CI): one Dockerfile per stage and every one
-used by a component; each FROM pinned; a non-root USER and no compilers in the final stage; CUDA builds for the
-GPU stages; every COPY source present in the build context (the repo root, filtered by .dockerignore); kfp baked
-in at the version the pipeline compiles with. Building the images is not tested here.
+"""Stage images, checked statically (CI also builds and runs them: tests/images, `make test-images`): one CPU and one
+GPU Dockerfile, the stage chosen by build arguments from components/images.py; the images `make images` builds are
+exactly the ones the compiled pipeline names; every base pinned (and overridable); a non-root USER and no compilers
+in the final stage; CUDA builds for the GPU stages; every COPY source present in the build context (the repo root,
+filtered by .dockerignore); kfp baked in at the version the pipeline compiles with.
 
 Dockerfiles are parsed with `dockerfile` (Docker's own Go parser, via PyPI).
 """
@@ -11,7 +12,10 @@ from __future__ import annotations
 import ast
 import fnmatch
 import importlib.metadata
+import os
 import re
+import shlex
+import subprocess
 import sys
 import tomllib
 from dataclasses import dataclass, field
@@ -20,9 +24,11 @@ from pathlib import Path
 import dockerfile
 import pytest
 import yaml
+from components.images import CPU_DOCKERFILE, EXTRAS, GPU_DOCKERFILE, GPU_STAGES, STAGES, BuildSpec, build_specs
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "images"
+DOCKERFILES = {Path(CPU_DOCKERFILE).name: ROOT / CPU_DOCKERFILE, Path(GPU_DOCKERFILE).name: ROOT / GPU_DOCKERFILE}
 ARCHS = "7.5;8.0;8.6;8.9;9.0"
 COMPILERS = re.compile(r"\b(build-essential|gcc|g\+\+|clang|cmake|make|ninja|nvcc|cuda-nvcc[-\d.]*|"
                        r"[a-z0-9.+-]+-dev|cuda-toolkit[-\d]*|libcudnn\d*-dev)\b")
@@ -34,11 +40,13 @@ NEEDED_EXTRAS = {"ingest": {"storage"}, "sfm": {"sfm", "storage"}, "train": {"tr
 
 @dataclass
 class Stage:
-    """One build stage: its base image, name, instructions as (command, flags, values)."""
+    """One build stage: its base image (build arguments resolved to their defaults), name, instructions as
+    (command, flags, values)."""
 
     base: str
     name: str | None
     instructions: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = field(default_factory=list)
+    raw_base: str = ""
 
     def values(self, cmd: str) -> list[tuple[str, ...]]:
         return [v for c, _, v in self.instructions if c == cmd]
@@ -46,14 +54,38 @@ class Stage:
     def runs(self) -> str:
         return "\n".join(v[0] for v in self.values("RUN"))
 
+    def env(self) -> dict[str, str]:
+        """ENV settings (the parser gives each ENV as key, value, key, value ...)."""
+        out: dict[str, str] = {}
+        for v in self.values("ENV"):
+            out.update(zip(v[::2], v[1::2], strict=True))
+        return out
+
+    def args(self) -> dict[str, str]:
+        return dict(v[0].split("=", 1) for v in self.values("ARG") if "=" in v[0])
+
+
+def _global_args(path: Path) -> dict[str, str]:
+    """The ARGs before the first FROM, with their defaults (what FROM ${...} resolves to without --build-arg)."""
+    out: dict[str, str] = {}
+    for c in dockerfile.parse_file(str(path)):
+        if c.cmd.upper() == "FROM":
+            break
+        if c.cmd.upper() == "ARG" and "=" in c.value[0]:
+            key, value = c.value[0].split("=", 1)
+            out[key] = value
+    return out
+
 
 def _stages(path: Path) -> list[Stage]:
+    args = _global_args(path)
     stages: list[Stage] = []
     for c in dockerfile.parse_file(str(path)):
         cmd = c.cmd.upper()
         if cmd == "FROM":
             v = c.value
-            stages.append(Stage(base=v[0], name=v[2] if len(v) >= 3 and v[1].upper() == "AS" else None))
+            base = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), v[0])
+            stages.append(Stage(base=base, raw_base=v[0], name=v[2] if len(v) >= 3 and v[1].upper() == "AS" else None))
         elif stages:
             stages[-1].instructions.append((cmd, tuple(c.flags), tuple(c.value)))
     assert stages, f"{path}: no FROM"
@@ -63,10 +95,6 @@ def _stages(path: Path) -> list[Stage]:
 def _stage_names_in_docs() -> list[str]:
     text = (ROOT / "docs" / "STAGES.md").read_text()
     return re.findall(r"^\| (\w+) \| `\1\(", text, flags=re.M)
-
-
-def _dockerfiles() -> dict[str, Path]:
-    return {p.parent.name: p for p in sorted(IMAGES.glob("*/Dockerfile"))}
 
 
 def _pyproject() -> dict:
@@ -93,129 +121,242 @@ def _dockerignored(rel: str) -> bool:
     return ignored
 
 
-# ---------------------------------------------------------------------------- one image per stage, all used
-def test_one_dockerfile_per_stage() -> None:
-    from components.images import GPU_STAGES, STAGES
+def _compiled_images(tmp_path: Path, env: dict[str, str]) -> set[str]:
+    """The images the compiled pipeline names (``python -m pipelines compile`` in a fresh process with ``env``)."""
+    out = tmp_path / "pipeline.yaml"
+    proc = subprocess.run([sys.executable, "-m", "pipelines", "compile", "--output", str(out)], cwd=ROOT,
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    spec = next(yaml.safe_load_all(out.read_text()))
+    return {ex["container"]["image"] for ex in spec["deploymentSpec"]["executors"].values()}
 
-    assert sorted(_dockerfiles()) == sorted(STAGES) == sorted(_stage_names_in_docs())
+
+def _built_by(command: list[str], env: dict[str, str], checks: list[list[str]] | None = None) -> dict[str, str]:
+    """Run a dry build (``make images DRY_RUN=1`` or ``images/build.py --dry-run``): image -> Dockerfile of every
+    image build command it prints (``checks`` collects the --target builds, which check and tag no stage image)."""
+    proc = subprocess.run(command, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    built: dict[str, str] = {}
+    for line in proc.stdout.splitlines():
+        words = shlex.split(line)
+        if "build" in words[:3] and "-t" in words:
+            if "--target" in words:
+                assert checks is not None, line
+                checks.append(words)
+                continue
+            built[words[words.index("-t") + 1]] = words[words.index("-f") + 1]
+    assert built, proc.stdout
+    return built
+
+
+# ---------------------------------------------------------------------------- two Dockerfiles, every stage built
+def test_one_cpu_and_one_gpu_dockerfile_build_every_stage() -> None:
+    assert sorted(p.relative_to(ROOT).as_posix() for p in IMAGES.rglob("*Dockerfile*")) == \
+        sorted([CPU_DOCKERFILE, GPU_DOCKERFILE])
+    assert sorted(STAGES) == sorted(_stage_names_in_docs()) == sorted(EXTRAS)
     assert set(GPU_STAGES) == {"train", "compress"}
+    assert {s.stage: s.dockerfile for s in build_specs()} == \
+        {s: GPU_DOCKERFILE if s in GPU_STAGES else CPU_DOCKERFILE for s in STAGES}
+    # a machine without CUDA (local runs, CI) builds the GPU stages from the CPU Dockerfile, under the same names
+    assert {s.dockerfile for s in build_specs(cpu_only=True)} == {CPU_DOCKERFILE}
+    assert [s.image for s in build_specs(cpu_only=True)] == [s.image for s in build_specs()]
 
 
-def test_every_component_image_has_a_dockerfile_and_every_dockerfile_is_used(tmp_path: Path,
-                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """The images named in the compiled pipeline are exactly <registry>/splatflow-<stage>:<tag>, one per
-    Dockerfile."""
-    monkeypatch.setenv("SPLATFLOW_REGISTRY", "registry.example:5000/team")
-    monkeypatch.setenv("SPLATFLOW_IMAGE_TAG", "t1")
-    from components import images
+def test_make_images_builds_exactly_the_images_the_compiled_pipeline_names(tmp_path: Path) -> None:
+    """`make images` (dry run: the build commands it would run) builds one image per stage, each from the Dockerfile
+    components/images.py names, tagged exactly as the pipeline compiled with the same REGISTRY/TAG names it."""
+    env = {"SPLATFLOW_REGISTRY": "registry.example:5000/team", "SPLATFLOW_IMAGE_TAG": "t1"}
+    compiled = _compiled_images(tmp_path, env)
+    assert len(compiled) == len(STAGES)
+    # make's own variables (REGISTRY/TAG) reach the build as the same names; -o: the venv is not (re)made here
+    built = _built_by(["make", "-s", "-o", ".venv/.installed", "images", f"PY={sys.executable}",
+                       "REGISTRY=registry.example:5000/team", "TAG=t1", "DRY_RUN=1", "ENGINE=docker"],
+                      {"SPLATFLOW_REGISTRY": "", "SPLATFLOW_IMAGE_TAG": ""})
+    assert set(built) == compiled
+    for spec in build_specs():
+        image = f"registry.example:5000/team/splatflow-{spec.stage}:t1"
+        assert built[image] == spec.dockerfile
+    # podman takes the same command line (without buildx)
+    podman = _built_by(["make", "-s", "-o", ".venv/.installed", "images", f"PY={sys.executable}",
+                        "REGISTRY=registry.example:5000/team", "TAG=t1", "DRY_RUN=1", "ENGINE=podman"], {})
+    assert podman == built
 
-    assert images.image_for("train") == "registry.example:5000/team/splatflow-train:t1"
-    from pipelines.splat_pipeline import compile_pipeline
 
-    path = compile_pipeline(tmp_path / "p.yaml")
-    spec = next(yaml.safe_load_all(path.read_text()))
-    used = {ex["container"]["image"] for ex in spec["deploymentSpec"]["executors"].values()}
-    # the image names are computed when the component modules are imported: accept the session's registry/tag
-    stages = set()
-    for image in used:
-        m = re.fullmatch(r"(?P<reg>.+)/splatflow-(?P<stage>[a-z]+):(?P<tag>[\w.-]+)", image)
-        assert m, f"{image} does not follow <registry>/splatflow-<stage>:<tag>"
-        stages.add(m["stage"])
-    assert stages == set(_dockerfiles()), f"compiled images {sorted(used)} vs Dockerfiles {sorted(_dockerfiles())}"
+def test_local_images_are_the_ones_the_local_pipeline_runs(tmp_path: Path) -> None:
+    """`make images-local` builds every stage on the CPU Dockerfile under the names the pipeline compiled with
+    LOCAL_REGISTRY/LOCAL_TAG names: the containerised run (tests/images) finds exactly these images."""
+    env = {"SPLATFLOW_REGISTRY": "localhost/splatflow", "SPLATFLOW_IMAGE_TAG": "ci", "ENGINE": "podman"}
+    checks: list[list[str]] = []
+    built = _built_by([sys.executable, "images/build.py", "--local", "--gpu-deps", "--dry-run"], env, checks)
+    assert set(built) == _compiled_images(tmp_path, env)
+    assert set(built.values()) == {CPU_DOCKERFILE}
+    # --gpu-deps: the GPU Dockerfile's Python layer, per GPU stage, on the same local base with CPU torch
+    assert len(checks) == len(GPU_STAGES)
+    for words in checks:
+        text = shlex.join(words)
+        assert words[words.index("--target") + 1] == "python" and words[words.index("-f") + 1] == GPU_DOCKERFILE
+        assert "--build-arg BUILD_BASE=localhost/splatflow-base:bookworm" in text
+        assert "--build-arg TORCH_VARIANT=cpu" in text
+        assert not any(words[words.index("-t") + 1] == image for image in built)  # no stage image overwritten
+
+
+def test_build_commands_carry_the_stage_extras_and_local_sources(tmp_path: Path) -> None:
+    sys.path.insert(0, str(IMAGES))
+    try:
+        import build  # images/build.py
+    finally:
+        sys.path.remove(str(IMAGES))
+    spec = BuildSpec(stage="train", image="r/splatflow-train:t", dockerfile=CPU_DOCKERFILE, extras=("train", "storage"))
+    wheels, ca = tmp_path / "wheels", tmp_path / "ca.crt"
+    cmd = build.build_command("podman", spec, build_args={"KERNELS": "1", "BASE_IMAGE": "b:1"},
+                              platform="linux/amd64", push=False, wheels=wheels, ca=ca)
+    assert cmd[:2] == ["podman", "build"] and cmd[-1] == "." and "--load" not in cmd
+    text = shlex.join(cmd)
+    for part in ("-f images/cpu.Dockerfile", "-t r/splatflow-train:t", "--build-arg STAGE=train",
+                 "--build-arg EXTRAS=train,storage", "--build-arg KERNELS=1", "--build-arg BASE_IMAGE=b:1",
+                 f"--build-context wheels={wheels}", f"--secret id=pip-ca,src={ca}"):
+        assert part in text, part
+    # the kernel switch is the CPU train image's only; docker builds with buildx and loads or pushes
+    other = BuildSpec(stage="sfm", image="r/splatflow-sfm:t", dockerfile=CPU_DOCKERFILE, extras=("sfm", "storage"))
+    cmd = build.build_command("docker", other, build_args={"KERNELS": "1"}, platform="linux/amd64", push=True,
+                              wheels=None, ca=None)
+    assert cmd[:3] == ["docker", "buildx", "build"] and "--push" in cmd and "KERNELS=1" not in shlex.join(cmd)
+    assert "--build-context" not in cmd and "--secret" not in cmd
 
 
 # ---------------------------------------------------------------------------- static lint
-@pytest.mark.parametrize("stage", sorted(_dockerfiles()))
-def test_dockerfile_lint(stage: str) -> None:
-    path = _dockerfiles()[stage]
+@pytest.mark.parametrize("kind", sorted(DOCKERFILES))
+def test_dockerfile_lint(kind: str) -> None:
+    path = DOCKERFILES[kind]
     stages = _stages(path)
     named = {s.name for s in stages if s.name}
     final = stages[-1]
-    for s in stages:  # every FROM pinned by tag (or digest), never `latest`, never a variable
-        if s.base in named:
+    text = path.read_text()
+    # no `# syntax=` line: BuildKit would pull that frontend image from Docker Hub (air-gapped builds fail)
+    assert not re.search(r"^#\s*syntax=", text, flags=re.M)
+    for s in stages:  # every base pinned by tag (or digest) by default, never `latest`; overridable by build arg
+        if s.base in named or s.base == "scratch":
             continue
-        assert "$" not in s.base, f"{stage}: FROM {s.base} uses a build argument"
-        assert re.fullmatch(r"[\w./-]+(:[\w.-]+|@sha256:[0-9a-f]{64})", s.base), f"{stage}: FROM {s.base} unpinned"
-        assert not s.base.endswith(":latest"), f"{stage}: FROM {s.base}"
+        assert "$" not in s.base, f"{kind}: FROM {s.raw_base} has no default"
+        assert re.fullmatch(r"[\w./-]+(:[\w.-]+|@sha256:[0-9a-f]{64})", s.base), f"{kind}: FROM {s.base} unpinned"
+        assert not s.base.endswith(":latest"), f"{kind}: FROM {s.base}"
+        assert s.raw_base.startswith("${"), f"{kind}: FROM {s.base} cannot be replaced by a mirror's base"
     # final stage: a non-root USER (numeric, so runAsNonRoot can verify it), no compilers, no CUDA devel base
     users = final.values("USER")
-    assert users, f"{stage}: the final stage sets no USER"
+    assert users, f"{kind}: the final stage sets no USER"
     uid = users[-1][0].split(":")[0]
-    assert uid.isdigit() and int(uid) >= 1000, f"{stage}: USER {users[-1][0]} is root or not numeric"
-    assert "devel" not in final.base, f"{stage}: the final stage is FROM a devel image"
+    assert uid == "10001", f"{kind}: USER {users[-1][0]}"
+    assert "devel" not in final.base, f"{kind}: the final stage is FROM a devel image"
     installs = " ".join(re.findall(r"(?:apt-get|apt|apk|yum|dnf) (?:-\S+ )*install ([^&;|]+)", final.runs()))
     installs += " " + " ".join(re.findall(r"pip install ([^&;|]+)", final.runs()))
-    assert not COMPILERS.search(installs), f"{stage}: the final stage installs {COMPILERS.search(installs)}"
+    assert not COMPILERS.search(installs), f"{kind}: the final stage installs {COMPILERS.search(installs)}"
     copies_from = [flags for flags in (f for c, f, _ in final.instructions if c == "COPY") if flags]
-    assert copies_from and all(f[0].startswith("--from=") for f in copies_from), f"{stage}: no venv from a builder"
+    assert copies_from and all(f[0].startswith("--from=") for f in copies_from), f"{kind}: no venv from a builder"
+    # torch in its own folder, copied before anything stage-specific: one layer shared by the images of a Dockerfile
+    build_runs = "\n".join(s.runs() for s in stages[:-1])
+    assert "--target /opt/torch" in build_runs and "/torch.pth" in build_runs
+    first_steps = [c for c, _, _ in final.instructions if c not in ("ENV", "RUN")]
+    assert final.values("COPY")[0] == ("/opt/torch", "/opt/torch") and first_steps[0] == "COPY", first_steps
     # KFP's launcher writes artifacts under /s3, /minio, /gcs: they must exist and be writable for the user
-    assert re.search(r"install -d -m 1777 /s3 /minio /gcs\b", final.runs()), f"{stage}: no /s3 /minio /gcs"
+    assert re.search(r"install -d -m 1777 /s3 /minio /gcs\b", final.runs()), f"{kind}: no /s3 /minio /gcs"
+    # kfp.local's DockerRunner sets the command only: an ENTRYPOINT would swallow it
+    assert not final.values("ENTRYPOINT")
+    # the start-up check: the CLI and the stage's own modules import as the runtime user
+    assert "splatflow --version" in final.runs() and "import components.${STAGE}, splatflow.stages.${STAGE}" in \
+        final.runs()
     # a multi-stage build: what is built stays behind
-    assert len(stages) >= 2 and stages[0].name, f"{stage}: expected a named builder stage"
+    assert len(stages) >= 3 and stages[1].name, f"{kind}: expected a named builder stage"
+    # pip: no cache, a CA bundle only as a build secret (never in a layer), a wheel folder from a build context
+    assert stages[1].env()["PIP_NO_CACHE_DIR"] == "1"
+    pip_runs = [r for s in stages for r in s.values("RUN") if "pip install" in r[0]]
+    assert pip_runs
+    for (run,) in pip_runs:
+        assert "export PIP_CERT=/run/secrets/pip-ca" in run and "ca-certificates.crt" not in run
+    assert [s.base for s in stages if s.name == "wheels"] == ["scratch"]
 
 
-@pytest.mark.parametrize("stage", sorted(_dockerfiles()))
-def test_copy_sources_exist_in_the_build_context(stage: str) -> None:
-    for s in _stages(_dockerfiles()[stage]):
+@pytest.mark.parametrize("kind", sorted(DOCKERFILES))
+def test_copy_sources_exist_in_the_build_context(kind: str) -> None:
+    for s in _stages(DOCKERFILES[kind]):
         for c, flags, values in s.instructions:
             if c not in ("COPY", "ADD") or any(f.startswith("--from=") for f in flags):
                 continue
             for src in values[:-1]:
-                assert (ROOT / src).exists(), f"{stage}: COPY {src}: not in the repository"
-                assert not _dockerignored(src), f"{stage}: COPY {src}: excluded by .dockerignore"
+                assert (ROOT / src).exists(), f"{kind}: COPY {src}: not in the repository"
+                assert not _dockerignored(src), f"{kind}: COPY {src}: excluded by .dockerignore"
 
 
 def test_dockerignore_keeps_secrets_and_bulk_out() -> None:
     for path in ("manifests/overlays/onprem/minio.env", "manifests/base/notify.env", ".venv/bin/python",
                  "node_modules/.bin/splat-transform", "data/splats", ".git/config", "tests/conftest.py",
-                 "src/splatflow/__pycache__/cli.cpython-312.pyc"):
+                 "src/splatflow/__pycache__/cli.cpython-312.pyc", "build/images-local.json", "images/build.py",
+                 "images/cpu.Dockerfile"):
         assert _dockerignored(path), path
-    for path in ("src/splatflow/cli.py", "pyproject.toml", "components/images.py", "images/constraints.txt"):
+    for path in ("src/splatflow/cli.py", "pyproject.toml", "components/images.py", "images/constraints.txt",
+                 "images/requirements.py"):
         assert not _dockerignored(path), path
 
 
-@pytest.mark.parametrize("stage", sorted(_dockerfiles()))
-def test_installs_splatflow_extras_and_pinned_kfp(stage: str) -> None:
-    text = "\n".join(s.runs() for s in _stages(_dockerfiles()[stage]))
-    args = dict(v[0].split("=", 1) for s in _stages(_dockerfiles()[stage]) for v in s.values("ARG") if "=" in v[0])
+@pytest.mark.parametrize("kind", sorted(DOCKERFILES))
+def test_installs_splatflow_extras_and_pinned_kfp(kind: str) -> None:
+    stages = _stages(DOCKERFILES[kind])
+    text = "\n".join(s.runs() for s in stages)
+    args = {k: v for s in stages for k, v in s.args().items()}
+    assert '"/src[${EXTRAS}]"' in text, f"{kind}: splatflow is not installed from the build context with extras"
     extras_defined = set(_pyproject()["project"]["optional-dependencies"])
-    m = re.search(r'"/src\[([a-z,]+)\]"', text)
-    assert m, f"{stage}: splatflow is not installed from the build context with extras"
-    extras = set(m.group(1).split(","))
-    assert extras <= extras_defined, f"{stage}: unknown extras {extras - extras_defined}"
-    assert NEEDED_EXTRAS[stage] <= extras, f"{stage}: needs {NEEDED_EXTRAS[stage]}"
+    for stage, extras in EXTRAS.items():
+        assert set(extras) <= extras_defined, f"{stage}: unknown extras {set(extras) - extras_defined}"
+        assert NEEDED_EXTRAS[stage] <= set(extras), f"{stage}: needs {NEEDED_EXTRAS[stage]}"
     pipeline_extra = _pyproject()["project"]["optional-dependencies"]["pipeline"]
     kfp_pin = next(d.split("==")[1] for d in pipeline_extra if d.startswith("kfp=="))
     assert args.get("KFP_VERSION") == kfp_pin == "2.17.3" and '"kfp==${KFP_VERSION}"' in text
     makefile_torch = re.search(r"TORCH_SPEC \?= torch==([\d.]+)", (ROOT / "Makefile").read_text())
     assert makefile_torch and args.get("TORCH_VERSION") == makefile_torch.group(1)
-    assert "-c /src/constraints.txt" in text
+    assert "-c /src/constraints.txt" in text and "pip check" in text
+    assert args.get("PIP_INDEX_URL") == "https://pypi.org/simple"  # a mirror: --build-arg PIP_INDEX_URL=...
 
 
-def test_gpu_images_build_cuda_torch_and_gsplat_for_t4_to_hopper() -> None:
-    from components.images import GPU_STAGES
+def test_gpu_dockerfile_builds_cuda_torch_and_gsplat_for_t4_to_hopper() -> None:
+    stages = {s.name: s for s in _stages(DOCKERFILES["gpu.Dockerfile"])}
+    python, build, final = stages["python"], stages["build"], _stages(DOCKERFILES["gpu.Dockerfile"])[-1]
+    assert build.base == "python"  # the compiled layer sits on the Python layer CI resolves
+    assert re.fullmatch(r"nvidia/cuda:12\.\d+\.\d+-(cudnn-)?devel-ubuntu\d+\.\d+", python.base), python.base
+    assert re.fullmatch(r"nvidia/cuda:12\.\d+\.\d+-(cudnn-)?runtime-ubuntu\d+\.\d+", final.base), final.base
+    cuda = final.base.split(":")[1].split("-")[0]  # e.g. 12.8.1 -> the cu128 torch index and build
+    assert python.base.split(":")[1].split("-")[0] == cuda, "CUDA mismatch"
+    assert build.env()["TORCH_CUDA_ARCH_LIST"].strip('"') == ARCHS
+    args = python.args()
+    cu = "cu" + "".join(cuda.split(".")[:2])
+    assert args["TORCH_INDEX"].endswith("/" + cu) and args["TORCH_VARIANT"] == cu
+    assert '"torch==${TORCH_VERSION}+${TORCH_VARIANT}"' in python.runs()
+    assert re.fullmatch(r"\d+\.\d+\.\d+", args["GSPLAT_VERSION"]) and build.args()["GSPLAT_VERSION"] == \
+        args["GSPLAT_VERSION"]
+    # the Python layer: gsplat's Python code (no kernels), kfp and the extras, resolved and checked
+    assert '"gsplat==${GSPLAT_VERSION}"' in python.runs() and "pip check" in python.runs()
+    assert "nvcc" not in python.runs() and "--no-binary" not in python.runs()
+    runs = build.runs()
+    assert '--no-binary gsplat "gsplat==${GSPLAT_VERSION}"' in runs and "--no-build-isolation" in runs
+    # without build isolation the build backend must already be in the venv (3.12 venvs have no setuptools)
+    assert runs.index("setuptools==") < runs.index("--no-build-isolation")
+    assert "pip uninstall -y ninja" in runs  # the JIT build tool does not reach the runtime stage
+    assert [v for v in final.values("COPY")] == [("/opt/torch", "/opt/torch"), ("/opt/venv", "/opt/venv")]
 
-    for stage in GPU_STAGES:
-        stages = _stages(_dockerfiles()[stage])
-        builder, final = stages[0], stages[-1]
-        assert re.fullmatch(r"nvidia/cuda:12\.\d+\.\d+-(cudnn-)?devel-ubuntu\d+\.\d+", builder.base), builder.base
-        assert re.fullmatch(r"nvidia/cuda:12\.\d+\.\d+-(cudnn-)?runtime-ubuntu\d+\.\d+", final.base), final.base
-        assert builder.base.split(":")[1].split("-")[0] == final.base.split(":")[1].split("-")[0], "CUDA mismatch"
-        env = " ".join(" ".join(v) for v in builder.values("ENV"))
-        assert f'TORCH_CUDA_ARCH_LIST "{ARCHS}"' in env or f'TORCH_CUDA_ARCH_LIST {ARCHS}' in env, env
-        args = dict(v[0].split("=", 1) for v in builder.values("ARG") if "=" in v[0])
-        cuda = final.base.split(":")[1].split("-")[0]  # e.g. 12.8.1 -> the cu128 torch index
-        assert args["TORCH_INDEX"].endswith("/cu" + "".join(cuda.split(".")[:2]))
-        assert re.fullmatch(r"\d+\.\d+\.\d+", args["GSPLAT_VERSION"])
-        runs = builder.runs()
-        assert '--no-binary gsplat "gsplat==${GSPLAT_VERSION}"' in runs and "--no-build-isolation" in runs
-        # without build isolation the build backend must already be in the venv (3.12 venvs have no setuptools)
-        assert runs.index("setuptools==") < runs.index("--no-build-isolation")
-        assert "pip uninstall -y ninja" in runs  # the JIT build tool does not reach the runtime stage
-    for stage in set(_dockerfiles()) - set(GPU_STAGES):
-        stages = _stages(_dockerfiles()[stage])
-        assert all(s.base.startswith("python:3.12") and "slim" in s.base for s in stages), stage
-        assert "download.pytorch.org/whl/cpu" in stages[0].runs(), f"{stage}: CPU torch"
+
+def test_cpu_dockerfile_builds_cpu_torch_and_holds_the_kernel_hook() -> None:
+    stages = _stages(DOCKERFILES["cpu.Dockerfile"])
+    build, final = stages[1], stages[-1]
+    assert all(s.base.startswith("python:3.12") and "slim" in s.base for s in stages[1:])
+    assert build.args()["TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu"
+    assert '"torch==${TORCH_VERSION}+cpu"' in build.runs()
+    # the training kernels: built with g++ in the builder only when KERNELS=1 (default 0), and a failure fails
+    # the build; the final stage gets the cache folder, never the compiler
+    assert build.args()["KERNELS"] == "0"
+    hook = next(r for r in build.values("RUN") if "splatflow.kernels" in r[0])[0]
+    assert 'if [ "$KERNELS" = 1 ]' in hook and "python -m splatflow.kernels build" in hook and "|| true" not in hook
+    assert "g++" in hook and not COMPILERS.search(final.runs())
+    assert ("--from=build",) in [f for c, f, _ in final.instructions if c == "COPY"]
+    assert any("/opt/splatflow/kernels" in v for v in final.values("COPY"))
+    assert final.env()["SPLATFLOW_KERNEL_DIR"] == "/opt/splatflow/kernels"
 
 
 def test_constraints_are_pinned() -> None:
@@ -227,13 +368,13 @@ def test_constraints_are_pinned() -> None:
     assert {"numpy", "boto3", "pycolmap", "kubernetes", "protobuf", "google-auth"} <= set(pins)
     assert "torch" not in pins and not [p for p in pins if p.startswith("nvidia-")]  # per image: CPU or CUDA
     # versions pinned inline in the Dockerfiles agree with the constraints (pip refuses a contradiction)
-    for stage, path in _dockerfiles().items():
+    for kind, path in DOCKERFILES.items():
         text = path.read_text()
         for name, version in re.findall(r"\b(ninja|setuptools)==([\d.]+)", text):
-            assert pins[name] == version, (stage, name)
+            assert pins[name] == version, (kind, name)
         for arg, name in (("GSPLAT_VERSION", "gsplat"), ("KFP_VERSION", "kfp")):
-            m = re.search(rf"ARG {arg}=([\d.]+)", text)
-            assert m is None or pins[name] == m.group(1), (stage, name)
+            for version in re.findall(rf"ARG {arg}=([\d.]+)", text):
+                assert pins[name] == version, (kind, name)
 
 
 # ---------------------------------------------------------------------------- extras cover what each stage imports
@@ -244,8 +385,14 @@ NOT_REACHED = {
     ("compress", "pycolmap"): "splatflow.cameras.colmap_cameras (evaluate --cameras) only; the compress stage's "
                               "fidelity check renders orbit cameras",
 }
+#: more such pairs for the CPU builds of the GPU stages (local and CI runs)
+NOT_REACHED_ON_CPU = {
+    ("compress", "gsplat"): "splatflow.render takes gsplat for CUDA tensors only ('auto'); on CPU it renders with "
+                            "torch",
+}
 #: pip options whose next token is their argument, not a package
-_PIP_ARG_OPTIONS = {"-c", "-r", "--constraint", "--index-url", "--extra-index-url", "--no-binary", "--only-binary"}
+_PIP_ARG_OPTIONS = {"-c", "-r", "--constraint", "--index-url", "--extra-index-url", "--no-binary", "--only-binary",
+                    "--target", "-t"}
 
 
 def _norm(name: str) -> str:
@@ -351,14 +498,16 @@ def _requirement_names(extras: set[str]) -> set[str]:
     return {_norm(Requirement(r).name) for r in reqs}
 
 
-def _pip_installs(stage: str) -> tuple[set[str], set[str]]:
-    """(splatflow extras, other package names) that the image's `pip install` commands install."""
+def _pip_installs(spec: BuildSpec) -> tuple[set[str], set[str]]:
+    """(splatflow extras, other package names) that the image's `pip install` commands install, with the stage's
+    EXTRAS build argument (from components/images.py)."""
     from packaging.requirements import Requirement
 
-    extras: set[str] = set()
     packages: set[str] = set()
-    for s in _stages(_dockerfiles()[stage]):
-        for command in re.split(r"&&|;", s.runs()):
+    installs_splatflow = False
+    for s in _stages(ROOT / spec.dockerfile):
+        # ${NAME:+words}: optional options (an index URL when one is set), never a package
+        for command in re.split(r"&&|;|\n", re.sub(r"\$\{\w+:\+[^}]*\}", "", s.runs())):
             words = command.split()
             if "install" not in words or not {"pip", "pip3"} & set(words[: words.index("install")]):
                 continue
@@ -369,16 +518,17 @@ def _pip_installs(stage: str) -> tuple[set[str], set[str]]:
                     skip_next = word in _PIP_ARG_OPTIONS
                     continue
                 word = word.strip("\"'")
-                if word.startswith("/src["):
-                    extras |= set(word[len("/src["):].rstrip("]").split(","))
+                if word == "/src[${EXTRAS}]":
+                    installs_splatflow = True
                 else:
                     packages.add(_norm(Requirement(re.sub(r"\$\{?\w+\}?", "0", word)).name))
-    return extras, packages
+    assert installs_splatflow, spec.dockerfile
+    return set(spec.extras), packages
 
 
 def test_pip_installs_are_parsed() -> None:
     """The parser the next test relies on reads the train image as written (extras and the explicit installs)."""
-    extras, packages = _pip_installs("train")
+    extras, packages = _pip_installs(next(s for s in build_specs() if s.stage == "train"))
     assert extras == {"train", "storage"}
     assert {"torch", "gsplat", "kfp", "setuptools", "ninja"} <= packages
     train = _third_party_imports(["splatflow.stages.train"])
@@ -387,22 +537,26 @@ def test_pip_installs_are_parsed() -> None:
     assert "pytest" not in train and "typing" not in train
 
 
+@pytest.mark.parametrize("cpu_only", [False, True], ids=["cluster", "cpu"])
 @pytest.mark.parametrize("stage", sorted(NEEDED_EXTRAS))
-def test_image_installs_what_the_stage_imports(stage: str) -> None:
+def test_image_installs_what_the_stage_imports(stage: str, cpu_only: bool) -> None:
     """Every third-party module that splatflow.stages.<stage> and the splatflow modules it imports (lazily too)
-    import is installed in the stage's image: by the extras it installs or by its explicit pip installs."""
-    extras, packages = _pip_installs(stage)
+    import is installed in the stage's image (the cluster's and the CPU build): by the extras it installs or by
+    its explicit pip installs."""
+    spec = next(s for s in build_specs(cpu_only=cpu_only) if s.stage == stage)
+    extras, packages = _pip_installs(spec)
     installed = _with_dependencies(_requirement_names(extras) | packages)
     imports = _third_party_imports([f"splatflow.stages.{stage}"])
+    not_reached = {**NOT_REACHED, **(NOT_REACHED_ON_CPU if spec.dockerfile == CPU_DOCKERFILE else {})}
     missing = {}
     for name, where in sorted(imports.items()):
-        if (stage, name) in NOT_REACHED:
+        if (stage, name) in not_reached:
             continue
         if _distribution(name) not in installed:
             missing[name] = sorted(where)
-    assert not missing, (f"images/{stage}/Dockerfile installs splatflow[{','.join(sorted(extras))}], which does "
+    assert not missing, (f"{spec.dockerfile} installs splatflow[{','.join(sorted(extras))}] for {stage}, which does "
                          f"not bring {missing} (module -> importing splatflow modules)")
-    for (s, name), why in NOT_REACHED.items():
+    for (s, name), why in not_reached.items():
         if s == stage:
             assert name in imports, f"stale NOT_REACHED entry ({s}, {name}): {why}"
 
@@ -418,3 +572,22 @@ def test_train_extra_holds_what_training_imports() -> None:
     assert not missing, f"the train extra (with the core dependencies) lacks {missing}"
     gsplat = next(r for r in _pyproject()["project"]["optional-dependencies"]["train"] if r.startswith("gsplat"))
     assert gsplat.replace(" ", "") == "gsplat>=1.5,<1.6"
+
+
+def test_requirements_script_lists_what_pyproject_declares(tmp_path: Path) -> None:
+    """images/requirements.py (the layered installs in both Dockerfiles) prints pyproject's requirements exactly, and
+    refuses an extra that does not exist."""
+    project = _pyproject()["project"]
+
+    def listed(*args: str) -> list[str]:
+        proc = subprocess.run([sys.executable, str(IMAGES / "requirements.py"), str(ROOT / "pyproject.toml"), *args],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.splitlines()
+
+    assert listed("--core") == project["dependencies"]
+    optional = project["optional-dependencies"]
+    assert listed("sfm,storage") == optional["sfm"] + optional["storage"] == listed("sfm", "storage")
+    proc = subprocess.run([sys.executable, str(IMAGES / "requirements.py"), str(ROOT / "pyproject.toml"), "sfm,gpu"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "defines no extra gpu" in proc.stderr
