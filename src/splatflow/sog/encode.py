@@ -71,6 +71,26 @@ def _rgba(values: torch.Tensor, w: int, h: int, alpha: torch.Tensor | None = Non
     return img.cpu().numpy().reshape(h, w, 4)
 
 
+V1_LOGIT = 7.0
+"""SOGS v1 stores opacity logits linearly: +-inf becomes at least this far out (alpha 0.9991, 8-bit level 255)."""
+
+
+def _clamp_infinite(x: torch.Tensor, floor: float | None = None, ceil: float | None = None) -> torch.Tensor:
+    """``x`` with -inf / +inf replaced by the smallest / largest finite value (extended to ``floor`` / ``ceil``
+    when given); all non-finite: zeros."""
+    fin = torch.isfinite(x)
+    if bool(fin.all()):
+        return x
+    if not bool(fin.any()):
+        return torch.zeros_like(x)
+    lo, hi = x[fin].min(), x[fin].max()
+    if floor is not None:
+        lo = lo.clamp(max=floor)
+    if ceil is not None:
+        hi = hi.clamp(min=ceil)
+    return torch.where(torch.isneginf(x), lo, torch.where(torch.isposinf(x), hi, x))
+
+
 def _u8(x: torch.Tensor) -> torch.Tensor:
     return x.round().clamp_(0, 255).to(torch.uint8)
 
@@ -133,7 +153,11 @@ def _centroid_image(idx: torch.Tensor) -> np.ndarray:
 def encode_cloud(cloud: GaussianCloud, *, format: str = "v2", sort: str = "morton", sh_bands: int | None = None,
                  device: str = "auto", webp_method: int = webp.DEFAULT_METHOD,
                  webp_quality: int = webp.DEFAULT_QUALITY, seed: int = 0, threads: int | None = None) -> Encoded:
-    """Encode a cloud (finite values only) as a SOG file set; see the module docstring."""
+    """Encode a cloud as a SOG file set; see the module docstring.
+
+    The cloud must hold valid splats only (:meth:`GaussianCloud.invalid_mask`): opacity +-inf is alpha 255 / 0,
+    a log-scale of -inf (flat) gets a codebook entry of its own (v2), a zero quaternion is the identity.
+    """
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r} (v2 or v1)")
     if sort not in SORTS:
@@ -203,7 +227,10 @@ def encode_cloud(cloud: GaussianCloud, *, format: str = "v2", sort: str = "morto
         images["sh0.webp"] = _rgba(torch.cat([c_idx, alpha[:, None]], 1), w, h)
         meta = sogmeta.v2_meta(n, mins.tolist(), maxs.tolist(), s_cb.tolist(), c_cb.tolist(), sh_info)
     else:
-        s64 = scales.double()
+        # v1 stores linear 8-bit ranges, no codebook: a flat axis (-inf) takes the smallest finite log-scale, a
+        # fully opaque (transparent) splat an opacity logit of at least V1_LOGIT (at most -V1_LOGIT)
+        s64 = _clamp_infinite(scales.double())
+        opac = _clamp_infinite(opac.double(), floor=-V1_LOGIT, ceil=V1_LOGIT)
         smin, smax = s64.min(0).values, s64.max(0).values
         images["scales.webp"] = _rgba(_lin_quant(s64, smin, smax, 255).to(torch.uint8), w, h)
         c4 = torch.cat([sh0.double(), opac.double()[:, None]], 1)
