@@ -387,6 +387,11 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fidelity-views", type=int, default=0, metavar="N",
                    help="also render N orbit views (256 px) of the source and of the decoded SOG and report "
                         "PSNR/SSIM, e.g. 4 (default 0: skipped; on a CPU it takes longer than the encoding)")
+    p.add_argument("--target-psnr", type=float, default=None, metavar="DB",
+                   help="write the smallest file whose renders stay at least DB dB PSNR from the source's over "
+                        "the report's orbit views (e.g. 45): least visible splats pruned, a smaller SH palette, "
+                        "coarser attributes, the largest WebP effort; the report says what was dropped. "
+                        "Default: off (full precision)")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.set_defaults(handler=_run_compress)
 
@@ -398,7 +403,7 @@ def _run_compress(args: argparse.Namespace) -> int:
 
     r = compress(Path(args.ply), Path(args.out), format=args.format, sort=args.sort, sh_bands=args.sh_bands,
                  device=args.device, overwrite=args.overwrite, drop_invalid=args.drop_invalid,
-                 fidelity_views=args.fidelity_views)
+                 fidelity_views=args.fidelity_views, target_psnr=args.target_psnr)
     if args.json:
         _print_json(r)
     else:
@@ -406,6 +411,12 @@ def _run_compress(args: argparse.Namespace) -> int:
         print(f"{r['output']}: {r['splats']:,} splats, {r['bytes']:,} bytes, {r['bytes_per_splat']:.2f} bytes/splat, "
               f"{r['ratio']:.1f}x smaller than the PLY, {r['codec_seconds']:.1f} s ({r['format']}, {r['sort']}, "
               f"{r['device']})" + (f"; renders {fid['psnr']:.1f} dB PSNR vs the PLY" if fid else ""))
+        tg = r["target"]
+        if tg:
+            drop = tg["dropped"]
+            print(f"  target {tg['target_psnr']:g} dB: reached {tg['psnr']:.2f} dB; dropped {drop['splats']:,} "
+                  f"splats ({drop['splats_fraction']:.1%}), coarser {', '.join(drop['precision']) or 'nothing'}"
+                  + (f"; note: {tg['note']}" if tg.get("note") else ""))
     return 0
 
 
