@@ -43,8 +43,9 @@ BEST_WEBP = (6, 100)
 """libwebp's largest lossless effort (method, quality), tried for the final write beside the default."""
 SEARCH_STEPS = 6
 """At most this many steps of the search over the price, after the probes."""
-POLISH_STEPS = 3
-"""After the search, at most this many single-knob steps are tried on the best setting."""
+POLISH_STEPS = 6
+"""After the search, at most this many single-knob steps (one level coarser, the cheapest knob per byte first)
+are tried on the best setting while it is more than TOLERANCE_DB above the target."""
 TOLERANCE_DB = 0.3
 """The search stops at a setting this close above the target."""
 
@@ -59,12 +60,13 @@ class Setting:
 
 @dataclass(frozen=True)
 class Knob:
-    """One way to save bytes. ``levels``: candidate levels, first = full precision; ``apply`` sets a level on a
-    setting; ``distortion``/``saving``: model shapes (0 at full precision) that one probe scales."""
+    """One way to save bytes. ``levels``: candidate levels, first = full precision; ``probes``: the levels tried
+    alone to measure it; ``apply`` sets a level on a setting; ``distortion``/``saving``: model shapes (0 at full
+    precision) that the probes scale (the most pessimistic probe wins)."""
 
     name: str
     levels: tuple[float, ...]
-    probe: float
+    probes: tuple[float, ...]
     apply: Callable[[Setting, float], Setting]
     distortion: Callable[[float], float]
     saving: Callable[[float], float]
@@ -78,7 +80,7 @@ def _prec(**kw: Any) -> Callable[[Setting, float], Setting]:
 def _quantizer(name: str, attr: str, steps: tuple[float, ...], probe: float,
                conv: Callable[[float], Any] = float, power: float = 2.0) -> Knob:
     """A rounding step q >= 1: squared error ~ q^power - 1, bytes saved ~ log q."""
-    return Knob(name, steps, probe, _prec(**{attr: conv}), lambda q: q ** power - 1.0, math.log)
+    return Knob(name, steps, (probe,), _prec(**{attr: conv}), lambda q: q ** power - 1.0, math.log)
 
 
 def knobs(cloud: GaussianCloud, sh_degree: int) -> list[Knob]:
@@ -100,15 +102,19 @@ def knobs(cloud: GaussianCloud, sh_degree: int) -> list[Knob]:
         _quantizer("alpha_step", "alpha_step", steps, 4.0),
         codebook("scale_entries", "scale_entries", 96),
         codebook("color_entries", "color_entries", 64),
-        Knob("prune", tuple(float(f) for f in np.round(np.arange(0.0, MAX_PRUNE + 1e-9, 0.025), 3)), 0.1,
+        # two probes: pruning the least visible tenth can even raise the PSNR (fruit_drops: the SH palette then
+        # holds a centroid per splat), which says nothing about pruning a third
+        Knob("prune", tuple(float(f) for f in np.round(np.arange(0.0, MAX_PRUNE + 1e-9, 0.025), 3)), (0.1, 0.3),
              lambda s, f: replace(s, prune=f), lambda f: f * f, lambda f: f),
     ]
     if sh_degree > 0:
         pal = palette_size(len(cloud))
-        ratios = tuple(r for r in (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0) if pal / r >= 64)
+        ratios = tuple(r for r in (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0,
+                                   24.0, 32.0) if pal / r >= 64)
         out += [
             codebook("sh_entries", "sh_entries", 48),
-            Knob("palette", ratios, min(4.0, ratios[-1]), _prec(palette=lambda r, p=pal: max(64, round(p / r))),
+            Knob("palette", ratios, (min(4.0, ratios[-1]),),
+                 _prec(palette=lambda r, p=pal: None if r <= 1 else max(64, round(p / r))),
                  lambda r: r - 1.0, lambda r: 1.0 - 1.0 / r),
         ]
     return [k for k in out if len(k.levels) > 1]
@@ -212,6 +218,11 @@ def smallest_for_psnr(cloud: GaussianCloud, target_psnr: float, *, views: int = 
     n = len(cloud)
     tried: list[dict[str, Any]] = []
 
+    seen: dict[Setting, float] = {}
+
+    def tried_psnr(st: Setting) -> float:
+        return seen[st]
+
     def attempt(st: Setting, label: str, final: bool = False) -> tuple[Encoded, np.ndarray, float, float, int]:
         drop = min(n - 1, int(math.floor(st.prune * n)))
         keep = np.sort(rank[drop:])
@@ -224,6 +235,7 @@ def smallest_for_psnr(cloud: GaussianCloud, target_psnr: float, *, views: int = 
         db, mse = judge.score(_decode(enc))
         nbytes = sum(len(b) for b in enc.files.values())
         tried.append({"step": label, "psnr": db, "bytes": nbytes, "splats": len(keep)})
+        seen[st] = db
         log.info("target-psnr %s: %d splats, %d bytes, %.2f dB", label, len(keep), nbytes, db)
         return enc, keep, db, mse, nbytes
 
@@ -236,10 +248,14 @@ def smallest_for_psnr(cloud: GaussianCloud, target_psnr: float, *, views: int = 
     else:
         ks = knobs(cloud, cloud.sh_degree if sh_bands is None else min(sh_bands, cloud.sh_degree))
         model = _Model()
-        for k in ks:                       # one probe per knob: bytes saved and squared error added
-            _, _, _, mse, nbytes = attempt(k.apply(base, k.probe), f"probe {k.name}={k.probe:g}")
-            model.rates[k.name] = (max(mse - full[3], 1e-12 * max(full[3], 1e-12)) / k.distortion(k.probe),
-                                   max(full[4] - nbytes, 0.0) / k.saving(k.probe))
+        floor = 1e-3 * max(full[3], 1e-12)     # no knob is free: a probe that gained still costs a little
+        for k in ks:                       # probes: bytes saved and squared error added, the worst case kept
+            rates = []
+            for level in k.probes:
+                _, _, _, mse, nbytes = attempt(k.apply(base, level), f"probe {k.name}={level:g}")
+                rates.append((max(mse - full[3], floor) / k.distortion(level),
+                              max(full[4] - nbytes, 0.0) / k.saving(level)))
+            model.rates[k.name] = (max(a for a, _ in rates), min(b for _, b in rates))
         # the model's squared error is additive and ~ 1/lam: start where it predicts the target, then secant
         # steps on log lam against the measured PSNR
         budget = max(target_mse - full[3], 1e-12)
@@ -272,14 +288,22 @@ def smallest_for_psnr(cloud: GaussianCloud, target_psnr: float, *, views: int = 
         chosen = best[1] if best is not None else base
         if best is not None:          # polish: one level coarser on single knobs, the cheapest per byte first
             order = sorted(ks, key=lambda k: -model.rates[k.name][1] / max(model.rates[k.name][0], 1e-30))
-            for k in order[:POLISH_STEPS]:
-                cur = _level(k, chosen)
-                if cur is None or cur + 1 >= len(k.levels):
-                    continue
+            failed: set[str] = set()
+            gap = tried_psnr(chosen) - target_psnr
+            for _ in range(POLISH_STEPS):
+                if gap <= TOLERANCE_DB:
+                    break
+                cand = [(k, cur) for k in order if k.name not in failed
+                        and (cur := _level(k, chosen)) is not None and cur + 1 < len(k.levels)]
+                if not cand:
+                    break
+                k, cur = cand[0]
                 st = k.apply(chosen, k.levels[cur + 1])
                 _, _, db, _, nbytes = attempt(st, f"polish {k.name}={k.levels[cur + 1]:g}")
                 if db >= target_psnr and nbytes < best[0]:
-                    best, chosen = (nbytes, st), st
+                    best, chosen, gap = (nbytes, st), st, db - target_psnr
+                else:
+                    failed.add(k.name)
     enc, keep, reached, _, _ = attempt(chosen, "final", final=True)
     if short is None and reached < target_psnr:      # the effort never changes pixels; guard anyway
         chosen = base
