@@ -174,6 +174,48 @@ def test_flat_opaque_and_transparent_splats_encode(tmp_path: Path) -> None:
     assert rep["splats"] == 800 and rep["dropped_invalid"] == 0
 
 
+def test_precision_knobs_shrink_their_textures_and_full_precision_is_the_default() -> None:
+    from splatflow.sog.encode import Precision, encode_cloud
+
+    cloud = make_cloud(3000, 2)
+    default = encode_cloud(cloud, device="cpu")
+    assert encode_cloud(cloud, device="cpu", precision=Precision()).files == default.files
+    cases = {"means_l.webp": Precision(position_step=16), "quats.webp": Precision(quat_step=2.0),
+             "scales.webp": Precision(scale_entries=32), "sh0.webp": Precision(color_entries=32, alpha_step=4),
+             "shN_centroids.webp": Precision(palette=256, sh_entries=32)}
+    for name, prec in cases.items():
+        enc = encode_cloud(cloud, device="cpu", precision=prec)
+        assert len(enc.files[name]) < 0.9 * len(default.files[name]), name
+        meta = json.loads(enc.files["meta.json"])
+        assert all(len(meta[k]["codebook"]) == 256 for k in ("scales", "sh0", "shN"))
+    # each knob does what it says on the decoded values
+    from splatflow.sog.decode import decode_files
+
+    for prec, check in [
+        (Precision(scale_entries=32), lambda d: len(np.unique(d.scales)) <= 32),
+        (Precision(color_entries=16), lambda d: len(np.unique(d.sh0)) <= 16),
+        (Precision(palette=128), lambda d: len(np.unique(d.shN.reshape(len(d), -1), axis=0)) <= 128),
+        (Precision(alpha_step=8), lambda d: len(np.unique(np.round(d.alphas() * 255))) <= 34),
+    ]:
+        enc = encode_cloud(cloud, device="cpu", precision=prec)
+        dec, _ = decode_files(json.loads(enc.files["meta.json"]),
+                              {k: v for k, v in enc.files.items() if k != "meta.json"})
+        assert check(dec), prec
+
+
+def test_target_psnr_arguments_are_checked(tmp_path: Path) -> None:
+    ply = write_ply(make_cloud(500, 1), tmp_path / "in.ply")
+    with pytest.raises(SogError, match="--target-psnr 5 dB is out of range"):
+        compress(ply, tmp_path / "o.sog", device="cpu", target_psnr=5)
+    with pytest.raises(SogError, match="SOG v2 only"):
+        compress(ply, tmp_path / "o.sog", device="cpu", target_psnr=40, format="v1")
+    assert not (tmp_path / "o.sog").exists()
+    off = compress(ply, tmp_path / "off.sog", device="cpu", target_psnr=0)       # 0: off, today's output
+    plain = compress(ply, tmp_path / "plain.sog", device="cpu")
+    assert off["target"] is None and (tmp_path / "off.sog").read_bytes() == (tmp_path / "plain.sog").read_bytes()
+    assert plain["bytes"] == off["bytes"]
+
+
 def test_quaternion_packing_round_trip_within_a_degree() -> None:
     rng = np.random.default_rng(2)
     q = rng.normal(size=(5000, 4)).astype(np.float32)
