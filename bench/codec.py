@@ -1,14 +1,17 @@
 """Codec benchmark: splatflow compress vs PlayCanvas splat-transform -g cpu, same machine, same run.
 
 For each input (guitar SH0, playbot_lod2 125k SH2, fruit_drops_minimal SH3, a synthetic 1M SH3 scene from
-bench/make_synthetic.py) runs both tools as child processes and records wall time, peak RSS, output bytes,
-bytes/splat and per-attribute mean/max errors after decoding (both outputs decoded by our decoder, matched to
-the source splats by nearest position), plus render PSNR against the source (splatflow.render, CPU, small
-orbit views) for inputs up to --psnr-max splats. splat-transform runs under a timeout (--peer-timeout); a run
-that hits it is reported as a lower bound.
+bench/make_synthetic.py) runs both tools as child processes (splat-transform with its default worker count) and
+records wall time, peak RSS, output bytes, bytes/splat and per-attribute mean/max errors after decoding (both
+outputs decoded by our decoder, matched to the source splats by nearest position), plus render PSNR against the
+source (splatflow.render, CPU, the compress report's 4 orbit views at 256 px) for both tools on inputs up to
+--psnr-max splats. Where splat-transform's PSNR is known, splatflow's smaller-file mode runs too
+(``compress --target-psnr`` at that PSNR): its size against splat-transform's is the trade the mode exists for.
+splat-transform runs under a timeout (--peer-timeout); a run that hits it is reported as a lower bound.
 
 Usage: python bench/codec.py [--only NAME ...] [--device cpu] [--peer-timeout 900] [--skip-peer NAME ...]
-Writes bench/results/codec-<device>.json and .md.
+Writes bench/results/codec-<device>.json and .md, and codec-rd.png (file size against render PSNR per input:
+splatflow's default and smaller-file outputs, every setting the smaller-file search tried, splat-transform).
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ PY = sys.executable
 
 
 def inputs() -> dict[str, Path]:
+    """name -> PLY, the small real scenes first, then the synthetic 1M one, then playbot_lod2 (splat-transform
+    takes about half an hour on it: a partial run still has the rest)."""
     shared = ROOT.parent / "shared" / "data" / "splats"
     found = {}
-    for name in ("guitar", "playbot_lod2", "fruit_drops_minimal"):
+    for name in ("guitar", "fruit_drops_minimal", "playbot_lod2"):
         for base in (ROOT / "data" / "splats", shared):
             if (base / f"{name}.ply").exists():
                 found[name] = base / f"{name}.ply"
@@ -42,8 +47,9 @@ def inputs() -> dict[str, Path]:
     if not synth.exists():
         synth.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run([PY, str(ROOT / "bench" / "make_synthetic.py"), str(synth)], check=True)
+    order = ["guitar", "fruit_drops_minimal", "synthetic_1m_sh3", "playbot_lod2"]
     found["synthetic_1m_sh3"] = synth
-    return found
+    return {k: found[k] for k in order if k in found}
 
 
 def machine() -> dict[str, Any]:
@@ -132,7 +138,7 @@ def render_psnr(src: Any, dec: Any) -> dict[str, Any]:
 def one(name: str, ply: Path, args: argparse.Namespace) -> dict[str, Any]:
     row: dict[str, Any] = {"input": name, "ply_bytes": ply.stat().st_size}
     ours = WORK / f"{name}.ours.sog"
-    r = timed([PY, "-m", "splatflow.cli", "-q", "compress", str(ply), str(ours), "--overwrite", "--drop-invalid",
+    r = timed([PY, "-m", "splatflow.cli", "-q", "compress", str(ply), str(ours), "--overwrite",
                "--device", args.device, "--json"], None)
     if r["rc"] != 0:
         raise SystemExit(f"splatflow failed on {name}: {r['log_tail']}")
@@ -171,7 +177,30 @@ def one(name: str, ply: Path, args: argparse.Namespace) -> dict[str, Any]:
         row["speedup_vs_peer"] = round(peer["wall_s"] / row["splatflow"]["wall_s"], 2)
         row["cpu_time_ratio_peer_vs_ours"] = round(peer["cpu_s"] / max(row["splatflow"]["cpu_s"], 1e-3), 2)
         row["splat_transform"] = peer
+        if "psnr_db" in peer and name not in args.skip_target:
+            row["splatflow_target"] = target_run(name, ply, peer, args)
     return row
+
+
+def target_run(name: str, ply: Path, peer: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """splatflow compress --target-psnr at splat-transform's render PSNR (rounded up to 0.01 dB): size, PSNR
+    reached (the report's, the same 4 orbit views and renderer as ``render_psnr``), what was dropped, the
+    settings tried, and the size against splat-transform's."""
+    import math
+
+    target = math.ceil(peer["psnr_db"] * 100) / 100
+    out = WORK / f"{name}.target.sog"
+    r = timed([PY, "-m", "splatflow.cli", "-q", "compress", str(ply), str(out), "--overwrite", "--device",
+               args.device, "--target-psnr", f"{target:.2f}", "--json"], None)
+    if r["rc"] != 0:
+        return {"target_psnr": target, "note": f"failed: {r['log_tail']}"}
+    rep = json.loads((WORK / f"{out.name}.report.json").read_text())
+    tg = rep["target"]
+    return {"target_psnr": target, **{k: r[k] for k in ("wall_s", "cpu_s", "peak_rss_bytes")},
+            "bytes": rep["bytes"], "splats": rep["splats"], "psnr_db": tg["psnr"],
+            "ssim": (rep["fidelity"] or {}).get("ssim"), "dropped": tg["dropped"],
+            "size_ratio_vs_peer": round(rep["bytes"] / peer["bytes"], 4),
+            "tried": [{"bytes": t["bytes"], "psnr_db": t["psnr"]} for t in tg["tried"]]}
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -207,6 +236,20 @@ def markdown(result: dict[str, Any]) -> str:
               "log-scale errors than with equal weights while the picture is closer: PSNR/SSIM compare renders of "
               "the decoded splats with renders of the source (4 orbit views around the dense region, 256x256, "
               "splatflow's torch renderer on the CPU; '-': not measured).", ""]
+    targets = [row for row in result["rows"] if "bytes" in row.get("splatflow_target", {})]
+    if targets:
+        lines += ["Smaller-file mode (`compress --target-psnr`, target = splat-transform's render PSNR on the same "
+                  "views, rounded up to 0.01 dB; the search and the final write together):", "",
+                  "| input | target dB | reached dB | bytes | vs splat-transform | splats dropped | coarser | wall s |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for row in targets:
+            t = row["splatflow_target"]
+            coarse = ", ".join(f"{k} {v}" for k, v in t["dropped"]["precision"].items()) or "-"
+            lines.append(f"| {row['input']} | {t['target_psnr']} | {t['psnr_db']} | {t['bytes']} | "
+                         f"{t['size_ratio_vs_peer']:.3f} ({1 - t['size_ratio_vs_peer']:.1%} smaller) | "
+                         f"{t['dropped']['splats']:,} ({t['dropped']['splats_fraction']:.1%}) | {coarse} | "
+                         f"{t['wall_s']} |")
+        lines.append("")
     for row in result["rows"]:
         if "speedup_vs_peer" in row:
             lines.append(f"- {row['input']}: splatflow {row['speedup_vs_peer']}x faster (wall) and "
@@ -227,6 +270,7 @@ def main() -> None:
     ap.add_argument("--psnr-max", type=int, default=2_000_000, help="skip the render PSNR above this many splats")
     ap.add_argument("--tag", default="", help="suffix of the result files (parallel partial runs)")
     ap.add_argument("--note", default="", help="e.g. that the machine was shared with other work")
+    ap.add_argument("--skip-target", nargs="*", default=[], help="inputs without the smaller-file run")
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -242,7 +286,50 @@ def main() -> None:
         result["machine"]["load_average_at_end"] = os.getloadavg()
         out_json.write_text(json.dumps(result, indent=2))
         (RESULTS / f"{stem}.md").write_text(markdown(result))
+        draw_rd(result, RESULTS / ("codec-rd" + (f"-{args.tag}" if args.tag else "") + ".png"))
         print(json.dumps({k: v for k, v in result["rows"][-1].items()}, default=str)[:1500], flush=True)
+
+
+def draw_rd(result: dict[str, Any], path: Path) -> None:
+    """File size against render PSNR, one panel per input: splatflow's default output, its smaller-file output,
+    every setting the smaller-file search tried (real encodes, default WebP effort), splat-transform."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed (pip install -e '.[dev]'): no codec-rd.png", flush=True)
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["rows"] if "psnr_db" in r["splatflow"]]
+    if not rows:
+        return
+    fig, axes = plt.subplots(1, len(rows), figsize=(4.2 * len(rows), 3.8), squeeze=False)
+    for ax, row in zip(axes[0], rows, strict=True):
+        tg, peer = row.get("splatflow_target", {}), row.get("splat_transform", {})
+        if tg.get("tried"):
+            pts = sorted((t["bytes"] / 1e6, t["psnr_db"]) for t in tg["tried"])
+            ax.scatter(*zip(*pts, strict=True), s=12, c="0.7", label="settings tried (search)")
+        ax.scatter([row["splatflow"]["bytes"] / 1e6], [row["splatflow"]["psnr_db"]], marker="o", c="C0", s=50,
+                   label="splatflow default")
+        if "bytes" in tg:
+            ax.scatter([tg["bytes"] / 1e6], [tg["psnr_db"]], marker="*", c="C2", s=140,
+                       label=f"splatflow --target-psnr {tg['target_psnr']}")
+        if "psnr_db" in peer:
+            ax.scatter([peer["bytes"] / 1e6], [peer["psnr_db"]], marker="X", c="C3", s=80,
+                       label=f"splat-transform {result['machine']['versions'].get('splat-transform')}")
+            ax.axhline(peer["psnr_db"], c="C3", lw=0.6, ls=":")
+            ax.axvline(0.75 * peer["bytes"] / 1e6, c="C3", lw=0.6, ls="--")
+        ax.set_title(f"{row['input']} ({row['splats']:,} splats)", fontsize=9)
+        ax.set_xlabel("file size, MB")
+        ax.set_ylabel("render PSNR vs source, dB")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="lower right")
+    fig.suptitle("SOG size against render PSNR (4 orbit views, 256 px; dashed: 75% of splat-transform's size)",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

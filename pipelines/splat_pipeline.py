@@ -130,9 +130,11 @@ def build_pipeline(*, retries: bool = True) -> GraphComponent:
                               "and a run report out, with a notification on success or failure.")
     def splat_pipeline(source_uri: str, output_uri: str, quality: str = DEFAULT_QUALITY,
                        max_splats: int = 1_000_000, iterations: int = 0, sh_degree: int = 3,
-                       notify_target: str = "") -> None:
+                       notify_target: str = "", target_psnr: float = 0.0) -> None:
         """The whole pipeline. ``quality``: tiny | cpu | preview | standard | high (splatflow/presets.py);
-        ``iterations`` 0 takes the preset's; ``notify_target`` names a channel, never a secret (empty: default).
+        ``iterations`` 0 takes the preset's; ``notify_target`` names a channel, never a secret (empty: default);
+        ``target_psnr`` > 0 makes compress write the smallest SOG rendering at least that many dB from the
+        trained PLY (0, the default: full precision).
 
         KFP allows no pipeline outputs from inside an exit handler: the results are what publish writes under
         ``output_uri`` and its ``report`` artifact."""
@@ -148,7 +150,8 @@ def build_pipeline(*, retries: bool = True) -> GraphComponent:
             model = configure(sfm(images=images.outputs["images"], quality=quality, **run), "sfm", retries=retries)
             splats = configure(train(sfm_model=model.outputs["sfm_model"], quality=quality, iterations=iterations,
                                      max_splats=max_splats, sh_degree=sh_degree, **run), "train", retries=retries)
-            sog = configure(compress(model=splats.outputs["model"], **run), "compress", retries=retries)
+            sog = configure(compress(model=splats.outputs["model"], target_psnr=target_psnr, **run), "compress",
+                            retries=retries)
             configure(publish(output_uri=output_uri, source_uri=source_uri, run_id=run_id, sog=sog.outputs["sog"],
                               model=splats.outputs["model"],
                               ingest_report=images.outputs["Output"], sfm_report=model.outputs["Output"],

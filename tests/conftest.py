@@ -144,7 +144,7 @@ def splat_transform() -> Path:
             pytest.fail("splat-transform not installed: run `npm ci` (make install does it)")
         found = Path(which)
     out = subprocess.run([str(found), "--version"], capture_output=True, text=True, check=True)
-    assert "3.7.0" in out.stdout + out.stderr, out.stdout
+    assert "3.10.2" in out.stdout + out.stderr, out.stdout
     return found
 
 

@@ -79,7 +79,8 @@ def _print_json(obj: object) -> None:
 @command
 def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="describe a splat file (.ply, .sog, meta.json)",
-                       description="Count, SH degree, bounds, attribute ranges, NaN count and bytes per splat.")
+                       description="Count, SH degree, bounds, attribute ranges, splats by kind of non-finite value "
+                                   "(opaque, NaN, other infinities) and bytes per splat.")
     p.add_argument("file", help="a .ply, a .sog bundle, or a SOG meta.json / folder")
     p.add_argument("--json", action="store_true", help="print the full summary as JSON")
     p.set_defaults(handler=_run_info)
@@ -100,7 +101,17 @@ def _run_info(args: argparse.Namespace) -> int:
     print(f"  bounds max      {summary['bounds']['max']}")
     for name, r in summary["attributes"].items():
         print(f"  {name:15s} min {r['min']}  max {r['max']}")
-    print(f"  NaN/Inf splats  {summary['invalid_splats']:,}")
+    k = summary["kinds"]
+    print(f"  opaque splats   {k['opaque']:,}  (opacity +inf: alpha 1, valid)")
+    if k["transparent"] or k["flat"]:
+        print(f"  also valid      {k['transparent']:,} fully transparent (opacity -inf), {k['flat']:,} flat "
+              "(a log-scale of -inf)")
+    print(f"  NaN splats      {k['nan']:,}")
+    other = k["invalid"] - k["nan"]
+    print(f"  other invalid   {other:,}  (an infinite position, size, rotation or SH value)" if other
+          else "  other invalid   0")
+    print(f"  invalid splats  {k['invalid']:,}" + ("  (compress refuses them; --drop-invalid drops them)"
+                                                    if k["invalid"] else ""))
     if summary["extras"]:
         print(f"  extra props     {', '.join(summary['extras'])}")
     return 0
@@ -437,10 +448,17 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sh-bands", type=int, choices=[0, 1, 2, 3], default=None, help="keep at most this many SH bands")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
-    p.add_argument("--drop-invalid", action="store_true", help="drop splats with NaN/Inf values instead of failing")
+    p.add_argument("--drop-invalid", action="store_true",
+                   help="drop invalid splats (NaN, an infinite position, size, rotation or SH) instead of failing; "
+                        "fully opaque splats (opacity +inf) are valid and kept")
     p.add_argument("--fidelity-views", type=int, default=0, metavar="N",
                    help="also render N orbit views (256 px) of the source and of the decoded SOG and report "
                         "PSNR/SSIM, e.g. 4 (default 0: skipped; on a CPU it takes longer than the encoding)")
+    p.add_argument("--target-psnr", type=float, default=None, metavar="DB",
+                   help="write the smallest file whose renders stay at least DB dB PSNR from the source's over "
+                        "the report's orbit views (e.g. 45): least visible splats pruned, a smaller SH palette, "
+                        "coarser attributes, the largest WebP effort; the report says what was dropped. "
+                        "Default: off (full precision)")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.set_defaults(handler=_run_compress)
 
@@ -452,7 +470,7 @@ def _run_compress(args: argparse.Namespace) -> int:
 
     r = compress(Path(args.ply), Path(args.out), format=args.format, sort=args.sort, sh_bands=args.sh_bands,
                  device=args.device, overwrite=args.overwrite, drop_invalid=args.drop_invalid,
-                 fidelity_views=args.fidelity_views)
+                 fidelity_views=args.fidelity_views, target_psnr=args.target_psnr)
     if args.json:
         _print_json(r)
     else:
@@ -460,6 +478,12 @@ def _run_compress(args: argparse.Namespace) -> int:
         print(f"{r['output']}: {r['splats']:,} splats, {r['bytes']:,} bytes, {r['bytes_per_splat']:.2f} bytes/splat, "
               f"{r['ratio']:.1f}x smaller than the PLY, {r['codec_seconds']:.1f} s ({r['format']}, {r['sort']}, "
               f"{r['device']})" + (f"; renders {fid['psnr']:.1f} dB PSNR vs the PLY" if fid else ""))
+        tg = r["target"]
+        if tg:
+            drop = tg["dropped"]
+            print(f"  target {tg['target_psnr']:g} dB: reached {tg['psnr']:.2f} dB; dropped {drop['splats']:,} "
+                  f"splats ({drop['splats_fraction']:.1%}), coarser {', '.join(drop['precision']) or 'nothing'}"
+                  + (f"; note: {tg['note']}" if tg.get("note") else ""))
     return 0
 
 

@@ -4,7 +4,11 @@ Both clouds are rendered from the same cameras (COLMAP, a ``.npz`` camera file, 
 the source's dense region) and compared per view with PSNR and SSIM; when the splat counts match, an attribute
 error table (position, log-scale, colour in 8-bit levels, opacity, rotation angle, higher SH) is added, with the
 candidate's splats matched to the source's by index, by nearest position (the codec reorders splats), or by an
-explicit permutation.
+explicit permutation (see :func:`match_splats`).
+
+The source is compared whole: fully opaque splats (opacity +inf) and flat ones (a log-scale of -inf) are valid
+splats and stay; only splats that cannot be drawn (NaN, an infinite position...) are left out, and the log says
+how many.
 """
 
 from __future__ import annotations
@@ -33,22 +37,34 @@ MIN_COVERAGE = 1e-3
 def load_splats(path: str | os.PathLike[str]) -> tuple[GaussianCloud, int, str]:
     """(cloud, bytes on disk, kind) of a ``.ply``, a ``.sog`` bundle, or a SOG ``meta.json`` / folder.
 
-    Splats with NaN/Inf values are dropped (they cannot be rendered); the caller sees the count change.
+    Invalid splats (NaN, an infinite position, size, rotation or SH value) are dropped since they cannot be
+    rendered; the caller sees the count change. Fully opaque and flat splats are valid and kept.
     """
     cloud, nbytes, kind = load_any(path)
+    what = cloud.invalid_summary()
     cloud, dropped = cloud.drop_invalid()
     if dropped:
-        log.warning("%s: dropped %d splats with NaN/Inf values", path, dropped)
+        log.warning("%s: dropped %d invalid splats (%s)", path, dropped, what)
     return cloud, nbytes, kind
 
 
 # ------------------------------------------------------------------------------------------- attribute errors
-def match_splats(source: GaussianCloud, candidate: GaussianCloud, how: str = "auto") -> tuple[np.ndarray, dict]:
+def match_splats(source: GaussianCloud, candidate: GaussianCloud, how: str = "auto", *,
+                 candidate_kind: str = "ply") -> tuple[np.ndarray, dict]:
     """Index (N,) into ``source`` for each candidate splat, and a description of the matching.
 
-    ``how``: ``"index"`` (same order), ``"nearest"`` (nearest source position, a KD-tree), or ``"auto"``: index
-    when candidate i lies about as close to source i as to its nearest source splat (a copy in the same order,
-    shifted or quantized), else nearest (a reordered copy such as a SOG).
+    ``how``: ``"index"`` (same order), ``"nearest"`` (nearest source position, a KD-tree), or ``"auto"``, which
+    pairs by index only where the candidate is known to keep the source's order, by construction:
+
+    - a SOG (``candidate_kind`` ``sog-v2``/``sog-v1``) stores splats in its own texel order: nearest, always;
+    - a PLY in the source's order (a copy written from it, shifted or quantized: its median splat lies about as
+      close to its index partner as to its nearest source splat) is paired by index, except the splats whose
+      index partner is far off (more than 4x the median displacement) while another source splat is nearer:
+      those parts of the file were reordered and are paired by nearest position;
+    - any other PLY (shuffled, sorted): nearest.
+
+    The description says ``method`` (``index``, ``nearest`` or ``mixed``), and for nearest pairs how many were
+    paired that way (``nearest_pairs``) and the fraction of distinct source splats (``unique_fraction``).
     """
     n = len(source)
     if len(candidate) != n:
@@ -62,15 +78,22 @@ def match_splats(source: GaussianCloud, candidate: GaussianCloud, how: str = "au
     except ImportError as exc:
         raise DependencyMissing("matching splats by position needs scipy", hint="pip install 'splatflow[render]'"
                                 ) from exc
-    dist, idx = cKDTree(source.means.astype(np.float64)).query(candidate.means.astype(np.float64), k=1)
-    if how == "auto":
-        lo, hi = source.bounds()
-        floor = 1e-3 * (float(np.linalg.norm(hi - lo)) or 1.0)
-        same = np.linalg.norm(candidate.means.astype(np.float64) - source.means, axis=1)
-        if float(np.median(same)) <= max(4.0 * float(np.median(dist)), floor):
-            return np.arange(n), {"method": "index"}
+    src_m, cand_m = source.means.astype(np.float64), candidate.means.astype(np.float64)
+    dist, idx = cKDTree(src_m).query(cand_m, k=1)
     idx = np.asarray(idx, dtype=np.int64)
-    return idx, {"method": "nearest", "unique_fraction": round(len(np.unique(idx)) / n, 6)}
+    if how == "auto" and not candidate_kind.startswith("sog"):
+        lo, hi = source.bounds()
+        floor = 1e-6 * (float(np.linalg.norm(hi - lo)) or 1.0)
+        disp = np.linalg.norm(cand_m - src_m, axis=1)
+        typical = float(np.median(disp))
+        if typical <= max(4.0 * float(np.median(dist)), 1e3 * floor):  # the file is (mostly) in source order
+            moved = (disp > max(4.0 * typical, floor)) & (dist < disp)
+            if not moved.any():
+                return np.arange(n), {"method": "index"}
+            idx = np.where(moved, idx, np.arange(n))
+            return idx, {"method": "mixed", "nearest_pairs": int(moved.sum()),
+                         "unique_fraction": round(len(np.unique(idx)) / n, 6)}
+    return idx, {"method": "nearest", "nearest_pairs": n, "unique_fraction": round(len(np.unique(idx)) / n, 6)}
 
 
 def _stats(values: np.ndarray, unit: str) -> dict[str, Any]:
@@ -96,9 +119,20 @@ def attribute_errors(source: GaussianCloud, candidate: GaussianCloud,
     qa, qb = src.normalized_quats().astype(np.float64), candidate.normalized_quats().astype(np.float64)
     qb = qb * np.where((qa * qb).sum(1, keepdims=True) < 0, -1.0, 1.0)    # q and -q are the same rotation
     angle = 4.0 * np.arctan2(np.linalg.norm(qa - qb, axis=1), np.linalg.norm(qa + qb, axis=1))  # stable near 0
+    # a log-scale of -inf (a flat axis) is compared by being flat or not: the candidate is flat where it is -inf
+    # too or at least 10 log units below the source's smallest finite one (SOG stores it 20 below); the row
+    # covers the finite pairs and counts the flat axes that a side lost or gained (``flat_mismatch``)
+    sa, sb = src.scales.astype(np.float64), candidate.scales.astype(np.float64)
+    both = np.isfinite(sa) & np.isfinite(sb)
+    log_scale = _stats((sb - sa)[both], "log units")
+    if not both.all():
+        fin_min = float(sa[np.isfinite(sa)].min()) if np.isfinite(sa).any() else 0.0
+        flat_a, flat_b = np.isneginf(sa), np.isneginf(sb) | (sb <= fin_min - 10.0)
+        log_scale["flat_mismatch"] = int((flat_a != flat_b).sum())
+        log_scale["flat_axes"] = int(flat_a.sum())
     rows = {
         "position": _stats(np.linalg.norm(candidate.means - src.means, axis=1), "scene units"),
-        "log_scale": _stats(candidate.scales - src.scales, "log units"),
+        "log_scale": log_scale,
         "color": _stats((candidate.colors() - src.colors()) * 255.0, "8-bit levels"),
         "opacity": _stats((candidate.alphas() - src.alphas()) * 255.0, "8-bit levels"),
         "rotation": _stats(np.degrees(angle), "degrees"),
@@ -209,7 +243,7 @@ def evaluate(source: str | os.PathLike[str], candidate: str | os.PathLike[str], 
                 raise InputError(f"the permutation must hold {len(src)} source indices in [0, {len(src)})")
             how: dict[str, Any] = {"method": "permutation"}
         else:
-            index, how = match_splats(src, cand, match)
+            index, how = match_splats(src, cand, match, candidate_kind=cand_kind)
         if how.get("unique_fraction", 1.0) < 0.99:
             notes.append(f"nearest-position matching paired only {how['unique_fraction']:.1%} of the splats "
                          "one-to-one; the attribute errors are approximate")

@@ -13,6 +13,17 @@ Conventions (those of the INRIA 3DGS PLY and of gsplat):
 - ``layout``    the property names in the order of the file the cloud was read from (``None`` if built in memory).
 - ``ply_header``  what else that file's header held: ``comments``, ``obj_info`` (lists of str) and ``byte_order``
   (``<`` or ``>``), so that writing it back in its own layout is bit-exact (``None`` if built in memory).
+
+Which values are valid (:meth:`GaussianCloud.invalid_mask`, the same rule for every stage):
+
+- an opacity logit of ``+inf`` or ``-inf`` is valid: alpha 1 (fully opaque, as real trainers export it) or 0;
+- a log-scale of ``-inf`` is valid: zero extent along that axis (a flat splat, or a point if all three are);
+  the renderer draws it with its 0.3-pixel dilation, the SOG encoder gives it a codebook entry of its own far
+  below the smallest finite size;
+- a zero-norm quaternion is valid and means the identity rotation: what gsplat, the INRIA code and splatflow's
+  renderer draw for it (PlayCanvas's ``--filter-nan`` drops such splats instead);
+- invalid: NaN in any attribute, or an infinity in a position, a rotation, an SH value, or a ``+inf`` log-scale
+  (infinite size). Such a splat cannot be drawn; readers keep, drop or refuse it as asked.
 """
 
 from __future__ import annotations
@@ -205,15 +216,56 @@ class GaussianCloud:
             shN = np.concatenate([self.shN, np.zeros((len(self), k - have, 3), np.float32)], axis=1)
         return replace(self, shN=shN)
 
+    def _rows(self, name: str) -> np.ndarray:
+        return getattr(self, name).reshape(len(self), -1)
+
+    def value_kinds(self) -> dict[str, int]:
+        """Splat counts by kind of non-finite value (see the module docstring for what is valid):
+
+        ``opaque`` (opacity +inf), ``transparent`` (opacity -inf), ``flat`` (a log-scale of -inf), valid; and
+        ``nan`` (NaN anywhere), ``infinite_position``, ``infinite_scale`` (+inf), ``infinite_rotation``,
+        ``infinite_sh``, invalid; ``invalid`` counts the splats with any invalid value. A splat may be in
+        several kinds.
+        """
+        def inf(name: str) -> np.ndarray:
+            return np.isinf(self._rows(name)).any(axis=1)
+
+        nan = np.zeros(len(self), bool)
+        for name in self.core_arrays:
+            nan |= np.isnan(self._rows(name)).any(axis=1)
+        return {
+            "opaque": int(np.isposinf(self.opacities).sum()),
+            "transparent": int(np.isneginf(self.opacities).sum()),
+            "flat": int(np.isneginf(self.scales).any(axis=1).sum()),
+            "nan": int(nan.sum()),
+            "infinite_position": int(inf("means").sum()),
+            "infinite_scale": int(np.isposinf(self.scales).any(axis=1).sum()),
+            "infinite_rotation": int(inf("quats").sum()),
+            "infinite_sh": int((inf("sh0") | inf("shN")).sum()),
+            "invalid": int(self.invalid_mask().sum()),
+        }
+
     def invalid_mask(self) -> np.ndarray:
-        """(N,) bool: True where any core attribute of the splat is NaN or +-Inf."""
+        """(N,) bool: True where the splat cannot be drawn: NaN in any attribute, or an infinity in a position,
+        rotation or SH value, or a +inf log-scale. Opacity +-inf (alpha 1 or 0), a -inf log-scale (zero extent)
+        and a zero-norm quaternion (the identity) are valid."""
         bad = np.zeros(len(self), bool)
-        for arr in self.core_arrays.values():
-            bad |= ~np.isfinite(arr.reshape(len(self), -1)).all(axis=1)
+        for name in ("means", "quats", "sh0", "shN"):
+            bad |= ~np.isfinite(self._rows(name)).all(axis=1)
+        bad |= np.isnan(self.opacities)
+        bad |= (np.isnan(self.scales) | np.isposinf(self.scales)).any(axis=1)
         return bad
 
+    def invalid_summary(self) -> str:
+        """What is wrong with the invalid splats, in words, e.g. ``3 with NaN, 1 with an infinite position``."""
+        k = self.value_kinds()
+        words = {"nan": "with NaN", "infinite_position": "with an infinite position",
+                 "infinite_scale": "with an infinite size (log-scale +inf)",
+                 "infinite_rotation": "with an infinite rotation", "infinite_sh": "with an infinite colour (SH)"}
+        return ", ".join(f"{k[key]} {text}" for key, text in words.items() if k[key])
+
     def drop_invalid(self) -> tuple[GaussianCloud, int]:
-        """The cloud without the splats that have NaN/Inf values, and how many were dropped."""
+        """The cloud without its invalid splats (:meth:`invalid_mask`), and how many were dropped."""
         bad = self.invalid_mask()
         return (self.subset(~bad) if bad.any() else self), int(bad.sum())
 

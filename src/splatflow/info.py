@@ -1,4 +1,5 @@
-"""`splatflow info`: what a splat file holds (count, SH degree, bounds, attribute ranges, NaN count, size)."""
+"""`splatflow info`: what a splat file holds (count, SH degree, bounds, attribute ranges, splats by kind of
+non-finite value, size)."""
 
 from __future__ import annotations
 
@@ -27,14 +28,18 @@ def _ranges(arr: np.ndarray) -> dict[str, Any]:
 
 
 def cloud_summary(cloud: GaussianCloud, *, file_bytes: int | None = None) -> dict[str, Any]:
-    """A JSON-ready summary of a cloud: count, SH degree, bounds, per-attribute ranges, non-finite counts."""
+    """A JSON-ready summary of a cloud: count, SH degree, bounds, per-attribute ranges (finite values), splat
+    counts by kind of non-finite value (``kinds``: opaque, transparent and flat are valid; see
+    :meth:`GaussianCloud.value_kinds`), invalid splats and non-finite values per attribute."""
     lo, hi = cloud.bounds()
     nonfinite = {k: int((~np.isfinite(v)).sum()) for k, v in cloud.core_arrays.items()}
+    kinds = cloud.value_kinds()
     out: dict[str, Any] = {
         "splats": len(cloud),
         "sh_degree": cloud.sh_degree,
         "bounds": {"min": lo.astype(np.float64).round(6).tolist(), "max": hi.astype(np.float64).round(6).tolist()},
-        "invalid_splats": int(cloud.invalid_mask().sum()),
+        "invalid_splats": kinds["invalid"],
+        "kinds": kinds,
         "nonfinite_values": nonfinite,
         "attributes": {
             "means": _ranges(cloud.means),
@@ -54,7 +59,7 @@ def cloud_summary(cloud: GaussianCloud, *, file_bytes: int | None = None) -> dic
 
 
 def load_any(path: str | os.PathLike[str]) -> tuple[GaussianCloud, int, str]:
-    """Load a splat file of any supported kind, NaN/Inf splats included: (cloud, total bytes on disk, kind
+    """Load a splat file of any supported kind, invalid splats included: (cloud, total bytes on disk, kind
     ``ply`` | ``sog-v2`` | ``sog-v1``)."""
     p = Path(path)
     if not p.exists():

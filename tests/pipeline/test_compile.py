@@ -94,13 +94,14 @@ def test_ui_parameters_are_few_with_defaults(compiled: Spec) -> None:
     spec, _ = compiled
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert set(params) == {"source_uri", "output_uri", "quality", "max_splats", "iterations", "sh_degree",
-                           "notify_target"}
+                           "notify_target", "target_psnr"}
     required = {k for k, v in params.items() if not v.get("isOptional")}
     assert required == {"source_uri", "output_uri"}
     assert params["quality"]["defaultValue"] == "standard"
     assert params["iterations"]["defaultValue"] == 0
     assert params["sh_degree"]["defaultValue"] == 3
     assert params["max_splats"]["defaultValue"] == 1_000_000
+    assert params["target_psnr"]["defaultValue"] == 0.0  # compress at full precision unless asked
 
 
 def test_gpu_stages_request_a_gpu_tolerate_the_taint_and_select_gpu_nodes(compiled: Spec) -> None:

@@ -74,6 +74,30 @@ def test_a_reordered_copy_is_matched_by_position(cloud: GaussianCloud, source: P
     assert how == {"method": "index"} and (index == np.arange(len(cloud))).all()
 
 
+@pytest.mark.parametrize("shift", [0.0, 2e-5])
+def test_a_partly_reordered_copy_is_paired_correctly(cloud: GaussianCloud, source: Path, tmp_path: Path,
+                                                     shift: float) -> None:
+    """The first 70% in the source's order, the rest shuffled (as a tool that re-sorts part of a file): index
+    pairing where the order holds, nearest position where it does not, so the table is the true one."""
+    n = len(cloud)
+    perm = np.arange(n)
+    tail = np.arange(int(0.7 * n), n)
+    perm[tail] = np.random.default_rng(2).permutation(tail)
+    cand = cloud.subset(perm)
+    cand = replace(cand, means=cand.means + np.float32(shift))
+    path = write_ply(cand, tmp_path / "partly.ply")
+    r = evaluate(source, path, views=1, size=SIZE)
+    truth = evaluate(source, path, views=1, size=SIZE, permutation=perm)
+    assert r["match"]["method"] == "mixed"
+    assert 0.25 * n <= r["match"]["nearest_pairs"] <= 0.3 * n and r["match"]["unique_fraction"] == 1.0
+    assert r["attributes"] == truth["attributes"]
+    assert r["attributes"]["color"]["max"] == 0.0 and r["attributes"]["rotation"]["max"] == 0.0
+    assert r["attributes"]["position"]["mean"] == pytest.approx(shift * np.sqrt(3), abs=1e-7)
+    # pairing by index alone would compare unrelated splats in the shuffled part
+    forced = evaluate(source, path, views=1, size=SIZE, match="index")
+    assert forced["attributes"]["color"]["mean"] > 10 * max(r["attributes"]["color"]["mean"], 0.01)
+
+
 def test_different_splat_counts_compare_renders_only(cloud: GaussianCloud, source: Path, tmp_path: Path) -> None:
     thinned = write_ply(cloud.subset(np.arange(0, len(cloud), 2)), tmp_path / "thin.ply")
     r = evaluate(source, thinned, views=2, size=SIZE)

@@ -168,11 +168,42 @@ def test_nan_inf_reported_and_dropped_only_on_request(tmp_path: Path) -> None:
     p = write_ply(cloud, tmp_path / "nan.ply")
     kept = read_ply(p)
     assert len(kept) == 30 and int(kept.invalid_mask().sum()) == 3
-    with pytest.raises(InvalidValuesError, match="3 of 30 splats have NaN or Inf") as exc:
+    with pytest.raises(InvalidValuesError, match="3 of 30 splats are invalid") as exc:
         read_ply(p, on_invalid="error")
     assert exc.value.count == 3 and "--drop-invalid" in str(exc.value)
+    # the message names each kind
+    assert "1 with NaN" in str(exc.value) and "1 with an infinite size" in str(exc.value)
+    assert "1 with an infinite colour (SH)" in str(exc.value)
     dropped = read_ply(p, on_invalid="drop")
     assert len(dropped) == 27 and not dropped.invalid_mask().any()
+
+
+def test_opaque_transparent_flat_and_zero_rotation_are_valid(tmp_path: Path) -> None:
+    """Opacity +-inf (alpha 1 / 0), a log-scale of -inf (flat) and a zero quaternion (identity) are valid
+    splats: kept by every reader mode; an infinite position or rotation and a +inf log-scale are not."""
+    cloud = _cloud(12, 0)
+    cloud.opacities[[0, 1]] = np.inf
+    cloud.opacities[2] = -np.inf
+    cloud.scales[3, 2] = -np.inf
+    cloud.quats[4] = 0.0
+    p = write_ply(cloud, tmp_path / "edge.ply")
+    back = read_ply(p, on_invalid="error")
+    assert len(back) == 12 and not back.invalid_mask().any()
+    assert np.isposinf(back.opacities[:2]).all() and back.alphas()[:2].tolist() == [1.0, 1.0]
+    assert back.alphas()[2] == 0.0 and back.linear_scales()[3, 2] == 0.0
+    np.testing.assert_array_equal(back.normalized_quats()[4], [1, 0, 0, 0])
+    assert back.value_kinds() == {"opaque": 2, "transparent": 1, "flat": 1, "nan": 0, "infinite_position": 0,
+                                  "infinite_scale": 0, "infinite_rotation": 0, "infinite_sh": 0, "invalid": 0}
+    cloud.means[5, 1] = -np.inf
+    cloud.quats[6, 0] = np.inf
+    cloud.scales[7, 0] = np.inf
+    cloud.opacities[8] = np.nan
+    bad = read_ply(write_ply(cloud, tmp_path / "bad.ply"))
+    assert bad.invalid_mask().nonzero()[0].tolist() == [5, 6, 7, 8]
+    kinds = bad.value_kinds()
+    assert [kinds[k] for k in ("nan", "infinite_position", "infinite_rotation", "infinite_scale")] == [1, 1, 1, 1]
+    assert kinds["opaque"] == 2 and kinds["invalid"] == 4
+    assert len(read_ply(tmp_path / "bad.ply", on_invalid="drop")) == 8
 
 
 def test_write_is_atomic_on_failure(tmp_path: Path) -> None:

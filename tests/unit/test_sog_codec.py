@@ -85,6 +85,137 @@ def test_codebook_weights_follow_the_visible_size() -> None:
     assert fw[1] > fw[0] and fw[2] < fw[1] and float(fw.max()) <= 1.0
 
 
+def _encode_decode(cloud: GaussianCloud, fmt: str = "v2") -> tuple[GaussianCloud, GaussianCloud, np.ndarray]:
+    """(source in texel order, decoded, order) of an in-memory encode: texel i holds source splat order[i]."""
+    from splatflow.sog.decode import decode_files
+    from splatflow.sog.encode import encode_cloud
+
+    enc = encode_cloud(cloud, format=fmt, device="cpu")
+    dec, _ = decode_files(json.loads(enc.files["meta.json"]), {k: v for k, v in enc.files.items() if k != "meta.json"})
+    return cloud.subset(enc.order), dec, enc.order
+
+
+def _plain_scene(n: int = 20_000) -> GaussianCloud:
+    """The issue's scene: log-scales uniform in (-7, -2), random rotations, opacities and colours."""
+    rng = np.random.default_rng(0)
+    return GaussianCloud(means=rng.normal(size=(n, 3)).astype(np.float32),
+                         scales=rng.uniform(-7, -2, (n, 3)).astype(np.float32),
+                         quats=rng.normal(size=(n, 4)).astype(np.float32),
+                         opacities=rng.normal(size=n).astype(np.float32),
+                         sh0=rng.normal(size=(n, 3)).astype(np.float32))
+
+
+def _others_errors(cloud: GaussianCloud, outliers: np.ndarray) -> tuple[float, float]:
+    """Mean log-scale error and mean colour error (8-bit) of the splats that are not ``outliers``."""
+    src, dec, order = _encode_decode(cloud)
+    mask = ~np.isin(order, outliers)
+    return (float(np.abs(dec.scales[mask] - src.scales[mask]).mean()),
+            float(np.abs(dec.colors()[mask] - src.colors()[mask]).mean() * 255))
+
+
+@pytest.mark.parametrize("values", [[20.0], [10.0], [5.0, 10.0, 20.0, 40.0], [3.0] * 5 + [8.0] * 5 + [30.0] * 5])
+def test_outliers_cost_only_their_own_precision(values: list[float]) -> None:
+    """One splat at log-scale 20 among 20,000 (or a few at several magnitudes) leaves the others' mean
+    log-scale and colour errors within 10% of those without it (the unbounded weights of before gave every
+    splat the outlier's scale: mean error 24.5)."""
+    base = _plain_scene()
+    ref_scale, ref_color = _others_errors(base, np.array([], np.int64))
+    cloud = _plain_scene()
+    idx = np.arange(len(values)) * 997
+    cloud.scales[idx] = np.array(values, np.float32)[:, None]
+    scale_err, color_err = _others_errors(cloud, idx)
+    assert scale_err <= 1.10 * ref_scale and color_err <= 1.10 * ref_color
+
+
+def test_bounded_weights_cap_outliers_and_keep_real_scenes(data_dir: Path) -> None:
+    from splatflow.io.ply import read_ply
+    from splatflow.sog.codebook import CAP_MARGIN, bounded_weights
+
+    lw = torch.linspace(-14, -4, 10_000, dtype=torch.float64)
+    w = bounded_weights(torch.cat([lw, torch.tensor([44.0, -math.inf])]))
+    assert float(w.max()) <= 1.0 and float(w[-1]) == 0.0
+    assert float(w[-2]) == 1.0 and float(w[-2] / w[-3]) < math.exp(CAP_MARGIN)  # the outlier: at most e^4 x
+    assert torch.allclose(w[:-2] / w[-3], torch.exp(lw - lw[-1]))              # the rest keep their ratios
+    # real scenes: no splat is capped (the weights of the largest stay proportional to alpha x extent^2)
+    c = read_ply(data_dir / "splats" / "fruit_drops_minimal.ply")
+    s, o = torch.from_numpy(c.scales), torch.from_numpy(c.opacities)
+    sw = scale_weights(s, o)
+    raw = torch.sigmoid(o.double())[:, None] * torch.exp(2 * s.double())
+    assert float(sw.max()) < 1.0 and torch.allclose(sw / sw.max(), raw / raw.max())
+
+
+def test_flat_opaque_and_transparent_splats_encode(tmp_path: Path) -> None:
+    """A log-scale of -inf gets a codebook entry of its own 20 below the finite range (v2) or the smallest
+    finite value (v1); opacity +inf / -inf encode as alpha 255 / 0."""
+    cloud = make_cloud(800, 1)
+    cloud.scales[[3, 50], 2] = -np.inf
+    cloud.scales[60] = -np.inf                     # a point: zero extent on every axis
+    cloud.opacities[[4, 5]] = np.inf
+    cloud.opacities[6] = -np.inf
+    fin_min = float(cloud.scales[np.isfinite(cloud.scales)].min())
+    for fmt in ("v2", "v1"):
+        src, dec, _ = _encode_decode(cloud, fmt)
+        flat = np.isneginf(src.scales)
+        assert flat.sum() == 5 and np.isfinite(dec.scales).all()
+        if fmt == "v2":
+            np.testing.assert_allclose(dec.scales[flat], fin_min - 20.0, atol=1e-4)
+            assert (dec.scales[~flat] > fin_min - 1.0).all()
+        else:
+            assert (dec.scales[flat] <= fin_min + 0.05).all()
+        alpha = np.round(dec.alphas() * 255)
+        assert (alpha[np.isposinf(src.opacities)] == 255).all() and (alpha[np.isneginf(src.opacities)] == 0).all()
+        errs = attribute_errors(src, dec)
+        assert errs["log_scale"]["flat_axes"] == 5 and errs["log_scale"]["flat_mismatch"] == (0 if fmt == "v2" else 5)
+        # v2 stores alpha in 8 bits; v1 the logit over its range (here stretched to +-7 for the infinities)
+        assert np.isfinite(errs["log_scale"]["mean"]) and errs["opacity"]["max"] <= (0.51 if fmt == "v2" else 2.0)
+    # the PLAS order takes them too
+    ply = write_ply(cloud, tmp_path / "edge.ply")
+    rep = compress(ply, tmp_path / "edge.sog", device="cpu", sort="plas")
+    assert rep["splats"] == 800 and rep["dropped_invalid"] == 0
+
+
+def test_precision_knobs_shrink_their_textures_and_full_precision_is_the_default() -> None:
+    from splatflow.sog.encode import Precision, encode_cloud
+
+    cloud = make_cloud(3000, 2)
+    default = encode_cloud(cloud, device="cpu")
+    assert encode_cloud(cloud, device="cpu", precision=Precision()).files == default.files
+    cases = {"means_l.webp": Precision(position_step=16), "quats.webp": Precision(quat_step=2.0),
+             "scales.webp": Precision(scale_entries=32), "sh0.webp": Precision(color_entries=32, alpha_step=4),
+             "shN_centroids.webp": Precision(palette=256, sh_entries=32)}
+    for name, prec in cases.items():
+        enc = encode_cloud(cloud, device="cpu", precision=prec)
+        assert len(enc.files[name]) < 0.9 * len(default.files[name]), name
+        meta = json.loads(enc.files["meta.json"])
+        assert all(len(meta[k]["codebook"]) == 256 for k in ("scales", "sh0", "shN"))
+    # each knob does what it says on the decoded values
+    from splatflow.sog.decode import decode_files
+
+    for prec, check in [
+        (Precision(scale_entries=32), lambda d: len(np.unique(d.scales)) <= 32),
+        (Precision(color_entries=16), lambda d: len(np.unique(d.sh0)) <= 16),
+        (Precision(palette=128), lambda d: len(np.unique(d.shN.reshape(len(d), -1), axis=0)) <= 128),
+        (Precision(alpha_step=8), lambda d: len(np.unique(np.round(d.alphas() * 255))) <= 34),
+    ]:
+        enc = encode_cloud(cloud, device="cpu", precision=prec)
+        dec, _ = decode_files(json.loads(enc.files["meta.json"]),
+                              {k: v for k, v in enc.files.items() if k != "meta.json"})
+        assert check(dec), prec
+
+
+def test_target_psnr_arguments_are_checked(tmp_path: Path) -> None:
+    ply = write_ply(make_cloud(500, 1), tmp_path / "in.ply")
+    with pytest.raises(SogError, match="--target-psnr 5 dB is out of range"):
+        compress(ply, tmp_path / "o.sog", device="cpu", target_psnr=5)
+    with pytest.raises(SogError, match="SOG v2 only"):
+        compress(ply, tmp_path / "o.sog", device="cpu", target_psnr=40, format="v1")
+    assert not (tmp_path / "o.sog").exists()
+    off = compress(ply, tmp_path / "off.sog", device="cpu", target_psnr=0)       # 0: off, today's output
+    plain = compress(ply, tmp_path / "plain.sog", device="cpu")
+    assert off["target"] is None and (tmp_path / "off.sog").read_bytes() == (tmp_path / "plain.sog").read_bytes()
+    assert plain["bytes"] == off["bytes"]
+
+
 def test_quaternion_packing_round_trip_within_a_degree() -> None:
     rng = np.random.default_rng(2)
     q = rng.normal(size=(5000, 4)).astype(np.float32)

@@ -55,8 +55,10 @@ def _open_ply(path: Path) -> PlyData:
 def read_ply(path: str | os.PathLike[str], *, on_invalid: OnInvalid = "keep") -> GaussianCloud:
     """Read a 3DGS PLY into a GaussianCloud.
 
-    ``on_invalid`` decides what happens to splats with NaN/Inf values: ``keep`` them (the caller inspects
-    ``cloud.invalid_mask()``), ``drop`` them (logged with their count), or raise :class:`InvalidValuesError`.
+    ``on_invalid`` decides what happens to invalid splats (NaN anywhere, an infinite position, rotation, SH value
+    or size; see :mod:`splatflow.gaussians`): ``keep`` them (the caller inspects ``cloud.invalid_mask()``),
+    ``drop`` them (logged with their count), or raise :class:`InvalidValuesError`. Fully opaque splats (opacity
+    ``+inf``, alpha 1), fully transparent ones (``-inf``) and flat ones (a log-scale of ``-inf``) are valid.
     """
     p = Path(path)
     data = _open_ply(p)
@@ -105,14 +107,15 @@ def read_ply(path: str | os.PathLike[str], *, on_invalid: OnInvalid = "keep") ->
     if on_invalid != "keep":
         bad = int(cloud.invalid_mask().sum())
         if bad:
+            what = cloud.invalid_summary()
             if on_invalid == "error":
                 raise InvalidValuesError(
-                    f"{p}: {bad} of {n} splats have NaN or Inf values", count=bad,
+                    f"{p}: {bad} of {n} splats are invalid ({what})", count=bad,
                     hint="pass --drop-invalid to drop those splats")
             cloud, _ = cloud.drop_invalid()
-            log.warning("%s: dropped %d of %d splats with NaN/Inf values", p, bad, n)
+            log.warning("%s: dropped %d of %d invalid splats (%s)", p, bad, n, what)
             if len(cloud) == 0:
-                raise PlyError(f"{p}: every splat has NaN or Inf values", hint="the file holds no usable splat")
+                raise PlyError(f"{p}: every splat is invalid ({what})", hint="the file holds no usable splat")
     return cloud
 
 

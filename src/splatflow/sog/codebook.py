@@ -6,16 +6,30 @@ measured 10x slower for the same error at 1024 bins.) Runs in torch on the value
 
 Weights say how much an error in each value costs on screen; the encoder passes them so that the 256 entries
 go where the picture needs them (see :func:`scale_weights` and :func:`footprint_weights`). Without weights
-every value counts the same, which is what PlayCanvas does.
+every value counts the same, which is what PlayCanvas does. The weights are bounded (:func:`bounded_weights`):
+no value weighs more than e^CAP_MARGIN times the 99.9th percentile weight, so a few absurd splats (a log-scale
+of 20 among splats of -7..-2) cost their own precision, never the scene's.
+
+Infinite values (a log-scale of -inf is a flat splat) get an entry of their own, ``INF_MARGIN`` below (or
+above) the finite range, so the JSON codebook stays finite and they decode as e^-20 of the smallest size.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 DEFAULT_BINS = 8192
 _POW = 1.0 / 3.0
 """Seeds sit at quantiles of density^(1/3), the high-resolution optimum for squared error."""
+CAP_QUANTILE = 0.999
+CAP_MARGIN = 4.0
+"""Log weights are capped at their ``CAP_QUANTILE`` quantile + ``CAP_MARGIN`` (a factor e^4 = 55). The largest
+splats of real scenes sit within 3.5 log units of that quantile (fruit_drops 3.2, guitar 3.0, playbot_lod2
+3.5 for the scale weights), so the cap leaves them alone; a log-scale of 20 among -7..-2 is 44 units above it."""
+INF_MARGIN = 20.0
+"""How far outside the finite range the entry for -inf (+inf) values sits."""
 
 
 def _weighted_kmeans_1d(x: torch.Tensor, w: torch.Tensor, k: int, iters: int) -> torch.Tensor:
@@ -23,9 +37,18 @@ def _weighted_kmeans_1d(x: torch.Tensor, w: torch.Tensor, k: int, iters: int) ->
 
     Initialised at the weighted quantiles; returns the sorted (k,) float64 centroids.
     """
+    m = x.numel()
     cw = torch.cumsum(w.pow(_POW), 0)
     q = (torch.arange(k, dtype=torch.float64, device=x.device) + 0.5) / k * cw[-1]
-    cb = x[torch.searchsorted(cw, q).clamp_(max=x.numel() - 1)]
+    idx = torch.unique(torch.searchsorted(cw, q).clamp_(max=m - 1))
+    if idx.numel() < k:  # several seeds in one heavy point: spread the rest over the other points
+        free = torch.ones(m, dtype=torch.bool, device=x.device)
+        free[idx] = False
+        cand = torch.nonzero(free).flatten()
+        need = k - idx.numel()
+        pick = torch.linspace(0, cand.numel() - 1, need, device=x.device).round().long()
+        idx = torch.sort(torch.cat([idx, cand[pick]]))[0]
+    cb = x[idx]
     for _ in range(iters):
         new = _weighted_means(x, w, cb)
         if torch.equal(new, cb):
@@ -50,8 +73,24 @@ def assign_1d(values: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     return torch.bucketize(values.contiguous(), mid.contiguous().to(values.dtype))
 
 
+def bounded_weights(log_w: torch.Tensor) -> torch.Tensor:
+    """exp(log_w - cap), capped at 1, where cap is the ``CAP_QUANTILE`` quantile of the finite ``log_w`` plus
+    ``CAP_MARGIN`` (same shape as ``log_w``, float64; -inf -> 0).
+
+    Bounded and robust: however large a few splats' log weights, each weighs at most e^CAP_MARGIN times the
+    99.9th percentile splat, so a handful of outliers can never outweigh the rest of the scene.
+    """
+    lw = log_w.double()
+    fin = lw[torch.isfinite(lw)]
+    if fin.numel() == 0:
+        return torch.ones_like(lw)
+    rank = min(fin.numel(), max(1, math.ceil(CAP_QUANTILE * fin.numel())))
+    cap = torch.kthvalue(fin.cpu(), rank).values.to(lw.device) + CAP_MARGIN
+    return torch.exp((lw - cap).clamp(max=0.0)).nan_to_num(nan=0.0)
+
+
 def scale_weights(log_scales: torch.Tensor, opacity_logits: torch.Tensor) -> torch.Tensor:
-    """(N, 3) weights for the log-scale codebook: alpha * exp(2 * log-scale).
+    """(N, 3) weights for the log-scale codebook: alpha * exp(2 * log-scale), bounded (:func:`bounded_weights`).
 
     A log-scale error d changes the splat's extent along that axis by about exp(s) * d, so these weights make
     the codebook minimise the alpha-weighted squared error of the linear extent, which is what the renderer
@@ -59,15 +98,14 @@ def scale_weights(log_scales: torch.Tensor, opacity_logits: torch.Tensor) -> tor
     ones. (Measured on fruit_drops and guitar: +9 to +22 dB render PSNR over equal weights for the scales.)
     """
     s = log_scales.double()
-    return torch.sigmoid(opacity_logits.double())[:, None] * torch.exp(2.0 * (s - s.max()))
+    return bounded_weights(torch.nn.functional.logsigmoid(opacity_logits.double())[:, None] + 2.0 * s)
 
 
 def footprint_weights(log_scales: torch.Tensor, opacity_logits: torch.Tensor) -> torch.Tensor:
     """(N,) weights for colour codebooks: alpha times the splat's area (the product of its two largest
-    extents), i.e. how many pixels, and how strongly, a colour error reaches."""
-    s = log_scales.double()
-    area = s.sum(1) - s.min(1).values
-    return torch.sigmoid(opacity_logits.double()) * torch.exp(area - area.max())
+    extents), i.e. how many pixels, and how strongly, a colour error reaches; bounded (:func:`bounded_weights`)."""
+    area = torch.topk(log_scales.double(), 2, dim=1).values.sum(1)
+    return bounded_weights(torch.nn.functional.logsigmoid(opacity_logits.double()) + area)
 
 
 def quantize_1d(values: torch.Tensor, k: int = 256, *, weights: torch.Tensor | None = None,
@@ -87,6 +125,10 @@ def quantize_1d(values: torch.Tensor, k: int = 256, *, weights: torch.Tensor | N
         return cb, torch.zeros(values.shape, dtype=torch.uint8, device=dev)
     wflat = (torch.ones_like(flat, dtype=torch.float64) if weights is None
              else torch.broadcast_to(weights.to(dev, torch.float64), values.shape).reshape(-1))
+    neg, pos = torch.isneginf(flat), torch.isposinf(flat)
+    if bool(neg.any()) or bool(pos.any()):
+        return _quantize_with_infinities(flat, wflat, values.shape, k, neg, pos, bins=bins,
+                                         lloyd_iters=lloyd_iters, hist_iters=hist_iters)
     if weights is not None and not bool((wflat > 0).any()):
         wflat = torch.ones_like(wflat)  # every weight underflowed: fall back to equal weights
     uniq = torch.unique(flat) if flat.numel() <= 65536 else None
@@ -115,4 +157,26 @@ def quantize_1d(values: torch.Tensor, k: int = 256, *, weights: torch.Tensor | N
                 cb64 = _weighted_means(f64, wflat, cb64)
             cb = cb64.float()
     labels = assign_1d(flat, cb).reshape(values.shape)
+    return cb, labels.to(torch.uint8) if k <= 256 else labels
+
+
+def _quantize_with_infinities(flat: torch.Tensor, wflat: torch.Tensor, shape: torch.Size, k: int,
+                              neg: torch.Tensor, pos: torch.Tensor, **kw: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`quantize_1d` of values (M,) some of which are -inf / +inf: the finite ones get k - 1 (or k - 2)
+    entries, each infinity present one entry ``INF_MARGIN`` outside the finite range."""
+    fin = ~(neg | pos)
+    n_inf = int(neg.any()) + int(pos.any())
+    if bool(fin.any()):
+        cb_f, _ = quantize_1d(flat[fin], k - n_inf, weights=wflat[fin], **kw)
+        lo, hi = float(flat[fin].min()), float(flat[fin].max())
+    else:
+        cb_f, lo, hi = torch.zeros(0, dtype=torch.float32, device=flat.device), 0.0, 0.0
+    parts = [cb_f]
+    if bool(neg.any()):
+        parts.insert(0, torch.tensor([lo - INF_MARGIN], dtype=torch.float32, device=flat.device))
+    if bool(pos.any()):
+        parts.append(torch.tensor([hi + INF_MARGIN], dtype=torch.float32, device=flat.device))
+    cb = torch.cat(parts)
+    cb = torch.cat([cb, cb[-1:].expand(k - cb.numel())])
+    labels = assign_1d(flat, cb).reshape(shape)
     return cb, labels.to(torch.uint8) if k <= 256 else labels

@@ -33,6 +33,47 @@ SORTS = ("plas", "morton")
 _QUAT_OTHERS = torch.tensor([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]], dtype=torch.int64)
 
 
+@dataclass(frozen=True)
+class Precision:
+    """How finely each attribute is stored (the defaults are SOG's full precision, today's output).
+
+    Coarser settings give textures with fewer distinct values, which lossless WebP stores in fewer bytes: the
+    rounding step (in code units, >= 1, may be fractional) of the 16-bit positions (``position_step``), of the
+    8-bit smallest-three quaternion components (``quat_step``) and of the 8-bit alpha (``alpha_step``; 0 and 255
+    stay exact); the number of distinct entries the 256-entry codebooks use for ``scale_entries``,
+    ``color_entries`` and ``sh_entries``; the SH ``palette`` size (None: PlayCanvas's size for the splat count).
+    """
+
+    position_step: float = 1.0
+    quat_step: float = 1.0
+    alpha_step: float = 1.0
+    scale_entries: int = 256
+    color_entries: int = 256
+    sh_entries: int = 256
+    palette: int | None = None
+
+    def is_full(self) -> bool:
+        """True for SOG's full precision (the default output)."""
+        return self == Precision()
+
+
+FULL = Precision()
+
+
+def _round_step(q: torch.Tensor, step: float, top: int) -> torch.Tensor:
+    """Integer codes ``q`` (int64 in 0..top) moved to the nearest multiple of ``step`` (rounded to an integer,
+    clamped to top; codes 0 and top kept)."""
+    if step <= 1.0:
+        return q
+    out = (torch.round(q.double() / step) * step).round().clamp_(0, top).long()
+    return torch.where(q >= top, q, out)
+
+
+def _padded(cb: torch.Tensor, k: int = 256) -> torch.Tensor:
+    """A codebook of fewer than k entries padded to k with its largest one (sorted order kept)."""
+    return cb if cb.numel() >= k else torch.cat([cb, cb[-1:].expand(k - cb.numel())])
+
+
 @dataclass
 class Encoded:
     """The result of :func:`encode_cloud`: the file set and how it was made."""
@@ -71,6 +112,26 @@ def _rgba(values: torch.Tensor, w: int, h: int, alpha: torch.Tensor | None = Non
     return img.cpu().numpy().reshape(h, w, 4)
 
 
+V1_LOGIT = 7.0
+"""SOGS v1 stores opacity logits linearly: +-inf becomes at least this far out (alpha 0.9991, 8-bit level 255)."""
+
+
+def _clamp_infinite(x: torch.Tensor, floor: float | None = None, ceil: float | None = None) -> torch.Tensor:
+    """``x`` with -inf / +inf replaced by the smallest / largest finite value (extended to ``floor`` / ``ceil``
+    when given); all non-finite: zeros."""
+    fin = torch.isfinite(x)
+    if bool(fin.all()):
+        return x
+    if not bool(fin.any()):
+        return torch.zeros_like(x)
+    lo, hi = x[fin].min(), x[fin].max()
+    if floor is not None:
+        lo = lo.clamp(max=floor)
+    if ceil is not None:
+        hi = hi.clamp(min=ceil)
+    return torch.where(torch.isneginf(x), lo, torch.where(torch.isposinf(x), hi, x))
+
+
 def _u8(x: torch.Tensor) -> torch.Tensor:
     return x.round().clamp_(0, 255).to(torch.uint8)
 
@@ -87,8 +148,9 @@ def log_transform(v: torch.Tensor) -> torch.Tensor:
     return torch.sign(v) * torch.log1p(v.abs())
 
 
-def pack_quats(q: torch.Tensor) -> torch.Tensor:
-    """(N, 4) quaternions (w, x, y, z) -> (N, 4) uint8 smallest-three packing (A = 252 + largest index)."""
+def pack_quats(q: torch.Tensor, step: float = 1.0) -> torch.Tensor:
+    """(N, 4) quaternions (w, x, y, z) -> (N, 4) uint8 smallest-three packing (A = 252 + largest index), each
+    component's 8-bit code rounded to a multiple of ``step``."""
     norm = q.norm(dim=1, keepdim=True)
     ident = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=q.dtype, device=q.device).expand_as(q)
     qn = torch.where(norm > 0, q / norm.clamp_min(1e-30), ident)
@@ -97,12 +159,14 @@ def pack_quats(q: torch.Tensor) -> torch.Tensor:
     qn = qn * sign
     others = qn.gather(1, _QUAT_OTHERS.to(q.device)[m])
     out = torch.empty((q.shape[0], 4), dtype=torch.uint8, device=q.device)
-    out[:, :3] = _u8((others * math.sqrt(2) * 0.5 + 0.5) * 255)
+    code = ((others * math.sqrt(2) * 0.5 + 0.5) * 255).round().clamp_(0, 255).long()
+    out[:, :3] = _round_step(code, step, 255).to(torch.uint8)
     out[:, 3] = (252 + m).to(torch.uint8)
     return out
 
 
-def _palette(shn: torch.Tensor, weights: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _palette(shn: torch.Tensor, weights: torch.Tensor, seed: int, size: int | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
     """SH palette of (N, K, 3) coefficients (in texel order), k-means weighted by ``weights`` (N,): centroids
     (k, K, 3) and labels (N,) int64.
 
@@ -110,7 +174,8 @@ def _palette(shn: torch.Tensor, weights: torch.Tensor, seed: int) -> tuple[torch
     and neighbouring palette entries hold similar SH: both textures compress better.
     """
     n, k_coeffs, _ = shn.shape
-    cen, lab = kmeans_palette(shn.reshape(n, k_coeffs * 3), palette_size(n), weights=weights, seed=seed)
+    k_pal = palette_size(n) if size is None else max(1, min(size, palette_size(n)))
+    cen, lab = kmeans_palette(shn.reshape(n, k_coeffs * 3), k_pal, weights=weights, seed=seed)
     k = cen.shape[0]
     first = torch.full((k,), n, dtype=torch.int64, device=lab.device)
     first.scatter_reduce_(0, lab, torch.arange(n, device=lab.device), reduce="amin")
@@ -132,8 +197,15 @@ def _centroid_image(idx: torch.Tensor) -> np.ndarray:
 
 def encode_cloud(cloud: GaussianCloud, *, format: str = "v2", sort: str = "morton", sh_bands: int | None = None,
                  device: str = "auto", webp_method: int = webp.DEFAULT_METHOD,
-                 webp_quality: int = webp.DEFAULT_QUALITY, seed: int = 0, threads: int | None = None) -> Encoded:
-    """Encode a cloud (finite values only) as a SOG file set; see the module docstring."""
+                 webp_quality: int = webp.DEFAULT_QUALITY, seed: int = 0, threads: int | None = None,
+                 precision: Precision = FULL) -> Encoded:
+    """Encode a cloud as a SOG file set; see the module docstring.
+
+    The cloud must hold valid splats only (:meth:`GaussianCloud.invalid_mask`): opacity +-inf is alpha 255 / 0,
+    a log-scale of -inf (flat) gets a codebook entry of its own (v2), a zero quaternion is the identity.
+    ``precision`` (v2) stores the attributes more coarsely for smaller files (default: full precision).
+    """
+    pr = precision
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r} (v2 or v1)")
     if sort not in SORTS:
@@ -169,24 +241,25 @@ def encode_cloud(cloud: GaussianCloud, *, format: str = "v2", sort: str = "morto
     images: dict[str, np.ndarray] = {}
     lm = log_transform(means)
     mins, maxs = lm.min(0).values, lm.max(0).values
-    qm = _lin_quant(lm, mins, maxs, 65535)
+    qm = _round_step(_lin_quant(lm, mins, maxs, 65535), pr.position_step, 65535)
     images["means_l.webp"] = _rgba((qm & 0xFF).to(torch.uint8), w, h)
     images["means_u.webp"] = _rgba((qm >> 8).to(torch.uint8), w, h)
-    images["quats.webp"] = _rgba(pack_quats(quats), w, h)
+    images["quats.webp"] = _rgba(pack_quats(quats, pr.quat_step), w, h)
     lap("pack")
 
     wts = footprint_weights(scales, opac)  # (N,): how much of the picture each splat's colour reaches
     sh_info: dict[str, Any] | None = None
     if kc:
         assert shn is not None
-        cen, lab = _palette(shn, wts, seed)
+        cen, lab = _palette(shn, wts, seed, pr.palette)
         lap("kmeans")
         lab_px = torch.stack([(lab & 0xFF), (lab >> 8)], 1).to(torch.uint8)
         images["shN_labels.webp"] = _rgba(lab_px, w, h)
         if format == "v2":
             # each centroid weighs what its members weigh on screen
             cen_w = torch.zeros(cen.shape[0], dtype=torch.float64, device=cen.device).index_add_(0, lab, wts)
-            sh_cb, cen_idx = quantize_1d(cen, weights=cen_w[:, None, None])
+            sh_cb, cen_idx = quantize_1d(cen, pr.sh_entries, weights=cen_w[:, None, None])
+            sh_cb = _padded(sh_cb)
             sh_info = {"count": int(cen.shape[0]), "bands": bands, "codebook": sh_cb.tolist()}
         else:
             lo, hi = cen.min().double(), cen.max().double()
@@ -195,15 +268,19 @@ def encode_cloud(cloud: GaussianCloud, *, format: str = "v2", sort: str = "morto
         images["shN_centroids.webp"] = _centroid_image(cen_idx)
         lap("codebooks")
 
-    alpha = _u8(torch.sigmoid(opac.double()) * 255)
+    alpha = _round_step(_u8(torch.sigmoid(opac.double()) * 255).long(), pr.alpha_step, 255).to(torch.uint8)
     if format == "v2":
-        s_cb, s_idx = quantize_1d(scales, weights=scale_weights(scales, opac))
-        c_cb, c_idx = quantize_1d(sh0, weights=wts[:, None])
+        s_cb, s_idx = quantize_1d(scales, pr.scale_entries, weights=scale_weights(scales, opac))
+        c_cb, c_idx = quantize_1d(sh0, pr.color_entries, weights=wts[:, None])
+        s_cb, c_cb = _padded(s_cb), _padded(c_cb)
         images["scales.webp"] = _rgba(s_idx, w, h)
         images["sh0.webp"] = _rgba(torch.cat([c_idx, alpha[:, None]], 1), w, h)
         meta = sogmeta.v2_meta(n, mins.tolist(), maxs.tolist(), s_cb.tolist(), c_cb.tolist(), sh_info)
     else:
-        s64 = scales.double()
+        # v1 stores linear 8-bit ranges, no codebook: a flat axis (-inf) takes the smallest finite log-scale, a
+        # fully opaque (transparent) splat an opacity logit of at least V1_LOGIT (at most -V1_LOGIT)
+        s64 = _clamp_infinite(scales.double())
+        opac = _clamp_infinite(opac.double(), floor=-V1_LOGIT, ceil=V1_LOGIT)
         smin, smax = s64.min(0).values, s64.max(0).values
         images["scales.webp"] = _rgba(_lin_quant(s64, smin, smax, 255).to(torch.uint8), w, h)
         c4 = torch.cat([sh0.double(), opac.double()[:, None]], 1)

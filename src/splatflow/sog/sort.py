@@ -141,7 +141,9 @@ def sort_features(means: torch.Tensor, scales: torch.Tensor, sh0: torch.Tensor,
                   opacities: torch.Tensor) -> torch.Tensor:
     """(N, 10) PLAS features: positions, log-scales, colours, opacity; each column scaled to [0, 1] over its
     1st..99th percentile (clipped), positions first."""
+    # opacity +-inf (alpha 1 or 0) and log-scales of -inf (flat) sort with the most / least extreme finite values
     f = torch.cat([means, scales, sh0, opacities[:, None]], dim=1).float()
+    f = torch.nan_to_num(f, posinf=1e30, neginf=-1e30)
     sample = f if f.shape[0] <= 200_000 else f[torch.linspace(0, f.shape[0] - 1, 200_000, device=f.device).long()]
     lo = torch.quantile(sample, 0.01, dim=0)
     hi = torch.quantile(sample, 0.99, dim=0)

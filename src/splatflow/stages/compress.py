@@ -14,6 +14,7 @@ from splatflow.evaluate import attribute_errors, render_fidelity
 from splatflow.fsutil import atomic_path, check_output
 from splatflow.io.ply import read_ply
 from splatflow.sog import meta as sogmeta
+from splatflow.sog import webp
 from splatflow.sog.bundle import write_files
 from splatflow.sog.decode import decode_files
 from splatflow.sog.encode import FORMATS, SORTS, encode_cloud
@@ -44,7 +45,7 @@ def report_path(out: Path) -> Path:
 def compress(ply: Path, out: Path, *, format: str = "v2", sort: str = "morton", sh_bands: int | None = None,
              device: str = "auto", overwrite: bool = False, drop_invalid: bool = False,
              webp_method: int | None = None, webp_quality: int | None = None, seed: int = 0,
-             fidelity_views: int = 0) -> dict[str, Any]:
+             fidelity_views: int = 0, target_psnr: float | None = None) -> dict[str, Any]:
     """Compress ``ply`` to ``out`` (``name.sog`` = one ZIP, anything else = a folder of meta.json + WebP).
 
     The report's ``fidelity`` compares renders of the decoded SOG with renders of the source PLY over an orbit
@@ -53,6 +54,12 @@ def compress(ply: Path, out: Path, *, format: str = "v2", sort: str = "morton", 
 
     ``sort`` defaults to ``morton``: on playbot_lod2 (125k, SH2) PLAS measured a 2.4% larger file (the high
     position bytes compress far better in Z-order) at 75x the sort time; ``plas`` stays available.
+
+    ``target_psnr`` (dB, v2 only; None or 0: off, the default output) writes the smallest file the codec's
+    schedule reaches with a render PSNR of at least that much against the source over the report's orbit views
+    (``fidelity_views``, at least 4): least visible splats pruned, smaller SH palette, coarser attributes, the
+    largest WebP effort (:mod:`splatflow.sog.reduce`). The report's ``target`` says what was dropped, the
+    PSNR reached and the steps tried; ``errors`` then cover the kept splats.
     Checks the arguments, the output path and the texture-size limit before any work; writes atomically;
     returns (and writes beside ``out``) the report: splats, bytes, bytes_per_splat, ratio, seconds, errors,
     fidelity.
@@ -65,6 +72,14 @@ def compress(ply: Path, out: Path, *, format: str = "v2", sort: str = "morton", 
         raise SogError(f"unknown sort {sort!r}", hint=f"use one of {', '.join(SORTS)}")
     if sh_bands is not None and not 0 <= sh_bands <= 3:
         raise SogError(f"--sh-bands {sh_bands} is out of range", hint="use 0, 1, 2 or 3")
+    if target_psnr is not None and target_psnr <= 0:
+        target_psnr = None
+    if target_psnr is not None:
+        if not 10.0 <= target_psnr <= 99.0:
+            raise SogError(f"--target-psnr {target_psnr:g} dB is out of range",
+                           hint="ask for a render PSNR between 10 and 99 dB, e.g. 45 (0: off)")
+        if format != "v2":
+            raise SogError("--target-psnr writes SOG v2 only", hint="drop --format v1")
     check_output(out, overwrite=overwrite)
     if out.resolve() == ply.resolve():
         raise SogError(f"output {out} is the input file", hint="choose another output path")
@@ -73,18 +88,30 @@ def compress(ply: Path, out: Path, *, format: str = "v2", sort: str = "morton", 
         raise PlyError(f"{ply} contains zero splats", hint="export a trained scene with at least one splat")
     sogmeta.texture_size(declared, format)          # refuse oversized scenes before reading them
     cloud = read_ply(ply, on_invalid="drop" if drop_invalid else "error")
-    enc = encode_cloud(cloud, format=format, sort=sort, sh_bands=sh_bands, device=device,
-                       **({"webp_method": webp_method} if webp_method is not None else {}),
-                       **({"webp_quality": webp_quality} if webp_quality is not None else {}), seed=seed)
+    target: dict[str, Any] | None = None
+    if target_psnr is not None:
+        from splatflow.sog.reduce import smallest_for_psnr
+
+        fidelity_views = max(fidelity_views, 4)
+        enc, keep, target = smallest_for_psnr(cloud, target_psnr, views=fidelity_views, device=device, sort=sort,
+                                              seed=seed, sh_bands=sh_bands)
+        kept = cloud.subset(keep)
+    else:
+        enc = encode_cloud(cloud, format=format, sort=sort, sh_bands=sh_bands, device=device, seed=seed,
+                           webp_method=webp.DEFAULT_METHOD if webp_method is None else webp_method,
+                           webp_quality=webp.DEFAULT_QUALITY if webp_quality is None else webp_quality)
+        kept = cloud
     meta = json.loads(enc.files["meta.json"])
     decoded, _ = decode_files(meta, {k: v for k, v in enc.files.items() if k != "meta.json"})
-    source = cloud.subset(enc.order).with_sh_degree(decoded.sh_degree)
+    source = kept.subset(enc.order).with_sh_degree(decoded.sh_degree)
     errors = attribute_errors(source, decoded)
     fidelity = None
     if fidelity_views > 0:
         t_fid = time.perf_counter()
         try:
-            fidelity = render_fidelity(source, decoded, views=fidelity_views, device=enc.device)
+            # against the whole source (every splat, every band) when splats or bands were dropped to fit
+            fidelity = render_fidelity(source if target is None else cloud, decoded, views=fidelity_views,
+                                       device=enc.device)
             fidelity["seconds"] = round(time.perf_counter() - t_fid, 3)
         except DependencyMissing as exc:
             log.warning("render fidelity skipped: %s", exc)
@@ -93,14 +120,14 @@ def compress(ply: Path, out: Path, *, format: str = "v2", sort: str = "morton", 
     seconds = time.perf_counter() - start
     report: dict[str, Any] = {
         "input": str(ply), "output": str(out), "format": format, "sort": sort, "device": enc.device,
-        "splats": len(cloud), "dropped_invalid": declared - len(cloud), "sh_bands": decoded.sh_degree,
-        "bytes": nbytes, "bytes_per_splat": round(nbytes / len(cloud), 4),
+        "splats": len(decoded), "dropped_invalid": declared - len(cloud), "sh_bands": decoded.sh_degree,
+        "bytes": nbytes, "bytes_per_splat": round(nbytes / len(decoded), 4),
         "ratio": round(ply.stat().st_size / nbytes, 3), "seconds": round(seconds, 3),
         "codec_seconds": round(seconds - (fidelity or {}).get("seconds", 0.0), 3), "timings": enc.timings,
-        "errors": errors, "fidelity": fidelity,
+        "errors": errors, "fidelity": fidelity, "target": target,
         "files": {k: len(v) for k, v in enc.files.items()},
     }
     with atomic_path(report_path(out)) as tmp:
         tmp.write_text(json.dumps(report, indent=2))
-    log.info("compressed %s -> %s: %d splats, %d bytes in %.1f s", ply, out, len(cloud), nbytes, seconds)
+    log.info("compressed %s -> %s: %d splats, %d bytes in %.1f s", ply, out, len(decoded), nbytes, seconds)
     return report
