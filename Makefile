@@ -141,7 +141,7 @@ images: $(STAMP) ## build + push every stage image with docker buildx or podman 
 # LOCAL_REGISTRY/LOCAL_TAG name them; the containerised pipeline run (make test-images) uses exactly these names.
 LOCAL_REGISTRY ?= localhost/splatflow
 LOCAL_TAG ?= ci
-KERNELS ?= 0
+KERNELS ?= 1
 LOCAL_IMAGE_ENV = SPLATFLOW_REGISTRY=$(LOCAL_REGISTRY) SPLATFLOW_IMAGE_TAG=$(LOCAL_TAG)
 .PHONY: podman-setup images-base images-local test-images
 

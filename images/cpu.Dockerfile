@@ -70,7 +70,10 @@ RUN test -n "$STAGE" || { echo "build argument STAGE is required (make images se
 # Compiled with g++ here, in the builder, by `python -m splatflow.kernels build` into SPLATFLOW_KERNEL_DIR; the
 # final stage receives the prebuilt cache only (no compiler). With KERNELS=0 the folder stays empty.
 ARG KERNELS=0
-ENV SPLATFLOW_KERNEL_DIR=/opt/splatflow/kernels
+# a portable instruction set, not the build machine's (-march=native): the library's cache name hashes it, so the
+# final stage's SPLATFLOW_KERNEL_ARCH must be the same value
+ARG KERNEL_ARCH=x86-64-v3
+ENV SPLATFLOW_KERNEL_DIR=/opt/splatflow/kernels SPLATFLOW_KERNEL_ARCH=${KERNEL_ARCH}
 RUN mkdir -p "$SPLATFLOW_KERNEL_DIR" \
     && if [ "$KERNELS" = 1 ]; then \
          apt-get update && apt-get install -y --no-install-recommends g++ \
@@ -87,8 +90,9 @@ LABEL org.opencontainers.image.title="splatflow-${STAGE}"
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/splatflow/kernels /opt/splatflow/kernels
 # SPLATFLOW_KERNEL_DIR: the prebuilt kernel cache (empty unless built with KERNELS=1)
+ARG KERNEL_ARCH=x86-64-v3
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HOME=/home/splatflow \
-    SPLATFLOW_KERNEL_DIR=/opt/splatflow/kernels
+    SPLATFLOW_KERNEL_DIR=/opt/splatflow/kernels SPLATFLOW_KERNEL_ARCH=${KERNEL_ARCH}
 # KFP's launcher stages artifacts under root-level /s3, /minio and /gcs: make them writable for any uid
 RUN groupadd --gid 10001 splatflow \
     && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/splatflow splatflow \

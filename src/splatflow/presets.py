@@ -31,7 +31,7 @@ class Preset:
     background_points: int = 0
 
 
-CPU_ITERATIONS = 1500
+CPU_ITERATIONS = 2500
 CPU_MAX_SPLATS = 150_000
 CPU_BACKGROUND_POINTS = 4000
 PRESETS: dict[str, Preset] = {

@@ -58,6 +58,18 @@ def test_image_starts_as_uid_10001_and_imports_its_stage(stage: str, engine: str
     assert info["kernel_dir"] == "/opt/splatflow/kernels" and info["kernel_dir_exists"]
 
 
+def test_train_image_loads_its_prebuilt_kernels_without_a_compiler(engine: str,
+                                                                   stage_images: dict[str, str]) -> None:
+    """The CPU train image trains with the compiled rasterizer: the library built in the builder loads (a missing
+    or mismatched cache would need a compiler, which the image does not have, and fall back to torch)."""
+    check = ("from splatflow import kernels, render; kernels.load(); "
+             "print(render.resolve_backend('auto', 'cpu'), kernels.library_path())")
+    proc = _run(engine, stage_images["train"], f'python -c "{check}"', user="10001")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    backend, path = proc.stdout.split()
+    assert backend == "cpu" and path.startswith("/opt/splatflow/kernels/raster_cpu-")
+
+
 @pytest.mark.parametrize("stage", STAGES)
 def test_image_has_no_compilers_caches_or_sources(stage: str, engine: str, stage_images: dict[str, str]) -> None:
     # as root, so that every folder can be searched; -xdev: the image's own file system only. Debian's own wheels

@@ -357,6 +357,9 @@ def test_cpu_dockerfile_builds_cpu_torch_and_holds_the_kernel_hook() -> None:
     assert ("--from=build",) in [f for c, f, _ in final.instructions if c == "COPY"]
     assert any("/opt/splatflow/kernels" in v for v in final.values("COPY"))
     assert final.env()["SPLATFLOW_KERNEL_DIR"] == "/opt/splatflow/kernels"
+    # built for a portable instruction set, and looked up at run time under the same one (the cache name hashes it)
+    assert build.args()["KERNEL_ARCH"] == final.args()["KERNEL_ARCH"] == "x86-64-v3"
+    assert build.env()["SPLATFLOW_KERNEL_ARCH"] == final.env()["SPLATFLOW_KERNEL_ARCH"] == "${KERNEL_ARCH}"
 
 
 def test_constraints_are_pinned() -> None:

@@ -23,7 +23,7 @@ from splatflow.sog import meta as sogmeta
 from splatflow.sog import webp
 from splatflow.sog.bundle import meta_bytes
 from splatflow.sog.codebook import footprint_weights, quantize_1d, scale_weights
-from splatflow.sog.kmeans import kmeans_palette, palette_size
+from splatflow.sog.kmeans import clustered_palette_cap, kmeans_palette, palette_size
 from splatflow.sog.sort import grid_order, sort_features
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,8 @@ def _palette(shn: torch.Tensor, weights: torch.Tensor, seed: int, size: int | No
     """
     n, k_coeffs, _ = shn.shape
     k_pal = palette_size(n) if size is None else max(1, min(size, palette_size(n)))
-    cen, lab = kmeans_palette(shn.reshape(n, k_coeffs * 3), k_pal, weights=weights, seed=seed)
+    cen, lab = kmeans_palette(shn.reshape(n, k_coeffs * 3), k_pal, weights=weights, seed=seed,
+                              cap=clustered_palette_cap(n))
     k = cen.shape[0]
     first = torch.full((k,), n, dtype=torch.int64, device=lab.device)
     first.scatter_reduce_(0, lab, torch.arange(n, device=lab.device), reduce="amin")
