@@ -23,17 +23,26 @@ log = logging.getLogger(__name__)
 _VERTEX = re.compile(rb"^element\s+vertex\s+(\d+)\s*$", re.M)
 
 
+PLY_HEADER_MAX = 1 << 20
+"""The longest PLY header read (1 MiB: headers with long comment blocks pass, a file without one is refused)."""
+
+
 def ply_vertex_count(path: Path) -> int:
     """The splat count declared in a PLY header (read without loading the data); PlyError if there is none."""
+    if path.is_dir():
+        raise PlyError(f"{path} is a folder, not a PLY file", hint="give the .ply file itself (e.g. DIR/splats.ply)")
     if not path.is_file():
         raise PlyError(f"{path}: no such file", hint="check the path")
     with open(path, "rb") as fh:
-        head = fh.read(64 * 1024)
+        head = fh.read(PLY_HEADER_MAX)
     end = head.find(b"end_header")
     m = _VERTEX.search(head[: end if end >= 0 else len(head)])
     if not head.startswith(b"ply") or m is None:
         raise PlyError(f"{path} is not a 3DGS PLY (no 'element vertex' in its header)",
                        hint="give a 3DGS .ply file as written by a 3DGS trainer")
+    if end < 0:
+        raise PlyError(f"{path}: the PLY header does not end within {PLY_HEADER_MAX // 1024} KiB",
+                       hint="the file is truncated or not a PLY")
     return int(m.group(1))
 
 
