@@ -286,15 +286,14 @@ def main() -> None:
         kept = [r for r in old["rows"] if not args.only or r["input"] not in args.only]
         result["note"] = (result["note"] + f" Rows of {', '.join(r['input'] for r in kept)} are from the run of "
                           f"{old['date']}.").strip()
+    new: list[dict[str, Any]] = []
+    order = list(inputs())
     for name, ply in inputs().items():
         if args.only and name not in args.only:
             continue
         print(f"== {name}", flush=True)
-        result["rows"].append(one(name, ply, args))
-        names = list(inputs())
-        result["rows"] = sorted([*kept, *[r for r in result["rows"] if r not in kept]],
-                                key=lambda r: names.index(r["input"]) if r["input"] in names else len(names))
-        kept = [r for r in kept if r["input"] != name]
+        new.append(one(name, ply, args))
+        result["rows"] = sorted([*kept, *new], key=lambda r: order.index(r["input"]))
         result["machine"]["load_average_at_end"] = os.getloadavg()
         out_json.write_text(json.dumps(result, indent=2))
         (RESULTS / f"{stem}.md").write_text(markdown(result))
