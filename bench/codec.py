@@ -271,6 +271,8 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the result files (parallel partial runs)")
     ap.add_argument("--note", default="", help="e.g. that the machine was shared with other work")
     ap.add_argument("--skip-target", nargs="*", default=[], help="inputs without the smaller-file run")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the rows of the inputs not run from the existing results file (a partial re-run)")
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -278,11 +280,20 @@ def main() -> None:
                               "machine": machine(), "note": args.note, "rows": []}
     stem = f"codec-{args.device}" + (f"-{args.tag}" if args.tag else "")
     out_json = RESULTS / f"{stem}.json"
+    kept: list[dict[str, Any]] = []
+    if args.merge and out_json.exists():
+        old = json.loads(out_json.read_text())
+        kept = [r for r in old["rows"] if not args.only or r["input"] not in args.only]
+        result["note"] = (result["note"] + f" Rows of {', '.join(r['input'] for r in kept)} are from the run of "
+                          f"{old['date']}.").strip()
+    new: list[dict[str, Any]] = []
+    order = list(inputs())
     for name, ply in inputs().items():
         if args.only and name not in args.only:
             continue
         print(f"== {name}", flush=True)
-        result["rows"].append(one(name, ply, args))
+        new.append(one(name, ply, args))
+        result["rows"] = sorted([*kept, *new], key=lambda r: order.index(r["input"]))
         result["machine"]["load_average_at_end"] = os.getloadavg()
         out_json.write_text(json.dumps(result, indent=2))
         (RESULTS / f"{stem}.md").write_text(markdown(result))

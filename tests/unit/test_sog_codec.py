@@ -8,6 +8,7 @@ import math
 import os
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -191,16 +192,25 @@ def test_precision_knobs_shrink_their_textures_and_full_precision_is_the_default
     # each knob does what it says on the decoded values
     from splatflow.sog.decode import decode_files
 
+    def decoded(enc: Any) -> GaussianCloud:
+        return decode_files(json.loads(enc.files["meta.json"]), {k: v for k, v in enc.files.items()
+                                                                 if k != "meta.json"})[0]
+
+    # shortest float32 decimals in meta.json: the same decoded values, a smaller meta.json
+    short = encode_cloud(cloud, device="cpu", precision=Precision(short_floats=True))
+    assert len(short.files["meta.json"]) < 0.7 * len(default.files["meta.json"])
+    assert {k: v for k, v in short.files.items() if k != "meta.json"} == \
+        {k: v for k, v in default.files.items() if k != "meta.json"}
+    for name, arr in decoded(short).core_arrays.items():
+        np.testing.assert_array_equal(arr, getattr(decoded(default), name), err_msg=name)
+
     for prec, check in [
         (Precision(scale_entries=32), lambda d: len(np.unique(d.scales)) <= 32),
         (Precision(color_entries=16), lambda d: len(np.unique(d.sh0)) <= 16),
         (Precision(palette=128), lambda d: len(np.unique(d.shN.reshape(len(d), -1), axis=0)) <= 128),
         (Precision(alpha_step=8), lambda d: len(np.unique(np.round(d.alphas() * 255))) <= 34),
     ]:
-        enc = encode_cloud(cloud, device="cpu", precision=prec)
-        dec, _ = decode_files(json.loads(enc.files["meta.json"]),
-                              {k: v for k, v in enc.files.items() if k != "meta.json"})
-        assert check(dec), prec
+        assert check(decoded(encode_cloud(cloud, device="cpu", precision=prec))), prec
 
 
 def test_target_psnr_arguments_are_checked(tmp_path: Path) -> None:

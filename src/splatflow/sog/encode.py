@@ -42,6 +42,8 @@ class Precision:
     8-bit smallest-three quaternion components (``quat_step``) and of the 8-bit alpha (``alpha_step``; 0 and 255
     stay exact); the number of distinct entries the 256-entry codebooks use for ``scale_entries``,
     ``color_entries`` and ``sh_entries``; the SH ``palette`` size (None: PlayCanvas's size for the splat count).
+    ``short_floats`` writes the codebooks in meta.json as the shortest decimals of their float32 values (lossless:
+    the same decoded values).
     """
 
     position_step: float = 1.0
@@ -51,6 +53,7 @@ class Precision:
     color_entries: int = 256
     sh_entries: int = 256
     palette: int | None = None
+    short_floats: bool = False
 
     def is_full(self) -> bool:
         """True for SOG's full precision (the default output)."""
@@ -67,6 +70,12 @@ def _round_step(q: torch.Tensor, step: float, top: int) -> torch.Tensor:
         return q
     out = (torch.round(q.double() / step) * step).round().clamp_(0, top).long()
     return torch.where(q >= top, q, out)
+
+
+def _floats(cb: torch.Tensor, pr: Precision) -> list[float]:
+    """A codebook for meta.json: its float32 values, as the shortest decimals with ``pr.short_floats``."""
+    values = cb.tolist()
+    return sogmeta.short_floats(values) if pr.short_floats else values
 
 
 def _padded(cb: torch.Tensor, k: int = 256) -> torch.Tensor:
@@ -261,7 +270,7 @@ def encode_cloud(cloud: GaussianCloud, *, format: str = "v2", sort: str = "morto
             cen_w = torch.zeros(cen.shape[0], dtype=torch.float64, device=cen.device).index_add_(0, lab, wts)
             sh_cb, cen_idx = quantize_1d(cen, pr.sh_entries, weights=cen_w[:, None, None])
             sh_cb = _padded(sh_cb)
-            sh_info = {"count": int(cen.shape[0]), "bands": bands, "codebook": sh_cb.tolist()}
+            sh_info = {"count": int(cen.shape[0]), "bands": bands, "codebook": _floats(sh_cb, pr)}
         else:
             lo, hi = cen.min().double(), cen.max().double()
             cen_idx = _lin_quant(cen.double(), lo, hi, 255).to(torch.uint8)
@@ -276,7 +285,7 @@ def encode_cloud(cloud: GaussianCloud, *, format: str = "v2", sort: str = "morto
         s_cb, c_cb = _padded(s_cb), _padded(c_cb)
         images["scales.webp"] = _rgba(s_idx, w, h)
         images["sh0.webp"] = _rgba(torch.cat([c_idx, alpha[:, None]], 1), w, h)
-        meta = sogmeta.v2_meta(n, mins.tolist(), maxs.tolist(), s_cb.tolist(), c_cb.tolist(), sh_info)
+        meta = sogmeta.v2_meta(n, mins.tolist(), maxs.tolist(), _floats(s_cb, pr), _floats(c_cb, pr), sh_info)
     else:
         # v1 stores linear 8-bit ranges, no codebook: a flat axis (-inf) takes the smallest finite log-scale, a
         # fully opaque (transparent) splat an opacity logit of at least V1_LOGIT (at most -V1_LOGIT)

@@ -239,7 +239,7 @@ def smallest_for_psnr(cloud: GaussianCloud, target_psnr: float, *, views: int = 
         log.info("target-psnr %s: %d splats, %d bytes, %.2f dB", label, len(keep), nbytes, db)
         return enc, keep, db, mse, nbytes
 
-    base = Setting()
+    base = Setting(precision=Precision(short_floats=True))
     full = attempt(base, "full precision")
     target_mse = 10.0 ** (-target_psnr / 10.0)
     chosen, short = base, None
