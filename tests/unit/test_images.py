@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import fnmatch
 import importlib.metadata
+import json
 import os
 import re
 import shlex
@@ -241,6 +242,8 @@ def test_dockerfile_lint(kind: str) -> None:
         assert re.fullmatch(r"[\w./-]+(:[\w.-]+|@sha256:[0-9a-f]{64})", s.base), f"{kind}: FROM {s.base} unpinned"
         assert not s.base.endswith(":latest"), f"{kind}: FROM {s.base}"
         assert s.raw_base.startswith("${"), f"{kind}: FROM {s.base} cannot be replaced by a mirror's base"
+        assert s.base.split("/")[0] in ("docker.io", "localhost") or "." in s.base.split("/")[0], \
+            f"{kind}: FROM {s.base} is a short name (podman needs the registry)"
     # final stage: a non-root USER (numeric, so runAsNonRoot can verify it), no compilers, no CUDA devel base
     users = final.values("USER")
     assert users, f"{kind}: the final stage sets no USER"
@@ -255,6 +258,10 @@ def test_dockerfile_lint(kind: str) -> None:
     # torch in its own folder, copied before anything stage-specific: one layer shared by the images of a Dockerfile
     build_runs = "\n".join(s.runs() for s in stages[:-1])
     assert "--target /opt/torch" in build_runs and "/torch.pth" in build_runs
+    # splatflow in a folder of its own too, copied last: a source change touches a few MB, not the requirements
+    assert "--no-deps --target /opt/splatflow/site /src" in build_runs and "/splatflow.pth" in build_runs
+    assert final.values("COPY")[-1] == ("/opt/splatflow", "/opt/splatflow")
+    assert final.env()["PATH"].startswith("/opt/splatflow/site/bin:/opt/venv/bin:")
     first_steps = [c for c, _, _ in final.instructions if c not in ("ENV", "RUN")]
     assert final.values("COPY")[0] == ("/opt/torch", "/opt/torch") and first_steps[0] == "COPY", first_steps
     # KFP's launcher writes artifacts under /s3, /minio, /gcs: they must exist and be writable for the user
@@ -302,7 +309,9 @@ def test_installs_splatflow_extras_and_pinned_kfp(kind: str) -> None:
     stages = _stages(DOCKERFILES[kind])
     text = "\n".join(s.runs() for s in stages)
     args = {k: v for s in stages for k, v in s.args().items()}
-    assert '"/src[${EXTRAS}]"' in text, f"{kind}: splatflow is not installed from the build context with extras"
+    # the extras' requirements from pyproject.toml (images/requirements.py), then splatflow, checked by a dry run
+    assert 'python /src/requirements.py /src/pyproject.toml "${EXTRAS}" > /tmp/extras.txt' in text
+    assert "-r /tmp/extras.txt" in text and '"/src[${EXTRAS}]"' in text and "--dry-run" in text
     extras_defined = set(_pyproject()["project"]["optional-dependencies"])
     for stage, extras in EXTRAS.items():
         assert set(extras) <= extras_defined, f"{stage}: unknown extras {set(extras) - extras_defined}"
@@ -318,44 +327,57 @@ def test_installs_splatflow_extras_and_pinned_kfp(kind: str) -> None:
 
 def test_gpu_dockerfile_builds_cuda_torch_and_gsplat_for_t4_to_hopper() -> None:
     stages = {s.name: s for s in _stages(DOCKERFILES["gpu.Dockerfile"])}
-    python, build, final = stages["python"], stages["build"], _stages(DOCKERFILES["gpu.Dockerfile"])[-1]
-    assert build.base == "python"  # the compiled layer sits on the Python layer CI resolves
-    assert re.fullmatch(r"nvidia/cuda:12\.\d+\.\d+-(cudnn-)?devel-ubuntu\d+\.\d+", python.base), python.base
-    assert re.fullmatch(r"nvidia/cuda:12\.\d+\.\d+-(cudnn-)?runtime-ubuntu\d+\.\d+", final.base), final.base
+    deps, python, kernels = stages["deps"], stages["python"], stages["kernels"]
+    final = _stages(DOCKERFILES["gpu.Dockerfile"])[-1]
+    # the Python layer CI resolves (--target python) and the compiled kernels both sit on the requirements
+    assert python.base == "deps" and kernels.base == "deps"
+    assert re.fullmatch(r"docker\.io/nvidia/cuda:12\.\d+\.\d+-(cudnn-)?devel-ubuntu\d+\.\d+", deps.base), deps.base
+    assert re.fullmatch(r"docker\.io/nvidia/cuda:12\.\d+\.\d+-(cudnn-)?runtime-ubuntu\d+\.\d+", final.base), final.base
     cuda = final.base.split(":")[1].split("-")[0]  # e.g. 12.8.1 -> the cu128 torch index and build
-    assert python.base.split(":")[1].split("-")[0] == cuda, "CUDA mismatch"
-    assert build.env()["TORCH_CUDA_ARCH_LIST"].strip('"') == ARCHS
-    args = python.args()
+    assert deps.base.split(":")[1].split("-")[0] == cuda, "CUDA mismatch"
+    assert kernels.env()["TORCH_CUDA_ARCH_LIST"].strip('"') == ARCHS
+    args = deps.args()
     cu = "cu" + "".join(cuda.split(".")[:2])
     assert args["TORCH_INDEX"].endswith("/" + cu) and args["TORCH_VARIANT"] == cu
-    assert '"torch==${TORCH_VERSION}+${TORCH_VARIANT}"' in python.runs()
-    assert re.fullmatch(r"\d+\.\d+\.\d+", args["GSPLAT_VERSION"]) and build.args()["GSPLAT_VERSION"] == \
-        args["GSPLAT_VERSION"]
+    assert '"torch==${TORCH_VERSION}+${TORCH_VARIANT}"' in deps.runs()
+    assert re.fullmatch(r"\d+\.\d+\.\d+", args["GSPLAT_VERSION"])
+    assert kernels.args()["GSPLAT_VERSION"] == python.args()["GSPLAT_VERSION"] == args["GSPLAT_VERSION"]
     # the Python layer: gsplat's Python code (no kernels), kfp and the extras, resolved and checked
-    assert '"gsplat==${GSPLAT_VERSION}"' in python.runs() and "pip check" in python.runs()
-    assert "nvcc" not in python.runs() and "--no-binary" not in python.runs()
-    runs = build.runs()
+    assert '"gsplat==${GSPLAT_VERSION}"' in deps.runs() and "pip check" in python.runs()
+    assert "--pending" in python.runs() and '"/src[${EXTRAS}]" "gsplat==${GSPLAT_VERSION}"' in python.runs()
+    for stage in (deps, python):
+        assert not {"nvcc", "--no-binary", "build-essential"} & set(stage.runs().split())
+    runs = kernels.runs()
     assert '--no-binary gsplat "gsplat==${GSPLAT_VERSION}"' in runs and "--no-build-isolation" in runs
     # without build isolation the build backend must already be in the venv (3.12 venvs have no setuptools)
     assert runs.index("setuptools==") < runs.index("--no-build-isolation")
     assert "pip uninstall -y ninja" in runs  # the JIT build tool does not reach the runtime stage
-    assert [v for v in final.values("COPY")] == [("/opt/torch", "/opt/torch"), ("/opt/venv", "/opt/venv")]
+    copies = [(f, v) for c, f, v in final.instructions if c == "COPY"]
+    assert copies == [(("--from=deps",), ("/opt/torch", "/opt/torch")),
+                      (("--from=kernels",), ("/opt/venv", "/opt/venv")),
+                      (("--from=python",), ("/opt/splatflow", "/opt/splatflow"))]
 
 
 def test_cpu_dockerfile_builds_cpu_torch_and_holds_the_kernel_hook() -> None:
-    stages = _stages(DOCKERFILES["cpu.Dockerfile"])
-    build, final = stages[1], stages[-1]
-    assert all(s.base.startswith("python:3.12") and "slim" in s.base for s in stages[1:])
-    assert build.args()["TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu"
-    assert '"torch==${TORCH_VERSION}+cpu"' in build.runs()
+    all_stages = _stages(DOCKERFILES["cpu.Dockerfile"])
+    stages = {s.name: s for s in all_stages}
+    deps, build, final = stages["deps"], stages["build"], all_stages[-1]
+    assert build.base == "deps"
+    # fully qualified: podman resolves no short names without an alias (nvidia/cuda has none)
+    assert deps.base == final.base and re.fullmatch(r"docker\.io/library/python:3\.12\.\d+-slim-bookworm", deps.base)
+    assert deps.args()["TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu"
+    assert '"torch==${TORCH_VERSION}+cpu"' in deps.runs()
+    assert "pip check" in build.runs() and "--pending" in build.runs() and '"/src[${EXTRAS}]"' in build.runs()
     # the training kernels: built with g++ in the builder only when KERNELS=1 (default 0), and a failure fails
     # the build; the final stage gets the cache folder, never the compiler
     assert build.args()["KERNELS"] == "0"
     hook = next(r for r in build.values("RUN") if "splatflow.kernels" in r[0])[0]
     assert 'if [ "$KERNELS" = 1 ]' in hook and "python -m splatflow.kernels build" in hook and "|| true" not in hook
     assert "g++" in hook and not COMPILERS.search(final.runs())
-    assert ("--from=build",) in [f for c, f, _ in final.instructions if c == "COPY"]
-    assert any("/opt/splatflow/kernels" in v for v in final.values("COPY"))
+    assert "SPLATFLOW_KERNEL_DIR=/opt/splatflow/kernels" in " ".join(f"{k}={v}" for k, v in build.env().items())
+    copies = [(f, v) for c, f, v in final.instructions if c == "COPY"]
+    assert copies == [(("--from=deps",), ("/opt/torch", "/opt/torch")), (("--from=deps",), ("/opt/venv", "/opt/venv")),
+                      (("--from=build",), ("/opt/splatflow", "/opt/splatflow"))]
     assert final.env()["SPLATFLOW_KERNEL_DIR"] == "/opt/splatflow/kernels"
     # built for a portable instruction set, and looked up at run time under the same one (the cache name hashes it)
     assert build.args()["KERNEL_ARCH"] == final.args()["KERNEL_ARCH"] == "x86-64-v3"
@@ -503,29 +525,36 @@ def _requirement_names(extras: set[str]) -> set[str]:
 
 def _pip_installs(spec: BuildSpec) -> tuple[set[str], set[str]]:
     """(splatflow extras, other package names) that the image's `pip install` commands install, with the stage's
-    EXTRAS build argument (from components/images.py)."""
+    EXTRAS build argument (from components/images.py). Dry runs install nothing; the extras count as installed when
+    their requirements are (`-r` of images/requirements.py's list for "${EXTRAS}")."""
     from packaging.requirements import Requirement
 
     packages: set[str] = set()
-    installs_splatflow = False
+    installs_splatflow = installs_extras = False
     for s in _stages(ROOT / spec.dockerfile):
+        runs = s.runs()
         # ${NAME:+words}: optional options (an index URL when one is set), never a package
-        for command in re.split(r"&&|;|\n", re.sub(r"\$\{\w+:\+[^}]*\}", "", s.runs())):
+        for command in re.split(r"&&|;|\n", re.sub(r"\$\{\w+:\+[^}]*\}", "", runs)):
             words = command.split()
             if "install" not in words or not {"pip", "pip3"} & set(words[: words.index("install")]):
                 continue
+            if "--dry-run" in words:
+                continue
             args = words[words.index("install") + 1:]
+            if "/tmp/extras.txt" in args and 'python /src/requirements.py /src/pyproject.toml "${EXTRAS}" > ' \
+                                              "/tmp/extras.txt" in runs:
+                installs_extras = True
             skip_next = False
             for word in args:
                 if skip_next or word.startswith("-"):
                     skip_next = word in _PIP_ARG_OPTIONS
                     continue
                 word = word.strip("\"'")
-                if word == "/src[${EXTRAS}]":
+                if word == "/src":
                     installs_splatflow = True
                 else:
                     packages.add(_norm(Requirement(re.sub(r"\$\{?\w+\}?", "0", word)).name))
-    assert installs_splatflow, spec.dockerfile
+    assert installs_splatflow and installs_extras, spec.dockerfile
     return set(spec.extras), packages
 
 
@@ -594,3 +623,18 @@ def test_requirements_script_lists_what_pyproject_declares(tmp_path: Path) -> No
     proc = subprocess.run([sys.executable, str(IMAGES / "requirements.py"), str(ROOT / "pyproject.toml"), "sfm,gpu"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "defines no extra gpu" in proc.stderr
+
+
+def test_pending_report_names_what_pip_would_still_install(tmp_path: Path) -> None:
+    """`requirements.py --pending` (the images' last check) fails on a pip report that installs anything but
+    splatflow, naming it, and passes one that installs splatflow alone."""
+    def run(items: list[dict[str, dict[str, str]]]) -> subprocess.CompletedProcess[str]:
+        report = tmp_path / "report.json"
+        report.write_text(json.dumps({"version": "1", "install": items}))
+        return subprocess.run([sys.executable, str(IMAGES / "requirements.py"), "--pending", str(report)],
+                              capture_output=True, text=True, timeout=60)
+
+    splatflow = {"metadata": {"name": "splatflow", "version": "0.1.0"}}
+    assert run([splatflow]).returncode == 0
+    proc = run([splatflow, {"metadata": {"name": "pycolmap", "version": "4.2.1"}}])
+    assert proc.returncode != 0 and "pip would add pycolmap==4.2.1" in proc.stderr
