@@ -37,7 +37,7 @@ $(STAMP): pyproject.toml package.json
 	command -v chromium >/dev/null 2>&1 || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 	touch $(STAMP)
-	@echo "==> installed: try 'make run-local' (about a minute on a CPU), then 'make help'"
+	@echo "==> installed: try 'make run-local' (a trained scene in minutes on a CPU), then 'make help'"
 
 install: $(STAMP) ## create .venv with splatflow and every extra (CPU torch), the npm reference tools and chromium
 
