@@ -26,6 +26,7 @@ def test_build_is_cached_by_source_and_flags(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setenv("SPLATFLOW_KERNEL_DIR", str(tmp_path))
     first = kernels.build()
     assert first.parent == tmp_path and first.is_file()
+    assert first.stat().st_mode & 0o777 == 0o755  # readable by every user (an image's cache is built by root)
     stamp = first.stat().st_mtime_ns
     assert kernels.build() == first and first.stat().st_mtime_ns == stamp  # found, not rebuilt
     monkeypatch.setenv("SPLATFLOW_KERNEL_ARCH", "x86-64-v2" if os.uname().machine == "x86_64" else "armv8-a")

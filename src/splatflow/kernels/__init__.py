@@ -118,6 +118,7 @@ def build(force: bool = False) -> Path:
                                     + " | ".join(tail),
                                     hint="check the compiler (g++ >= 9), or set SPLATFLOW_KERNEL_ARCH=x86-64-v2 "
                                          "for an older CPU")
+        os.chmod(tmp, 0o755)  # mkstemp made it 0600: a cache built by root (an image) must load for any user
         os.replace(tmp, dest)  # atomic: a concurrent build of the same key leaves one complete file
     finally:
         if os.path.exists(tmp):
