@@ -21,6 +21,13 @@ ROOT = Path(__file__).resolve().parents[2]
 EXIT = {signal.SIGTERM: 143, signal.SIGINT: 130}
 
 
+def _default_signals() -> None:
+    """In the child before exec: SIGINT and SIGTERM at their defaults. A test runner started in the background of
+    a non-interactive shell inherits SIGINT ignored, and Python would keep ignoring it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @pytest.fixture(scope="module")
 def many_photos(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
     """96 distinct photos (the 12 lund photos, each mirrored, rotated and cropped): ingest takes seconds."""
@@ -66,7 +73,7 @@ def test_ingest_leaves_nothing_behind(many_photos: Path, tmp_path: Path, sig: si
     out = work / "new" / "ingest"  # its parent folder is created by ingest: it must go too
     proc = subprocess.Popen([sys.executable, "-m", "splatflow.cli", "ingest", str(many_photos), str(out),
                              "--max-side", "1600"], env=_env(tmp), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=_default_signals)
 
     def busy() -> bool:
         names = [p.name for p in (work / "new").iterdir()] if (work / "new").exists() else []
@@ -95,7 +102,7 @@ def test_publish_leaves_nothing_behind(sample_sog: Path, tmp_path: Path, sig: si
     tmp.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "splatflow.cli", "publish", str(out), "--scene", "s", "--run-id",
                              "r", "--sog", str(sample_sog), "--ply", str(big), "--no-viewer"], env=_env(tmp),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals)
     _signal_when(proc, lambda: any((out / "s" / "r").glob(".s.ply.*.partial")), sig)
     _ended_cleanly(proc, sig)
     leftovers = [p for p in out.rglob("*") if p.name.startswith(".") or p.name == "manifest.json"]
@@ -114,7 +121,7 @@ def test_sfm_leaves_nothing_behind(tmp_path: Path, data_dir: Path) -> None:
     tmp.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "splatflow.cli", "sfm", str(data_dir / "photos" / "lund"),
                              str(work / "sfm"), "--max-side", "640", "--threads", "1"], env=_env(tmp),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals)
     _signal_when(proc, lambda: any(work.glob(".sfm.work.*/database.db")), signal.SIGTERM)
     _ended_cleanly(proc, signal.SIGTERM)
     assert list(work.iterdir()) == [] and list(tmp.iterdir()) == []
