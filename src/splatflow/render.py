@@ -11,10 +11,10 @@ alpha (H, W, 1))``. Backends:
   gsplat/INRIA constants (``colour = max(SH(dir) + 0.5, 0)``, ``dir`` from the camera centre to the splat),
   depth-sorted front-to-back compositing per tile with gsplat's constants (alpha clamped at 0.999, splats
   with alpha < 1/255 skipped, a pixel stops at transmittance <= 1e-4, pixel centres at +0.5).
-- ``"cpu"``: the same per-splat math as ``"torch"`` (shared code), with binning and compositing -- forward and
-  backward -- in compiled, multi-threaded C++ (:mod:`splatflow.kernels`; 16-pixel tiles, splats of a tile in
-  depth order, the backward pass walking each pixel's splats in reverse). About two orders of magnitude faster
-  than ``"torch"`` on the compositing (bench/results/render-cpu.md); float32.
+- ``"cpu"``: the torch backend's computation step for step -- projection, screen box, SH colour, a stable depth
+  sort, binning and compositing, forward and backward -- in compiled, multi-threaded C++
+  (:mod:`splatflow.kernels`; 16-pixel tiles, the backward pass walking each pixel's splats in reverse); float32.
+  13-57x faster than ``"torch"`` in bench/results/render-cpu.md (a loaded 2-core machine).
 - ``"auto"``: gsplat when the tensors are on CUDA and gsplat imports; on CPU the ``"cpu"`` backend when its
   kernels build or load, else torch.
 
@@ -286,10 +286,11 @@ def _composite(means2d: Tensor, conics: Tensor, opac: Tensor, colors: Tensor, sp
 def _visible_splats(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
                     viewmat: Tensor, K: Tensor, width: int, height: int, sh_degree: int | None, near: float,
                     far: float, info: dict[str, Any] | None) -> dict[str, Tensor]:
-    """The per-splat part shared by the torch and cpu backends: projection, the opacity-aware screen box, culling
-    and SH colour, differentiable in every input. Returns, for the M visible splats, ``means2d`` (M, 2),
-    ``conics`` (M, 3), ``opacities`` (M,), ``colors`` (M, D), ``radii`` (M, 2) and ``depths`` (M,) (the last two
-    without gradient). Fills ``info`` (gsplat's ``meta`` layout) when given."""
+    """The torch backend's per-splat part: projection, the opacity-aware screen box, culling and SH colour,
+    differentiable in every input (the cpu backend's ``_CpuProject`` does the same in C++; bench/raster_tech.py
+    calls this and :func:`_composite_visible` apart to time the compositing alone). Returns, for the M visible
+    splats, ``means2d`` (M, 2), ``conics`` (M, 3), ``opacities`` (M,), ``colors`` (M, D), ``radii`` (M, 2) and
+    ``depths`` (M,) (the last two without gradient). Fills ``info`` (gsplat's ``meta`` layout) when given."""
     proj = project(means, covariance_3d(quats, scales), viewmat, K, width, height)
     means2d, depths, cov2d, det = proj["means2d"], proj["depths"], proj["cov2d"], proj["det"]
     with torch.no_grad():
@@ -342,7 +343,9 @@ def _composite_visible(v: dict[str, Tensor], width: int, height: int, background
 
 # ---------------------------------------------------------------------------------------------- the cpu backend
 CPU_TILE = 16
-"""Tile edge in pixels of the compiled CPU backend (measured against 8: bench/results/render-cpu.md)."""
+"""Tile edge in pixels of the compiled CPU backend (8 or 16). Measured once with a standalone C driver on
+playbot_lod2 at 256 px, one thread: 16 took 13 ms forward + 31 ms backward, 8 took 13 ms + 37 ms (more
+intersections to bin and sum); the image does not depend on it (a test)."""
 
 
 def _ptr(t: Tensor | None) -> int | None:
@@ -489,13 +492,6 @@ def _depth_order(depths: Tensor, visible: Tensor) -> Tensor:
     return order[:m]
 
 
-def cpu_backend_available() -> bool:
-    """True when the compiled CPU kernels load (built on first call; see :mod:`splatflow.kernels`)."""
-    from splatflow import kernels
-
-    return kernels.available()
-
-
 def _rasterize_cpu(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
                    viewmat: Tensor, K: Tensor, width: int, height: int, sh_degree: int | None,
                    background: Tensor | None, near: float, far: float, info: dict[str, Any] | None
@@ -627,8 +623,11 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
     dev = torch.device(device)
     if dev.type == "cuda":
         return "gsplat" if gsplat_available() else "torch"
-    if dev.type == "cpu" and cpu_backend_available():
-        return "cpu"
+    if dev.type == "cpu":
+        from splatflow import kernels  # built or found on first call, never at import
+
+        if kernels.available():
+            return "cpu"
     return "torch"
 
 

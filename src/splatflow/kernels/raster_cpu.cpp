@@ -1,17 +1,16 @@
-// splatflow's compiled CPU rasterizer: tile binning, front-to-back compositing and its backward pass.
+// splatflow's compiled CPU rasterizer: per-splat projection and SH colour, a stable depth sort, tile binning,
+// front-to-back compositing, the backward passes of all of them, and the separable filter of the SSIM loss.
 //
-// The per-splat math (EWA projection, SH colour, the opacity-aware screen box) stays in torch
-// (splatflow/render.py), shared with the reference backend; this file does the part whose cost grows with
-// pixels x splats per pixel. Conventions are those of render.py's torch backend (gsplat's "classic" mode):
+// It follows splatflow/render.py's torch backend (gsplat's "classic" mode) step for step; that backend stays the
+// reference the tests compare with. Conventions:
 //   sigma = 0.5 * (a dx^2 + c dy^2) + b dx dy with (a, b, c) the conic and (dx, dy) = mean - pixel centre,
 //   alpha = min(ALPHA_MAX, opacity * exp(-sigma)), skipped below ALPHA_MIN, a pixel stops before the splat that
 //   would bring its transmittance to T_MIN or below, pixel centres at +0.5.
 //
-// Plain C ABI (loaded with ctypes), float32, row-major contiguous arrays. Work is split over tiles with
-// std::thread; within a tile the loops run splat-outer, pixel-inner so the compiler vectorises over pixels.
-// The backward pass walks each pixel's splats in reverse, rebuilding transmittance by division (gsplat's way),
-// and accumulates per-splat gradients in one buffer per thread, summed at the end (deterministic for a fixed
-// thread count).
+// Plain C ABI (loaded with ctypes), float32, row-major contiguous arrays. Work is split over tiles (or splats)
+// with std::thread; within a tile a row of pixels is one GCC vector. The backward pass walks each pixel's splats
+// in reverse, rebuilding transmittance by division (gsplat's way), and accumulates per-splat gradients in one
+// buffer per thread, summed at the end (deterministic for a fixed thread count).
 
 #include <algorithm>
 #include <atomic>
