@@ -11,10 +11,7 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import zipfile
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -44,29 +41,9 @@ print("PUBLISH " + json.dumps(run.publish))
 
 
 @pytest.fixture
-def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    """A local Slack-compatible webhook (the tasks share the host's network): (its URL, the JSON bodies received)."""
-    received: list[dict[str, Any]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def do_POST(self) -> None:  # noqa: N802
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            received.append(json.loads(body))
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/hooks/test", received
-    finally:
-        server.shutdown()
-        server.server_close()
+def webhook(webhook_server: tuple[str, list[dict[str, Any]]]) -> tuple[str, list[dict[str, Any]]]:
+    """The local webhook (conftest); the tasks share the host's network, so they reach it."""
+    return webhook_server
 
 
 def _run_in_containers(source: Path, output: Path, docker_host: str, webhook_url: str) -> tuple[int, str]:

@@ -7,10 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import threading
 import zipfile
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -46,33 +43,15 @@ def _assert_no_secret(folder: Path, captured: str, secrets: dict[str, str]) -> N
 
 
 @pytest.fixture
-def webhook(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
-    """A local Slack-compatible webhook: SPLATFLOW_WEBHOOK_URL points at it; yields the JSON bodies received."""
-    received: list[dict[str, Any]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def do_POST(self) -> None:  # noqa: N802
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            received.append(json.loads(body))
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+def webhook(monkeypatch: pytest.MonkeyPatch, webhook_server: tuple[str, list[dict[str, Any]]]
+            ) -> list[dict[str, Any]]:
+    """The local webhook (conftest) with SPLATFLOW_WEBHOOK_URL pointing at it; the JSON bodies received."""
+    url, received = webhook_server
     for name in ("SPLATFLOW_NOTIFY_TARGET", "SPLATFLOW_NOTIFY_URL", "SPLATFLOW_SMTP_HOST", "SPLATFLOW_SNS_TOPIC_ARN",
                  "SPLATFLOW_NOTIFY_STRICT", "SPLATFLOW_PUBLIC_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("SPLATFLOW_WEBHOOK_URL", f"http://127.0.0.1:{server.server_address[1]}/hooks/test")
-    try:
-        yield received
-    finally:
-        server.shutdown()
-        server.server_close()
+    monkeypatch.setenv("SPLATFLOW_WEBHOOK_URL", url)
+    return received
 
 
 def _path(uri: str) -> Path:
