@@ -48,3 +48,16 @@ def test_the_pipeline_publishes_the_sheet_only_when_training_wrote_one(tmp_path:
     assert published_files(tmp_path / "sog", model) == {"sog": tmp_path / "sog" / "splats.sog"}
     _sheet(model / CONTACT_SHEET)
     assert published_files(tmp_path / "sog", model)["contact_sheet"] == model / CONTACT_SHEET
+
+
+def test_the_viewer_opens_at_the_capture_pose_training_reports(sample_sog: Path, tmp_path: Path) -> None:
+    import json
+
+    pose = {"position": [1.0, 2.0, 3.0], "target": [1.5, 2.0, 7.0]}
+    out = tmp_path / "out"
+    publish(str(out), scene="s", run_id="r1", files={"sog": sample_sog}, reports={"train": {"viewer_camera": pose}})
+    camera = json.loads((out / "s" / "r1" / "settings.json").read_text())["cameras"][0]["initial"]
+    assert camera["position"] == [-1.0, -2.0, 3.0] and camera["target"] == [-1.5, -2.0, 7.0]  # the viewer's axes
+    publish(str(out), scene="s", run_id="r2", files={"sog": sample_sog}, reports={})
+    fitted = json.loads((out / "s" / "r2" / "settings.json").read_text())["cameras"][0]["initial"]
+    assert fitted["position"] != camera["position"]  # without a pose: framed from outside, as before

@@ -62,6 +62,11 @@ def test_outputs_report_and_ply(full_run: tuple[Path, dict[str, Any]]) -> None:
     from PIL import Image
 
     assert report["contact_sheet"] == "contact-sheet.png"
+    assert report["dropped_unseen"] >= 0
+    # the viewer opens at a training photo's pose, looking ahead of it
+    cam = report["viewer_camera"]
+    pos, target = np.array(cam["position"]), np.array(cam["target"])
+    assert np.linalg.norm(target - pos) > 0
     with Image.open(out / "contact-sheet.png") as sheet:
         assert sheet.format == "PNG" and sheet.size == (2 * 320 + 3, 18 + 320 + 18)
         px = np.asarray(sheet.convert("RGB"), dtype=np.float32)
@@ -276,3 +281,14 @@ def test_a_nan_splat_never_reaches_the_ply(tiny_sfm: Path, tmp_path: Path, monke
     assert report["dropped_invalid"] == 1
     cloud = read_ply(tmp_path / "out" / "splats.ply", on_invalid="error")  # loads: no NaN inside
     assert len(cloud) == report["splats"]
+
+
+def test_splats_no_training_view_draws_are_not_exported(tiny_sfm: Path, tmp_path: Path) -> None:
+    """The far side of the background shell is behind every camera: those splats stay as initialised (grey)
+    and are left out of the PLY, counted in the report."""
+    report = train(tiny_sfm, tmp_path / "out", **{**OPTS, "iterations": 6, "max_splats": 2000},
+                   background_points=300)
+    assert report["dropped_unseen"] > 0
+    cloud = read_ply(tmp_path / "out" / "splats.ply")
+    assert len(cloud) == report["splats"]
+    assert report["splats"] + report["dropped_unseen"] + report["dropped_invalid"] >= 300

@@ -492,13 +492,17 @@ def publish(output_uri: str, *, scene: str, run_id: str, files: dict[str, Path],
             objects.append((f"reports/{name}.json", path))
         page_version = None
         if viewer:
-            from splatflow.viewer.page import build_page, scene_bounds, viewer_version
+            from splatflow.viewer.page import build_page, capture_camera, scene_bounds, viewer_version
 
             sog_path = Path(files["sog"]) if files.get("sog") else Path(files["meta"])
             bounds, source = scene_bounds(sog=sog_path, ply=Path(files["ply"]) if files.get("ply") else None)
-            log.info("viewer camera fitted to %s", source)
+            # a scene captured from inside (a street, a room) opens at a photo's own pose, which training reports;
+            # without one the camera frames the splats from outside (an object)
+            pose = reports.get("train", {}).get("viewer_camera")
+            camera = capture_camera(pose["position"], pose["target"]) if pose else None
+            log.info("viewer camera %s", "at the training report's capture pose" if camera else f"fitted to {source}")
             page_dir = tmp / "page"
-            for path in build_page(page_dir, content_name=content, title=scene, bounds=bounds):
+            for path in build_page(page_dir, content_name=content, title=scene, bounds=bounds, camera=camera):
                 objects.append((path.relative_to(page_dir).as_posix(), path))
             page_version = viewer_version()
         names = [rel for rel, _ in objects]

@@ -26,7 +26,7 @@ import resource
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +143,22 @@ def background_shell(scene: Scene, count: int, seed: int) -> tuple[np.ndarray, n
     return (centre + radius * dirs).astype(np.float32), np.full((count, 3), 0.5, dtype=np.float32)
 
 
+def viewer_camera(scene: Scene) -> dict[str, list[float]]:
+    """Where the published viewer opens: the pose of the training photo nearest the middle of the capture,
+    ``position`` (its centre) and ``target`` (a point ahead of it, at the median depth of the SfM points it sees),
+    in SfM world coordinates. A capture from inside a scene is best seen from where it was taken."""
+    views = scene.train or scene.test
+    centres = [(-(v.viewmat[:3, :3].T @ v.viewmat[:3, 3])).cpu().numpy() for v in views]
+    mid = np.mean(centres, axis=0)
+    i = int(np.argmin([np.linalg.norm(c - mid) for c in centres]))
+    forward = views[i].viewmat[2, :3].cpu().numpy()            # the camera's +z axis in the world
+    depths = (scene.points - centres[i]) @ forward
+    ahead = depths[depths > 0]
+    distance = float(np.median(ahead)) if len(ahead) else scene.scene_scale
+    target = centres[i] + forward * distance
+    return {"position": [round(float(x), 6) for x in centres[i]], "target": [round(float(x), 6) for x in target]}
+
+
 def lr_boost(iterations: int) -> float:
     """Learning-rate factor of a short run: the 3DGS rates are tuned for thousands of steps, so a run of fewer
     than 7000 steps scales them by sqrt(7000 / iterations), at most 10 (1.0 from 7000 steps on)."""
@@ -160,7 +176,7 @@ def make_optimizers(params: Params, scene_scale: float, boost: float = 1.0) -> O
             for name, p in params.items()}
 
 
-def to_cloud(params: Params) -> GaussianCloud:
+def to_cloud(params: Mapping[str, torch.Tensor]) -> GaussianCloud:
     """The trained splats as a GaussianCloud (log scales, opacity logits, unit quaternions)."""
     with torch.no_grad():
         quats = torch.nn.functional.normalize(params["quats"], dim=-1)
@@ -237,15 +253,18 @@ def screen_grad(info: dict[str, Any], means: torch.Tensor, view: View) -> tuple[
 
 
 def evaluate(render: Renderer, params: Params, views: list[View], sh_degree: int,
-             sheet: list[SheetRow] | None = None) -> dict[str, float | None]:
+             sheet: list[SheetRow] | None = None, seen: torch.Tensor | None = None) -> dict[str, float | None]:
     """Mean PSNR (dB) and SSIM over ``views`` of the clamped renders; None for an empty list. With ``sheet``, a
-    :class:`SheetRow` per view (photo, render, PSNR) is appended to it."""
+    :class:`SheetRow` per view (photo, render, PSNR) is appended to it; with ``seen`` (N,) bool, the splats a view
+    draws (screen box not empty) are marked in it."""
     if not views:
         return {"psnr": None, "ssim": None}
     psnrs, ssims = [], []
     with torch.no_grad():
         for v in views:
-            img, _ = render(params, v, sh_degree)
+            img, info = render(params, v, sh_degree)
+            if seen is not None:
+                seen |= (info["radii"][0] > 0).all(dim=-1)
             img = img.clamp(0, 1)
             mse = torch.mean((img - v.image) ** 2).clamp_min(1e-10)
             psnrs.append(float(-10 * torch.log10(mse)))
@@ -459,14 +478,18 @@ def train(sfm_dir: Path, out_dir: Path, *, iterations: int = 7000, max_splats: i
     sheet: list[SheetRow] = []
     test = evaluate(render, params, scene.test, final_sh, sheet)
     train_sheet: list[SheetRow] = []
-    trained = evaluate(render, params, scene.train, final_sh, train_sheet)
+    seen = torch.zeros(len(params["means"]), dtype=torch.bool, device=dev)
+    trained = evaluate(render, params, scene.train, final_sh, train_sheet, seen)
     if not sheet:  # nothing held out: show a few training views instead
         sheet = train_sheet[:: max(1, len(train_sheet) // 3)][:3]
     with atomic_path(out_dir / CONTACT_SHEET) as tmp:
         write_contact_sheet(sheet, tmp, title=f"{'held-out' if scene.test else 'training'} views: photo | "
                                                f"render after {iterations} steps")
     peak, peak_kind = _peak_memory(dev)
-    cloud, invalid = to_cloud(params).drop_invalid()
+    # a splat no training view draws was never fitted to anything (e.g. the far side of the background shell,
+    # still grey): it only clutters the scene seen from elsewhere, so it is not exported
+    unseen = int((~seen).sum())
+    cloud, invalid = to_cloud({k: v[seen] for k, v in params.items()}).drop_invalid()
     if invalid:  # the PLY must load everywhere (the codec refuses NaN): never export a broken splat
         log.warning("%d trained splats had NaN/Inf values and were left out of the PLY", invalid)
     write_ply(cloud, out_dir / PLY)
@@ -474,6 +497,7 @@ def train(sfm_dir: Path, out_dir: Path, *, iterations: int = 7000, max_splats: i
         "iterations": iterations,
         "splats": len(cloud),
         "dropped_invalid": invalid,
+        "dropped_unseen": unseen,
         "psnr_test": test["psnr"],
         "ssim_test": test["ssim"],
         "psnr_train": trained["psnr"],
@@ -506,6 +530,7 @@ def train(sfm_dir: Path, out_dir: Path, *, iterations: int = 7000, max_splats: i
         "seed": seed,
         "ply": PLY,
         "contact_sheet": CONTACT_SHEET,
+        "viewer_camera": viewer_camera(scene),
     }
     with atomic_path(out_dir / REPORT) as tmp:
         tmp.write_text(json.dumps(report, indent=2))

@@ -132,6 +132,15 @@ def fit_camera(bounds_min: np.ndarray, bounds_max: np.ndarray, *, fov: float = F
             "fov": float(fov)}
 
 
+def capture_camera(position: list[float], target: list[float], *, fov: float = FOV_DEG) -> dict[str, Any]:
+    """The viewer's first camera at a photo's own pose: ``position`` and ``target`` (3,) in file coordinates (the
+    SfM world; training's report gives them as ``viewer_camera``), turned into the viewer's (x, y) -> (-x, -y)."""
+    def flip(v: list[float]) -> list[float]:
+        return [round(-float(v[0]), 6), round(-float(v[1]), 6), round(float(v[2]), 6)]
+
+    return {"position": flip(position), "target": flip(target), "fov": float(fov)}
+
+
 def _sog_meta_bounds(sog: Path) -> tuple[np.ndarray, np.ndarray]:
     """Full-extent bounds from a SOG's meta.json (means mins/maxs are stored as sign(v)*ln(1+|v|))."""
     try:
@@ -171,10 +180,12 @@ def scene_bounds(*, sog: Path | None = None, ply: Path | None = None) -> tuple[t
 
 
 # ---------------------------------------------------------------------------- page
-def settings_for(bounds: tuple[np.ndarray, np.ndarray], *, fov: float = FOV_DEG) -> dict[str, Any]:
-    """The viewer's default settings (from the installed package) with the first camera fitted to ``bounds``."""
+def settings_for(bounds: tuple[np.ndarray, np.ndarray], *, fov: float = FOV_DEG,
+                 camera: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The viewer's default settings (from the installed package) with the first camera ``camera`` (viewer
+    coordinates, :func:`capture_camera`) or, without one, fitted to ``bounds`` from outside."""
     settings: dict[str, Any] = json.loads(DEFAULT_SETTINGS.read_text())
-    settings["cameras"] = [{"initial": fit_camera(*bounds, fov=fov)}]
+    settings["cameras"] = [{"initial": camera or fit_camera(*bounds, fov=fov)}]
     return settings
 
 
@@ -192,9 +203,10 @@ def render_index(content_name: str, *, title: str, settings_name: str = "setting
 
 
 def build_page(out_dir: Path, *, content_name: str, title: str, bounds: tuple[np.ndarray, np.ndarray],
-               fov: float = FOV_DEG) -> list[Path]:
+               fov: float = FOV_DEG, camera: dict[str, Any] | None = None) -> list[Path]:
     """Write the viewer page for ``content_name`` (a file beside it) into ``out_dir``; returns the files written:
-    index.html, index.js, index.css, the viewer's license and settings.json."""
+    index.html, index.js, index.css, the viewer's license and settings.json (first camera: ``camera`` if given,
+    see :func:`settings_for`)."""
     src = assets_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "index.html").write_text(render_index(content_name, title=title))
@@ -202,6 +214,6 @@ def build_page(out_dir: Path, *, content_name: str, title: str, bounds: tuple[np
     for name in ("index.js", "index.css", LICENSE_NAME):
         shutil.copyfile(src / name, out_dir / name)
         written.append(out_dir / name)
-    (out_dir / "settings.json").write_text(json.dumps(settings_for(bounds, fov=fov), indent=1) + "\n")
+    (out_dir / "settings.json").write_text(json.dumps(settings_for(bounds, fov=fov, camera=camera), indent=1) + "\n")
     written.append(out_dir / "settings.json")
     return written
