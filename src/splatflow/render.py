@@ -14,7 +14,7 @@ alpha (H, W, 1))``. Backends:
 - ``"cpu"``: the torch backend's computation step for step -- projection, screen box, SH colour, a stable depth
   sort, binning and compositing, forward and backward -- in compiled, multi-threaded C++
   (:mod:`splatflow.kernels`; 16-pixel tiles, the backward pass walking each pixel's splats in reverse); float32.
-  13-57x faster than ``"torch"`` in bench/results/render-cpu.md (a loaded 2-core machine).
+  4-15x faster than ``"torch"`` in bench/results/render-cpu.md (an idle 2-core machine).
 - ``"auto"``: gsplat when the tensors are on CUDA and gsplat imports; on CPU the ``"cpu"`` backend when its
   kernels build or load, else torch.
 
