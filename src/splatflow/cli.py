@@ -315,7 +315,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 def _run_pipeline_locally(args: argparse.Namespace) -> int:
     try:
-        from pipelines.local import default_output, run_local, summary_lines
+        from splatflow_kfp.pipelines.local import default_output, run_local, summary_lines
     except ImportError as exc:  # kfp or the pipelines package is not installed
         from splatflow.errors import DependencyMissing
 
@@ -418,7 +418,7 @@ def _run_notify(args: argparse.Namespace) -> int:
     from splatflow import storage
     from splatflow.errors import InputError
     from splatflow.limits import MAX_REPORT_BYTES, parse_json
-    from splatflow.stages.notify import notify
+    from splatflow.stages.notify import send
 
     report: dict = {}
     if args.report:
@@ -427,7 +427,7 @@ def _run_notify(args: argparse.Namespace) -> int:
         if not isinstance(report, dict):
             raise InputError(f"--report {args.report} holds a JSON {type(report).__name__}, not an object",
                              hint="give a run report JSON: a publish result or a manifest.json")
-    result = notify(args.status, scene=args.scene, report=report, target=args.target,
+    result = send(args.status, scene=args.scene, report=report, target=args.target,
                     failed_stage=args.failed_stage, error=args.error, strict=args.strict,
                     link_expires=args.link_expires)
     _print_json(result)

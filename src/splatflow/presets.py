@@ -13,6 +13,11 @@ from typing import Any, TypedDict
 
 from splatflow.errors import InputError
 
+__all__ = [
+    "CPU_BACKGROUND_POINTS", "CPU_ITERATIONS", "CPU_MAX_SPLATS", "DEFAULT_QUALITY", "MAX_SH_DEGREE", "PRESETS",
+    "Preset", "TrainOptions", "check_run_parameters", "preset", "train_options"
+]
+
 
 @dataclass(frozen=True)
 class Preset:

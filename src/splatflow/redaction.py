@@ -20,6 +20,10 @@ from __future__ import annotations
 import os
 import re
 
+__all__ = [
+    "MASK", "SECRET_ENV", "redact", "secret_values", "url_parts"
+]
+
 SECRET_ENV = ("SPLATFLOW_WEBHOOK_URL", "SPLATFLOW_NOTIFY_URL", "SPLATFLOW_SMTP_PASSWORD", "AWS_SECRET_ACCESS_KEY",
               "AWS_SESSION_TOKEN", "KFP_TOKEN", "KFP_COOKIE")
 MASK = "[redacted]"

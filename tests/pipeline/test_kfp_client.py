@@ -1,4 +1,5 @@
-"""`make upload` / `make run-pipeline` (python -m pipelines) against a local HTTP server speaking KFP v2beta1 REST.
+"""`make upload` / `make run-pipeline` (python -m splatflow_kfp.pipelines) against a local HTTP server speaking KFP
+v2beta1 REST.
 
 The server records every call (method, path, query, auth headers, body), so the tests check what kfp.Client
 really sends: the compiled YAML, the run's parameters and version, the namespace, and the auth on every request.
@@ -17,7 +18,8 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 import yaml
-from pipelines.__main__ import main
+
+from splatflow_kfp.pipelines.__main__ import main
 
 API = "/apis/v2beta1"
 

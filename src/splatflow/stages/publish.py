@@ -48,6 +48,12 @@ from splatflow.errors import InputError, OutputBusyError, OutputExistsError, Ply
 from splatflow.fsutil import cleans_up_on_sigterm
 from splatflow.limits import MAX_REPORT_BYTES, parse_json
 
+__all__ = [
+    "CONTACT_SHEET", "FILE_KEYS", "LATEST", "LOCK_TTL_ENV", "MANIFEST", "MANIFEST_FORMAT", "UPLOAD_ATTEMPTS",
+    "RunLock", "lock_uri", "publish", "published_files", "published_run", "read_latest", "read_manifest",
+    "run_summary", "scene_name"
+]
+
 log = logging.getLogger("splatflow.publish")
 
 MANIFEST = "manifest.json"
@@ -287,7 +293,7 @@ def _upload_one(rel: str, path: Path, digest: str, size: int, base: str) -> bool
     (a proxy or disk that changed it) is uploaded again. True when it was uploaded."""
     uri = storage.join(base, rel)
     uploaded = False
-    fresh = storage.exists(uri) and storage.stat(uri) == {"size": size, "sha256": digest}
+    fresh = storage.exists(uri) and _same(storage.stat(uri), size, digest)
     for attempt in range(1, UPLOAD_ATTEMPTS + 1):
         if not fresh:
             storage.upload(path, uri)
@@ -303,11 +309,16 @@ def _upload_one(rel: str, path: Path, digest: str, size: int, base: str) -> bool
                             "nothing was marked complete")
 
 
+def _same(st: dict[str, Any], size: int, digest: str) -> bool:
+    """Whether a :func:`storage.stat` result has this size and recorded SHA-256."""
+    return st["size"] == size and st["sha256"] == digest
+
+
 def _check_remote(rel: str, digest: str, size: int, base: str) -> None:
     """Raise StorageError unless the object at ``base/rel`` still has this size and recorded SHA-256."""
     uri = storage.join(base, rel)
     st = storage.stat(uri)
-    if st != {"size": size, "sha256": digest}:
+    if not _same(st, size, digest):
         raise StorageError(f"published object {uri} changed after it was checked "
                            f"({st['size']} bytes, sha256 {str(st['sha256'])[:12]}; expected {size}, {digest[:12]})",
                            hint="something else writes under this run id; publish again with a new run id")

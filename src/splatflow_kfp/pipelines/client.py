@@ -198,7 +198,7 @@ def _load_package(package: Path) -> dict[str, Any]:
 
 def default_version_name() -> str:
     """``<image tag>-<UTC time>``: names which images a version runs and stays unique per upload."""
-    from components.images import tag
+    from splatflow.spec import tag
 
     return f"{tag()}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
 
