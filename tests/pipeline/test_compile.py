@@ -242,3 +242,33 @@ def test_compiled_yaml_matches_the_golden_file(compiled_yaml: str) -> None:
         diff = "".join(difflib.unified_diff(want.splitlines(True), got.splitlines(True), "golden", "compiled", n=2))
         pytest.fail(f"compiled pipeline differs from {GOLDEN.name} (SPLATFLOW_UPDATE_GOLDEN=1 to accept):\n"
                     f"{diff[:6000]}")
+
+
+def test_the_first_task_checks_every_run_parameter(compiled: Spec, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad value typed into the Kubeflow UI (no pre-upload check there) fails in the first task, before ingest
+    and sfm run: ingest-fingerprint takes every tunable pipeline parameter and checks it with splatflow.options."""
+    from splatflow.errors import InputError
+    from splatflow.options import RUN_OPTIONS
+    from splatflow_kfp.components.ingest import ingest_fingerprint
+
+    spec, _ = compiled
+    params = _body_tasks(spec)["ingest-fingerprint"]["inputs"]["parameters"]
+    assert {k: v["componentInputParameter"] for k, v in params.items() if k in RUN_OPTIONS} == {
+        name: f"pipelinechannel--{name}" for name in RUN_OPTIONS}
+    assert set(spec["root"]["inputDefinitions"]["parameters"]) == {"source_uri", "output_uri", *RUN_OPTIONS}
+    defaults = {k: v.get("defaultValue") for k, v in spec["root"]["inputDefinitions"]["parameters"].items()}
+    assert {k: defaults[k] for k in RUN_OPTIONS} == {k: o.default for k, o in RUN_OPTIONS.items()}
+    monkeypatch.setenv(RUN_ID_ENV, "run-1")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(b"not really a photo")
+    good = {"quality": "cpu", "iterations": 0, "max_splats": 1000, "sh_degree": 1, "notify_target": "",
+            "target_psnr": 0.0}
+    out = tmp_path / "out"
+    assert ingest_fingerprint.python_func(source_uri=str(photos), output_uri=out.as_uri(), **good).startswith("sha256:")
+    with pytest.raises(InputError, match="max_splats 0 is out of range"):
+        ingest_fingerprint.python_func(source_uri=str(photos), output_uri=out.as_uri(), **{**good, "max_splats": 0})
+    # and the failure is recorded for the notification, as for any stage
+    record = out / ".splatflow" / "runs" / "run-1" / "failed" / "ingest.json"
+    assert "max_splats 0 is out of range" in record.read_text()

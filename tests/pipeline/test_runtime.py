@@ -154,9 +154,10 @@ def test_splatflow_run_reports_bad_input_with_exit_2(tmp_path: Path, capsys: pyt
 def test_local_runs_check_their_parameters_before_starting(tmp_path: Path) -> None:
     from splatflow_kfp.pipelines.local import run_local
 
-    for kwargs, said in (({"quality": "ultra"}, "quality 'ultra' is not a preset"),
+    for kwargs, said in (({"quality": "ultra"}, "quality 'ultra' is not one of"),
                          ({"sh_degree": 5}, "sh_degree 5 is out of range"),
-                         ({"max_splats": 0}, "max_splats must be positive"),
+                         ({"max_splats": 0}, "max_splats 0 is out of range"),
+                         ({"target_psnr": 150.0}, "target_psnr 150.0 is out of range"),
                          ({"notify_target": "https://hooks.example.com/x"}, "notify_target holds a URL")):
         with pytest.raises(InputError, match=said):
             run_local(tmp_path, tmp_path / "out", **kwargs)  # type: ignore[arg-type]

@@ -38,9 +38,13 @@ PUBLIC: dict[str, set[str]] = {
     "splatflow.gaussians": {
         "GaussianCloud", "SH_C0", "SH_COEFFS", "logit", "sh_degree_for_coeffs", "sigmoid"
     },
+    "splatflow.options": {
+        "DEFAULT_MAX_SPLATS", "LOCAL_DEFAULTS", "MAX_TARGET_PSNR", "MIN_TARGET_PSNR", "RUN_OPTIONS", "Option",
+        "check_run_parameters"
+    },
     "splatflow.presets": {
         "CPU_BACKGROUND_POINTS", "CPU_ITERATIONS", "CPU_MAX_SPLATS", "DEFAULT_QUALITY", "MAX_SH_DEGREE", "PRESETS",
-        "Preset", "TrainOptions", "check_run_parameters", "preset", "train_options"
+        "Preset", "TrainOptions", "preset", "train_options"
     },
     "splatflow.io.ply": {
         "NORMALS", "OnInvalid", "REQUIRED", "inria_layout", "read_ply", "write_ply"

@@ -26,10 +26,15 @@ def ingest(source_uri: str, source_fingerprint: str, quality: str, output_uri: s
 
 
 @dsl.component(base_image=image_for("ingest"), install_kfp_package=False)
-def ingest_fingerprint(source_uri: str, output_uri: str) -> str:
-    """The content fingerprint of the source (``sha256:...`` over its files' names, sizes and content hashes)."""
+def ingest_fingerprint(source_uri: str, output_uri: str, quality: str, iterations: int, max_splats: int,
+                       sh_degree: int, notify_target: str, target_psnr: float) -> str:
+    """The run's parameters checked, then the content fingerprint of the source (``sha256:...`` over its files'
+    names, sizes and content hashes)."""
+    from splatflow.options import check_run_parameters
     from splatflow.stages.ingest import fingerprint
     from splatflow.tasks import record_failure
 
     with record_failure("ingest", output_uri):
+        check_run_parameters({"quality": quality, "iterations": iterations, "max_splats": max_splats,
+                              "sh_degree": sh_degree, "notify_target": notify_target, "target_psnr": target_psnr})
         return fingerprint(source_uri)

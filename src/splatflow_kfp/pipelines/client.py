@@ -32,7 +32,7 @@ import yaml
 
 from splatflow.doctor import kfp_token_path
 from splatflow.errors import EnvironmentProblem, InputError, SplatflowError, StageError
-from splatflow.presets import check_run_parameters
+from splatflow.options import check_run_parameters
 from splatflow.stages.publish import scene_name
 
 FINAL_STATES = {"SUCCEEDED", "FAILED", "SKIPPED", "CANCELED", "CANCELLED", "ERROR"}
@@ -241,7 +241,7 @@ def load_params(path: Path | None, package: Path) -> dict[str, Any]:
     if path is not None:
         if not Path(path).is_file():
             raise InputError(f"parameters file {path} does not exist",
-                             hint="write a YAML/JSON file such as pipelines/params.example.yaml")
+                             hint="write a YAML/JSON file such as src/splatflow_kfp/pipelines/params.example.yaml")
         loaded = yaml.safe_load(Path(path).read_text())  # YAML is a superset of JSON
         if loaded is not None and not isinstance(loaded, dict):
             raise InputError(f"{path} must hold a mapping of parameter names to values")

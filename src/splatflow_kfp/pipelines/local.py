@@ -50,11 +50,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from splatflow.errors import InputError, StageError
-from splatflow.presets import CPU_MAX_SPLATS, check_run_parameters
+from splatflow.options import LOCAL_DEFAULTS, check_run_parameters
 from splatflow.tasks import RUN_ID_ENV
 
 log = logging.getLogger(__name__)
-LOCAL_DEFAULTS: dict[str, Any] = {"quality": "cpu", "iterations": 0, "max_splats": CPU_MAX_SPLATS, "sh_degree": 1}
 RUNNERS = ("subprocess", "docker")
 #: variables a task in a container gets from this process (a cluster's pods get them from Secrets and ConfigMaps)
 FORWARDED_ENV = re.compile(r"^(SPLATFLOW_|AWS_)")
@@ -171,7 +170,8 @@ class _TaskLog(io.TextIOBase):
 
 def run_local(source: str | Path, output: Path | str, *, quality: str = LOCAL_DEFAULTS["quality"],
               iterations: int = LOCAL_DEFAULTS["iterations"], max_splats: int = LOCAL_DEFAULTS["max_splats"],
-              sh_degree: int = LOCAL_DEFAULTS["sh_degree"], notify_target: str = "", verbose: bool = False,
+              sh_degree: int = LOCAL_DEFAULTS["sh_degree"], notify_target: str = "", target_psnr: float = 0.0,
+              verbose: bool = False,
               work: Path | str | None = None, echo: TextIO | None = None, runner: str = "subprocess") -> LocalRun:
     """Run ``splat_pipeline`` under kfp.local; results go to ``output`` (a new or empty local folder, or an
     ``s3://bucket/prefix``: the bucket is checked first), task outputs and ``run.log`` to the local folder
@@ -188,7 +188,7 @@ def run_local(source: str | Path, output: Path | str, *, quality: str = LOCAL_DE
     from splatflow_kfp.pipelines.splat_pipeline import build_pipeline
 
     check_run_parameters({"quality": quality, "iterations": iterations, "max_splats": max_splats,
-                          "sh_degree": sh_degree, "notify_target": notify_target})
+                          "sh_degree": sh_degree, "notify_target": notify_target, "target_psnr": target_psnr})
     if runner not in RUNNERS:
         raise InputError(f"unknown runner {runner!r}", hint=f"use one of {', '.join(RUNNERS)}")
     src = source_uri(source)
@@ -227,7 +227,8 @@ def run_local(source: str | Path, output: Path | str, *, quality: str = LOCAL_DE
                 warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
                 warnings.filterwarnings("ignore", message=".*non-Python base image.*")
                 pipeline(source_uri=src, output_uri=output_uri, quality=quality, iterations=iterations,
-                         max_splats=max_splats, sh_degree=sh_degree, notify_target=notify_target)
+                         max_splats=max_splats, sh_degree=sh_degree, notify_target=notify_target,
+                         target_psnr=target_psnr)
         except RuntimeError as exc:  # kfp.local: "Pipeline splatflow finished with status FAILURE. Inner task ..."
             raise _failure(str(exc), tee, output_uri, run_id, log_path, root) from exc
         except BaseException:

@@ -28,7 +28,7 @@ from kfp import compiler, dsl, kubernetes
 from kfp.dsl.graph_component import GraphComponent
 
 from splatflow import spec
-from splatflow.presets import DEFAULT_QUALITY
+from splatflow.options import RUN_OPTIONS as OPTIONS
 from splatflow.tasks import RUN_ID_ENV
 from splatflow_kfp.components.compress import compress
 from splatflow_kfp.components.ingest import ingest, ingest_fingerprint
@@ -82,9 +82,12 @@ def build_pipeline(*, retries: bool = True) -> GraphComponent:
     @dsl.pipeline(name=PIPELINE_NAME,
                   description="Photos or a video of a scene in; a compressed 3D Gaussian Splat (SOG), a viewer page "
                               "and a run report out, with a notification on success or failure.")
-    def splat_pipeline(source_uri: str, output_uri: str, quality: str = DEFAULT_QUALITY,
-                       max_splats: int = 1_000_000, iterations: int = 0, sh_degree: int = 3,
-                       notify_target: str = "", target_psnr: float = 0.0) -> None:
+    def splat_pipeline(source_uri: str, output_uri: str, quality: str = OPTIONS["quality"].default,
+                       max_splats: int = OPTIONS["max_splats"].default,
+                       iterations: int = OPTIONS["iterations"].default,
+                       sh_degree: int = OPTIONS["sh_degree"].default,
+                       notify_target: str = OPTIONS["notify_target"].default,
+                       target_psnr: float = OPTIONS["target_psnr"].default) -> None:
         """The whole pipeline. ``quality``: tiny | cpu | preview | standard | high (splatflow/presets.py);
         ``iterations`` 0 takes the preset's; ``notify_target`` names a channel, never a secret (empty: default);
         ``target_psnr`` > 0 makes compress write the smallest SOG rendering at least that many dB from the
@@ -96,8 +99,12 @@ def build_pipeline(*, retries: bool = True) -> GraphComponent:
                          retries=retries)
         with dsl.ExitHandler(done, name="splatflow"):
             # every stage gets output_uri: where it records a failure for notify (splatflow.tasks)
-            listed = configure(ingest_fingerprint(source_uri=source_uri, output_uri=output_uri), "ingest",
-                               retries=retries).set_caching_options(False)  # it looks at the source every run
+            # first: the run's parameters are checked (a bad value from the UI fails here, before ingest and sfm
+            # run) and the source is fingerprinted; uncached, as it looks at the source every run
+            listed = configure(ingest_fingerprint(source_uri=source_uri, output_uri=output_uri, quality=quality,
+                                                  iterations=iterations, max_splats=max_splats, sh_degree=sh_degree,
+                                                  notify_target=notify_target, target_psnr=target_psnr),
+                               "ingest", retries=retries).set_caching_options(False)
             images = configure(ingest(source_uri=source_uri, source_fingerprint=listed.output, quality=quality,
                                       output_uri=output_uri), "ingest", retries=retries)
             model = configure(sfm(images=images.outputs["images"], quality=quality, output_uri=output_uri), "sfm",
