@@ -69,11 +69,12 @@ class Option:
         hint = f"{self.name} must be {self.describe()}" + (f" (0: {self.zero})" if self.zero else "")
         if isinstance(value, bool) or not isinstance(value, (int, float) if self.kind is float else self.kind):
             raise InputError(f"{self.name} must be {self.describe()}, got {value!r}", hint=hint)
-        if self.kind is str:
+        if isinstance(value, str):
             if self.choices and value.strip().lower() not in self.choices:
                 raise InputError(f"{self.name} {value!r} is not one of: {', '.join(self.choices)}", hint=hint)
-        elif (self.minimum is not None and value < self.minimum) or \
-                (self.maximum is not None and value > self.maximum) or value != value:  # NaN
+        elif isinstance(value, int | float) and ((self.minimum is not None and value < self.minimum) or
+                                                 (self.maximum is not None and value > self.maximum) or
+                                                 value != value):  # NaN
             raise InputError(f"{self.name} {value!r} is out of range", hint=hint)
         if self.rule:
             self.rule(value)

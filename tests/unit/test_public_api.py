@@ -70,7 +70,7 @@ PUBLIC: dict[str, set[str]] = {
         "MAX_JSON_DEPTH", "MAX_REPORT_BYTES", "json_depth", "parse_json", "read_json", "read_limited"
     },
     "splatflow.redaction": {
-        "MASK", "SECRET_ENV", "redact", "secret_values", "url_parts"
+        "MASK", "SECRET_ENV", "redact", "secret_values", "setting", "url_parts"
     },
     "splatflow.doctor": {
         "BLOCKING_EFFECTS", "Check", "DEFAULT_NAMESPACE", "DEVICE_PLUGIN_NAME", "Doctor", "IN_CLUSTER_TOKEN",

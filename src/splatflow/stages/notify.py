@@ -54,7 +54,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 from splatflow import storage
 from splatflow.errors import InputError, NotifyError
-from splatflow.redaction import redact, url_parts
+from splatflow.redaction import redact, setting, url_parts
 
 __all__ = [
     "MAX_LINK_EXPIRES", "STATUSES", "TEMPORARY_CREDENTIAL_ENV", "Message", "SmtpConfig", "build_message",
@@ -75,19 +75,9 @@ TEMPORARY_CREDENTIAL_ENV = ("AWS_SESSION_TOKEN", "AWS_WEB_IDENTITY_TOKEN_FILE", 
 
 # ---------------------------------------------------------------------------- environment
 def _env(name: str) -> str | None:
-    """A setting from the environment, or from the file named by ``<name>_FILE`` (a mounted Secret)."""
-    value = os.environ.get(name)
-    if value:
-        return value.strip()
-    path = os.environ.get(f"{name}_FILE")
-    if path:
-        try:
-            with open(path) as f:
-                return f.read().strip() or None
-        except OSError as exc:
-            raise InputError(f"{name}_FILE names {path}, which cannot be read ({exc.strerror})",
-                             hint=f"mount the Secret there or unset {name}_FILE") from None
-    return None
+    """A setting from the environment, or from the file named by ``<name>_FILE`` (a mounted Secret); an unreadable
+    file is an InputError (:func:`splatflow.redaction.setting`)."""
+    return setting(name, strict=True)
 
 
 # ---------------------------------------------------------------------------- message

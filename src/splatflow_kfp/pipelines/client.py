@@ -33,6 +33,7 @@ import yaml
 from splatflow.doctor import kfp_token_path
 from splatflow.errors import EnvironmentProblem, InputError, SplatflowError, StageError
 from splatflow.options import check_run_parameters
+from splatflow.redaction import redact
 from splatflow.stages.publish import scene_name
 
 FINAL_STATES = {"SUCCEEDED", "FAILED", "SKIPPED", "CANCELED", "CANCELLED", "ERROR"}
@@ -156,10 +157,8 @@ def _one_line(text: str, limit: int = 300) -> str:
 
 
 def _redact(text: str, settings: KfpSettings) -> str:
-    for secret in (settings.token, settings.cookie):
-        if secret:
-            text = text.replace(secret, "[redacted]")
-    return text
+    """:func:`splatflow.redaction.redact`, with the session's token and cookie (a token may come from a file)."""
+    return redact(text, extra=(settings.token, settings.cookie))
 
 
 def _server_message(exc: Any, settings: KfpSettings) -> str:
