@@ -97,7 +97,7 @@ def _stages(path: Path) -> list[Stage]:
 
 def _stage_names_in_docs() -> list[str]:
     text = (ROOT / "docs" / "STAGES.md").read_text()
-    return re.findall(r"^\| (\w+) \| `\1\(", text, flags=re.M)
+    return re.findall(r"^- `(\w+)\(", text, flags=re.M)  # the stage functions' signatures
 
 
 def _pyproject() -> dict:
