@@ -48,18 +48,18 @@ def test_every_layout_is_read_alike_by_evaluate_and_train(sfm: Path, tmp_path: P
 def test_an_incomplete_model_is_refused_alike(sfm: Path, tmp_path: Path, missing: str) -> None:
     model = _layout(sfm, tmp_path / "run", "sparse/0", "bin")
     (model / f"{missing}.bin").unlink()
-    messages = []
-    for read in (colmap_cameras, lambda p: load_scene(p, resolution=16)):
-        with pytest.raises(InputError, match="holds no COLMAP model") as exc:
-            read(tmp_path / "run")
-        messages.append(str(exc.value))
-    assert messages[0] == messages[1]
+    _refused_alike(tmp_path / "run", "holds no COLMAP model")
 
 
 def test_a_missing_folder_is_refused_alike(tmp_path: Path) -> None:
+    _refused_alike(tmp_path / "nope", "does not exist")
+
+
+def _refused_alike(path: Path, match: str) -> None:
+    """`evaluate --cameras` and `train` refuse ``path`` with the same InputError, matching ``match``."""
     messages = []
     for read in (colmap_cameras, lambda p: load_scene(p, resolution=16)):
-        with pytest.raises(InputError, match="does not exist") as exc:
-            read(tmp_path / "nope")
+        with pytest.raises(InputError, match=match) as exc:
+            read(path)
         messages.append(str(exc.value))
     assert messages[0] == messages[1]
