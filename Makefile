@@ -55,6 +55,10 @@ lint: $(STAMP) ## ruff on src and tests, mypy on src
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy src
 
+.PHONY: docs
+docs: $(STAMP) ## regenerate docs/STAGES.md from the stage spec (src/splatflow/spec.py; a test checks it is current)
+	$(PY) -m splatflow.spec > docs/STAGES.md
+
 # ---- benchmarks (results: bench/results/*.json + .md, with machine and versions)
 .PHONY: bench-sfm
 bench-sfm: $(STAMP) ## SfM time and registered fraction, lund-12 and lund-29 at 800 and 1600 px (CPU, ~15 min on 2 cores)
@@ -89,20 +93,20 @@ bench: bench-codec bench-kmeans bench-sfm bench-render bench-train bench-storage
 # ---- the Kubeflow pipeline (README: The pipeline)
 # KFP_HOST, KFP_TOKEN / KFP_COOKIE / KFP_SA_TOKEN_PATH, KFP_NAMESPACE, KFP_EXPERIMENT come from the environment.
 PIPELINE_YAML ?= build/pipeline.yaml
-PARAMS ?= pipelines/params.example.yaml
+PARAMS ?= src/splatflow_kfp/pipelines/params.example.yaml
 WAIT ?= 0
 SOURCE ?= data/photos/lund
 OUTPUT ?=
 .PHONY: compile upload run-pipeline bench-pipeline
 
 compile: $(STAMP) ## compile the pipeline to build/pipeline.yaml (images: REGISTRY=... TAG=..., default tag: git commit)
-	$(IMAGE_ENV) $(PY) -m pipelines compile --output $(PIPELINE_YAML)
+	$(IMAGE_ENV) $(PY) -m splatflow_kfp.pipelines compile --output $(PIPELINE_YAML)
 
 upload: compile ## upload the pipeline, or a new version of it, to KFP_HOST
-	$(IMAGE_ENV) $(PY) -m pipelines upload --package $(PIPELINE_YAML)
+	$(IMAGE_ENV) $(PY) -m splatflow_kfp.pipelines upload --package $(PIPELINE_YAML)
 
 run-pipeline: compile ## upload a new version and start a run with PARAMS=file.yaml (WAIT=1: wait, print the outcome)
-	$(IMAGE_ENV) $(PY) -m pipelines run --package $(PIPELINE_YAML) --params $(PARAMS) $(if $(filter 1,$(WAIT)),--wait)
+	$(IMAGE_ENV) $(PY) -m splatflow_kfp.pipelines run --package $(PIPELINE_YAML) --params $(PARAMS) $(if $(filter 1,$(WAIT)),--wait)
 
 bench-pipeline: $(STAMP) ## local pipeline run on the sample (tiny, CPU): wall time, seconds per stage, kfp.local overhead
 	$(PY) bench/pipeline.py
@@ -111,7 +115,7 @@ run-local: $(STAMP) ## set up and run the whole pipeline locally (kfp.local, CPU
 	$(VENV)/bin/splatflow run $(SOURCE) $(OUTPUT)
 
 # ---- deployment: images, manifests (README: Deploying)
-# Image names come from components/images.py only: <REGISTRY>/splatflow-<stage>:<TAG> (TAG empty: the git commit).
+# Image names come from src/splatflow/spec.py only: <REGISTRY>/splatflow-<stage>:<TAG> (TAG empty: the git commit).
 # BUILD_ARGS: more images/build.py options, e.g. BUILD_ARGS="--build-arg PIP_INDEX_URL=https://mirror/simple";
 # ENGINE=docker|podman (default: docker with buildx if present, else podman); DRY_RUN=1 prints the build commands.
 REGISTRY ?= ghcr.io/splatflow
@@ -132,7 +136,7 @@ IMAGE_ENV = SPLATFLOW_REGISTRY=$(REGISTRY) SPLATFLOW_IMAGE_TAG=$(IMAGE_TAG)
 images: $(STAMP) ## build + push every stage image with docker buildx or podman (REGISTRY=... TAG=...; PUSH=0 keeps them local)
 	@test -n "$$(ls -A src/splatflow/viewer/assets 2>/dev/null)" || { echo "error: the viewer's files are not in" \
 		"src/splatflow/viewer/assets (the publish image ships them): make viewer-assets"; exit 2; }
-	@git diff --quiet HEAD -- src components pipelines pyproject.toml images || [ -n "$(IMAGE_TAG)" ] || \
+	@git diff --quiet HEAD -- src pyproject.toml images || [ -n "$(IMAGE_TAG)" ] || \
 		echo "warning: uncommitted changes go into images tagged with the commit; set TAG=... to tell them apart"
 	$(IMAGE_ENV) $(if $(ENGINE),ENGINE=$(ENGINE)) $(PY) images/build.py --platform $(PLATFORM) \
 		$(if $(filter 1,$(PUSH)),--push) $(if $(filter 1,$(DRY_RUN)),--dry-run) $(BUILD_ARGS)

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def run(iterations: int, quality: str) -> dict[str, Any]:
     """One local run in a temporary folder; seconds overall, per stage, and the kfp.local overhead."""
-    from pipelines.local import LOCAL_DEFAULTS, run_local
+    from splatflow_kfp.pipelines.local import LOCAL_DEFAULTS, run_local
 
     settings = {**LOCAL_DEFAULTS, "quality": quality, "iterations": iterations}
     os.environ.pop("SPLATFLOW_WEBHOOK_URL", None)  # no notification channel: notify runs and sends nothing

@@ -1,6 +1,6 @@
 """Build the stage images with docker buildx or podman, whichever is present (``make images``, ``make images-local``).
 
-The images, their Dockerfiles and extras come from ``components/images.py`` only (:func:`build_specs`), so the
+The images, their Dockerfiles and extras come from ``src/splatflow/spec.py`` only (:func:`build_specs`), so the
 images built here are exactly the ones the compiled pipeline names.
 
 Cluster images (``make images``): train and compress from ``images/gpu.Dockerfile``, the other stages from
@@ -32,7 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from components.images import GPU_DOCKERFILE, GPU_STAGES, STAGES, BuildSpec, build_specs  # noqa: E402
+from splatflow.spec import GPU_DOCKERFILE, GPU_STAGES, BuildSpec, build_specs  # noqa: E402
+from splatflow.spec import STAGE_NAMES as STAGES  # noqa: E402
 
 LOCAL_BASE = "localhost/splatflow-base:bookworm"
 GPU_CHECK_IMAGE = "localhost/splatflow-gpu-python-check"

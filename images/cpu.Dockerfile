@@ -1,5 +1,5 @@
 # splatflow stage images on CPU: ingest, sfm, publish, notify (and CPU builds of train and compress for local and
-# CI runs). One Dockerfile, the stage chosen by build arguments; `make images` passes them from components/images.py:
+# CI runs). One Dockerfile, the stage chosen by build arguments; `make images` passes them from src/splatflow/spec.py:
 #
 #   docker buildx build -f images/cpu.Dockerfile --build-arg STAGE=sfm --build-arg EXTRAS=sfm,storage \
 #       -t <registry>/splatflow-sfm:<tag> .          (podman build takes the same arguments)
@@ -64,9 +64,6 @@ ARG EXTRAS=storage
 ARG KFP_VERSION=2.17.3
 COPY README.md /src/
 COPY src /src/src
-# the KFP layer (components/, pipelines/): component bodies import it inside the pod
-COPY components /src/components
-COPY pipelines /src/pipelines
 # pip check, then a dry run of `pip install splatflow[EXTRAS] kfp` that must find nothing left to install
 RUN --mount=type=secret,id=pip-ca --mount=type=bind,from=wheels,target=/wheels \
     if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
@@ -112,6 +109,6 @@ RUN groupadd --gid 10001 splatflow \
 WORKDIR /home/splatflow
 USER 10001:10001
 # fail the build if the stage cannot start as the runtime user: the CLI, the stage and its KFP component import
-RUN splatflow --version && python -c "import components.${STAGE}, splatflow.stages.${STAGE}"
+RUN splatflow --version && python -c "import splatflow_kfp.components.${STAGE}, splatflow.stages.${STAGE}"
 # no ENTRYPOINT: KFP (and kfp.local's DockerRunner, which sets only the command) runs `sh -c ... python3 ...`
 CMD ["splatflow", "--help"]

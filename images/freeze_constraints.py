@@ -21,9 +21,9 @@ from packaging.requirements import Requirement
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from components.images import EXTRAS as STAGE_EXTRAS  # noqa: E402
+from splatflow.spec import EXTRAS as STAGE_EXTRAS  # noqa: E402
 
-#: every extra some stage image installs (components/images.py)
+#: every extra some stage image installs (src/splatflow/spec.py)
 EXTRAS = tuple(sorted({extra for extras in STAGE_EXTRAS.values() for extra in extras}))
 MARKERS = {"python_version": "3.12", "python_full_version": "3.12.12", "sys_platform": "linux",
            "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix", "extra": ""}

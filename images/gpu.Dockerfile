@@ -1,5 +1,5 @@
 # splatflow stage images on CUDA: train and compress. One Dockerfile, the stage chosen by build arguments;
-# `make images` passes them from components/images.py:
+# `make images` passes them from src/splatflow/spec.py:
 #
 #   docker buildx build -f images/gpu.Dockerfile --build-arg STAGE=train --build-arg EXTRAS=train,storage \
 #       -t <registry>/splatflow-train:<tag> .         (podman build takes the same arguments)
@@ -82,9 +82,6 @@ ARG GSPLAT_VERSION=1.5.3
 ARG KFP_VERSION=2.17.3
 COPY README.md /src/
 COPY src /src/src
-# the KFP layer (components/, pipelines/): component bodies import it inside the pod
-COPY components /src/components
-COPY pipelines /src/pipelines
 # pip check, then a dry run of `pip install splatflow[EXTRAS] gsplat kfp` that must find nothing left to install
 RUN --mount=type=secret,id=pip-ca --mount=type=bind,from=wheels,target=/wheels \
     if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
@@ -95,7 +92,7 @@ RUN --mount=type=secret,id=pip-ca --mount=type=bind,from=wheels,target=/wheels \
     && python /src/requirements.py --pending /tmp/pending.json
 ARG STAGE
 RUN test -n "$STAGE" || { echo "build argument STAGE is required (make images sets it)" >&2; exit 2; }
-RUN python -c "import components.${STAGE}, splatflow.stages.${STAGE}, gsplat"
+RUN python -c "import splatflow_kfp.components.${STAGE}, splatflow.stages.${STAGE}, gsplat"
 
 # ---- kernels: gsplat's CUDA kernels compiled ahead of time for every listed architecture, against the torch above
 # (no build isolation, so setuptools and ninja come first), so pods never JIT-compile; ninja leaves the venv once
@@ -138,6 +135,6 @@ WORKDIR /home/splatflow
 USER 10001:10001
 # fail the build if the stage cannot start (no GPU at build time: imports only)
 RUN splatflow --version \
-    && python -c "import components.${STAGE}, splatflow.stages.${STAGE}, gsplat, torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+    && python -c "import splatflow_kfp.components.${STAGE}, splatflow.stages.${STAGE}, gsplat, torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 # no ENTRYPOINT: KFP runs `sh -c ... python3 ...` as the container's command
 CMD ["splatflow", "--help"]

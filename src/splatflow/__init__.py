@@ -1,7 +1,7 @@
 """splatflow: photos of a scene in, a web-ready compressed 3D Gaussian Splat (SOG) out.
 
 The core library (this package) imports no kfp: every stage is a plain function in :mod:`splatflow.stages`,
-a CLI subcommand (:mod:`splatflow.cli`) and, in ``components/``, a thin Kubeflow component.
+a CLI subcommand (:mod:`splatflow.cli`) and, in :mod:`splatflow_kfp.components`, a thin Kubeflow component.
 """
 
 from splatflow.errors import SplatflowError

@@ -17,6 +17,8 @@ from typing import Any
 
 from splatflow import __version__
 from splatflow.errors import SplatflowError
+from splatflow.options import LOCAL_DEFAULTS, RUN_OPTIONS
+from splatflow.presets import DEFAULT_QUALITY, PRESETS
 
 Handler = Callable[[argparse.Namespace], int]
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
@@ -157,9 +159,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                                    "checkpoint).")
     p.add_argument("sfm_dir", help="SfM folder: images/ and sparse/0/{cameras,images,points3D}.bin")
     p.add_argument("out_dir", help="output folder (created; its parent must exist)")
-    p.add_argument("--iterations", type=int, default=7000, help="training steps (default 7000)")
-    p.add_argument("--max-splats", type=int, default=1_000_000, help="splat budget (default 1,000,000)")
-    p.add_argument("--sh-degree", type=int, default=3, choices=range(4), help="final SH degree (default 3)")
+    RUN_OPTIONS["iterations"].add_to(p, default=PRESETS[DEFAULT_QUALITY].iterations, help="training steps")
+    RUN_OPTIONS["max_splats"].add_to(p)
+    RUN_OPTIONS["sh_degree"].add_to(p)
     p.add_argument("--sh-interval", type=int, default=None, help="steps per added SH band (default: auto)")
     p.add_argument("--strategy", choices=("default", "mcmc"), default="default", help="densification strategy")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cuda or cpu")
@@ -288,7 +290,6 @@ def _run_sfm(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- run (the whole pipeline locally)
 @command
 def _add_run(sub: argparse._SubParsersAction) -> None:
-    from splatflow.presets import CPU_MAX_SPLATS, MAX_SH_DEGREE, PRESETS
 
     p = sub.add_parser("run", help="run the whole pipeline locally (kfp.local, CPU; local folder or s3:// output)",
                        description="Run the Kubeflow pipeline on this machine with kfp.local's SubprocessRunner: "
@@ -301,15 +302,11 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("output", nargs="?", default=None,
                    help="a new output folder, or s3://bucket/prefix (results then go to the bucket, as in a "
                         "cluster; task outputs stay in ./runs/<UTC timestamp>); default: ./runs/<UTC timestamp>")
-    p.add_argument("--quality", default="cpu", choices=list(PRESETS),
-                   help="preset: cpu (default: a recognisable scene in minutes on a CPU), tiny (a smoke run in a "
-                        "minute), preview, standard, high (GPU presets; src/splatflow/presets.py)")
-    p.add_argument("--iterations", type=int, default=0, help="training steps (0: the preset's)")
-    p.add_argument("--max-splats", type=int, default=CPU_MAX_SPLATS,
-                   help=f"splat budget (default {CPU_MAX_SPLATS}; a preset may cap it)")
-    p.add_argument("--sh-degree", type=int, default=1, choices=range(MAX_SH_DEGREE + 1),
-                   help="spherical-harmonics degree (default 1)")
-    p.add_argument("--notify-target", default="", help="notification channel name (secrets come from the env)")
+    for name, option in RUN_OPTIONS.items():  # the pipeline's parameters, with a CPU machine's defaults
+        option.add_to(p, default=LOCAL_DEFAULTS.get(name),
+                      help="preset: cpu (a recognisable scene in minutes on a CPU), tiny (a smoke run in a "
+                           "minute), preview, standard, high (GPU presets; src/splatflow/presets.py)"
+                      if name == "quality" else None)
     p.add_argument("--verbose", dest="run_verbose", action="store_true",
                    help="print every task's full log (KFP executor output) as it runs")
     p.set_defaults(handler=_run_pipeline_locally)
@@ -317,7 +314,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 def _run_pipeline_locally(args: argparse.Namespace) -> int:
     try:
-        from pipelines.local import default_output, run_local, summary_lines
+        from splatflow_kfp.pipelines.local import default_output, run_local, summary_lines
     except ImportError as exc:  # kfp or the pipelines package is not installed
         from splatflow.errors import DependencyMissing
 
@@ -325,7 +322,7 @@ def _run_pipeline_locally(args: argparse.Namespace) -> int:
                                 hint="pip install -e '.[all]' from the repository (make install)") from exc
     run = run_local(args.source, args.output or default_output(), quality=args.quality, iterations=args.iterations,
                     max_splats=args.max_splats, sh_degree=args.sh_degree, notify_target=args.notify_target,
-                    verbose=args.run_verbose or args.verbose)
+                    target_psnr=args.target_psnr, verbose=args.run_verbose or args.verbose)
     print("\n".join(summary_lines(run)))
     return 0
 
@@ -420,7 +417,7 @@ def _run_notify(args: argparse.Namespace) -> int:
     from splatflow import storage
     from splatflow.errors import InputError
     from splatflow.limits import MAX_REPORT_BYTES, parse_json
-    from splatflow.stages.notify import notify
+    from splatflow.stages.notify import send
 
     report: dict = {}
     if args.report:
@@ -429,7 +426,7 @@ def _run_notify(args: argparse.Namespace) -> int:
         if not isinstance(report, dict):
             raise InputError(f"--report {args.report} holds a JSON {type(report).__name__}, not an object",
                              hint="give a run report JSON: a publish result or a manifest.json")
-    result = notify(args.status, scene=args.scene, report=report, target=args.target,
+    result = send(args.status, scene=args.scene, report=report, target=args.target,
                     failed_stage=args.failed_stage, error=args.error, strict=args.strict,
                     link_expires=args.link_expires)
     _print_json(result)

@@ -34,20 +34,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from splatflow import spec
 from splatflow.errors import DependencyMissing, EnvironmentProblem, SplatflowError
 
-GPU_RESOURCE = "nvidia.com/gpu"
-GPU_LABEL = ("splatflow.io/accelerator", "nvidia")
-#: The taint the fixes recommend (and manifests/eks/cluster.yaml sets); any value is tolerated.
-GPU_TAINT = ("nvidia.com/gpu", "present", "NoSchedule")
-#: The toleration the pipeline's GPU tasks carry (pipelines/splat_pipeline.py): key and effect, any value.
-GPU_TOLERATION: dict[str, str] = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+__all__ = [
+    "BLOCKING_EFFECTS", "DEFAULT_NAMESPACE", "DEVICE_PLUGIN_NAME", "IN_CLUSTER_TOKEN", "MIN_KFP_VERSION", "Check",
+    "Doctor", "as_json", "doctor", "format_report", "kfp_auth", "kfp_token_path", "tolerates"
+]
+
+# The GPU resource, node label, taint (the one the fixes recommend) and toleration come from splatflow.spec.GPU,
+# read when a check runs: the pipeline's GPU tasks are scheduled from the same object.
 #: Taint effects that keep an untolerating pod off a node (PreferNoSchedule only discourages it).
 BLOCKING_EFFECTS = ("NoSchedule", "NoExecute")
 DEVICE_PLUGIN_NAME = "nvidia-device-plugin"
 MIN_KFP_VERSION = (2, 14)
 DEFAULT_NAMESPACE = "kubeflow"
-STORAGE_CONFIG = "splatflow-storage"  # the ConfigMap the pipeline's tasks take AWS_ENDPOINT_URL_S3 from
 #: The projected service-account token KFP mounts into pods (the same default as pipelines/client.py).
 IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubeflow/pipelines/token")
 
@@ -188,6 +189,8 @@ class Doctor:
 
     # ------------------------------------------------------------------ GPU nodes
     def check_gpu_nodes(self) -> Check:
+        gpu, tol = spec.GPU, spec.GPU.toleration  # read now: the pipeline schedules from the same object
+        label, taint = f"{gpu.node_label[0]}={gpu.node_label[1]}", f"{gpu.taint[0]}={gpu.taint[1]}:{gpu.taint[2]}"
         try:
             nodes = self.core.list_node(_request_timeout=self.timeout).items
         except Exception as exc:
@@ -198,45 +201,45 @@ class Doctor:
             name = node.metadata.name
             labels = node.metadata.labels or {}
             alloc = (node.status.allocatable or {}) if node.status else {}
-            count = _int_quantity(alloc.get(GPU_RESOURCE, "0"))
+            count = _int_quantity(alloc.get(gpu.resource, "0"))
             if count > 0:
                 gpu_nodes.append((name, count, labels, node.spec.taints or []))
-            elif labels.get(GPU_LABEL[0]) == GPU_LABEL[1]:
+            elif labels.get(gpu.node_label[0]) == gpu.node_label[1]:
                 labelled_without_gpu.append(name)
         if not gpu_nodes:
             if labelled_without_gpu:
                 return Check("gpu-nodes", FAIL,
-                             f"{len(labelled_without_gpu)} node(s) labelled {GPU_LABEL[0]}={GPU_LABEL[1]} "
-                             f"({', '.join(labelled_without_gpu[:5])}) but none has allocatable {GPU_RESOURCE}",
+                             f"{len(labelled_without_gpu)} node(s) labelled {label} "
+                             f"({', '.join(labelled_without_gpu[:5])}) but none has allocatable {gpu.resource}",
                              "the NVIDIA device plugin is not advertising GPUs: see the device-plugin line "
                              "(driver + container toolkit on the node, then kubectl apply -k manifests/gpu)")
-            return Check("gpu-nodes", FAIL, f"no node has allocatable {GPU_RESOURCE} "
+            return Check("gpu-nodes", FAIL, f"no node has allocatable {gpu.resource} "
                          f"({len(nodes)} node(s) in the cluster)",
                          "add a GPU node group (EKS: eksctl create nodegroup -f manifests/eks/cluster.yaml); on-prem: "
-                         f"install the NVIDIA driver, label the node {GPU_LABEL[0]}={GPU_LABEL[1]}, "
-                         f"taint it {GPU_TAINT[0]}={GPU_TAINT[1]}:{GPU_TAINT[2]}, apply manifests/gpu")
+                         f"install the NVIDIA driver, label the node {label}, "
+                         f"taint it {taint}, apply manifests/gpu")
         parts, problems, blocked = [], [], []
         for name, count, labels, node_taints in gpu_nodes:
-            parts.append(f"{name} ({GPU_RESOURCE}: {count})")
+            parts.append(f"{name} ({gpu.resource}: {count})")
             taints = [{"key": t.key, "value": t.value, "effect": t.effect} for t in node_taints]
-            if labels.get(GPU_LABEL[0]) != GPU_LABEL[1]:
-                problems.append(f"kubectl label node {name} {GPU_LABEL[0]}={GPU_LABEL[1]}")
-            if not any(t["key"] == GPU_TOLERATION["key"] and tolerates(GPU_TOLERATION, t) for t in taints):
-                problems.append(f"kubectl taint node {name} {GPU_TAINT[0]}={GPU_TAINT[1]}:{GPU_TAINT[2]}")
+            if labels.get(gpu.node_label[0]) != gpu.node_label[1]:
+                problems.append(f"kubectl label node {name} {label}")
+            if not any(t["key"] == tol["key"] and tolerates(tol, t) for t in taints):
+                problems.append(f"kubectl taint node {name} {taint}")
             for t in taints:
-                if t["effect"] in BLOCKING_EFFECTS and not tolerates(GPU_TOLERATION, t):
+                if t["effect"] in BLOCKING_EFFECTS and not tolerates(tol, t):
                     blocked.append(f"{name} has {_taint_text(t)}")
                     problems.append(f"kubectl taint node {name} {t['key']}:{t['effect']}-")
         detail = f"{len(gpu_nodes)} GPU node(s): {', '.join(parts)}"
-        wanted = (f"the pipeline's GPU tasks select on the label {GPU_LABEL[0]}={GPU_LABEL[1]} and tolerate only "
-                  f"the taint {GPU_TOLERATION['key']}:{GPU_TOLERATION['effect']} (any value)")
+        wanted = (f"the pipeline's GPU tasks select on the label {label} and tolerate only "
+                  f"the taint {tol['key']}:{tol['effect']} (any value)")
         if blocked:
             detail += f"; taints the GPU tasks do not tolerate: {', '.join(blocked)}"
         if problems:
             return Check("gpu-nodes", FAIL, f"{detail}; {wanted} (the taint keeps other pods off)",
                          "; ".join(problems))
-        return Check("gpu-nodes", OK, detail + f", labelled {GPU_LABEL[0]}={GPU_LABEL[1]} and tainted "
-                     f"{GPU_TOLERATION['key']}:{GPU_TOLERATION['effect']}")
+        return Check("gpu-nodes", OK, detail + f", labelled {label} and tainted "
+                     f"{tol['key']}:{tol['effect']}")
 
     # ------------------------------------------------------------------ device plugin
     def check_device_plugin(self) -> Check:
@@ -316,21 +319,23 @@ class Doctor:
     def _task_endpoint_drift(self, launcher_endpoint: str) -> str | None:
         """Why the tasks would reach another store than KFP's launcher (``None`` when they agree).
 
-        Off AWS, the tasks take ``AWS_ENDPOINT_URL_S3`` from the ConfigMap ``STORAGE_CONFIG`` (``AWS_ENDPOINT_URL`` in
-        deployments made before it was S3-only); its host:port must be the launcher's endpoint."""
+        Off AWS, the tasks take ``AWS_ENDPOINT_URL_S3`` from the storage ConfigMap (``splatflow-storage``:
+        :class:`splatflow.spec.ClusterNames`; ``AWS_ENDPOINT_URL`` in deployments made before it was S3-only); its
+        host:port must be the launcher's endpoint."""
         if not launcher_endpoint or "amazonaws.com" in launcher_endpoint:
             return None
+        config_map = spec.ClusterNames.from_env().storage_config
         try:
-            cm = self.core.read_namespaced_config_map(STORAGE_CONFIG, self.namespace, _request_timeout=self.timeout)
+            cm = self.core.read_namespaced_config_map(config_map, self.namespace, _request_timeout=self.timeout)
         except Exception as exc:
             if getattr(exc, "status", None) == 404:
-                return f"ConfigMap {STORAGE_CONFIG} is missing, so the pipeline's tasks get no S3 endpoint"
+                return f"ConfigMap {config_map} is missing, so the pipeline's tasks get no S3 endpoint"
             return None  # not readable here: nothing to compare
         data = cm.data or {}
         key = "AWS_ENDPOINT_URL_S3" if data.get("AWS_ENDPOINT_URL_S3") else "AWS_ENDPOINT_URL"
         url = str(data.get(key, ""))
         if url.split("//", 1)[-1].rstrip("/") != launcher_endpoint.split("//", 1)[-1].rstrip("/"):
-            return (f"the pipeline's tasks use {url or 'no endpoint'} ({STORAGE_CONFIG} {key}), "
+            return (f"the pipeline's tasks use {url or 'no endpoint'} ({config_map} {key}), "
                     f"KFP's launcher {launcher_endpoint}")
         return None
 

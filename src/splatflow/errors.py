@@ -26,6 +26,12 @@ Every error the library raises on purpose derives from :class:`SplatflowError`. 
 
 from __future__ import annotations
 
+__all__ = [
+    "DependencyMissing", "EnvironmentProblem", "ImageError", "InputError", "InvalidValuesError", "NotifyError",
+    "OutputBusyError", "OutputExistsError", "PlyError", "SfmError", "SogError", "SplatflowError", "StageError",
+    "StorageError", "Terminated", "TrainError"
+]
+
 
 class SplatflowError(Exception):
     """Base of all splatflow errors: a one-line message and an optional hint that names the fix."""

@@ -33,6 +33,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+__all__ = [
+    "SH_C0", "SH_COEFFS", "GaussianCloud", "logit", "sh_degree_for_coeffs", "sigmoid"
+]
+
 if TYPE_CHECKING:
     import torch
 

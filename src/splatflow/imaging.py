@@ -15,6 +15,12 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from splatflow.errors import ImageError
 
+__all__ = [
+    "ARCHIVE_SUFFIXES", "DEFAULT_MAX_PIXELS", "HEIC_SUFFIXES", "MIN_IMAGES", "MIN_SIDE", "PHOTO_SUFFIXES",
+    "SHARPNESS_SIDE", "THUMB_SIZE", "VIDEO_SUFFIXES", "camera_exif", "difference", "fit_size", "gray",
+    "heic_supported", "image_sharpness", "image_suffixes", "load_image", "open_checked", "sharpness", "thumbnail"
+]
+
 #: File suffixes read as photos (HEIC/HEIF only when the optional ``pillow-heif`` package is installed).
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 HEIC_SUFFIXES = (".heic", ".heif")

@@ -14,6 +14,10 @@ from typing import Any
 
 from splatflow.errors import InputError, SplatflowError
 
+__all__ = [
+    "MAX_JSON_DEPTH", "MAX_REPORT_BYTES", "json_depth", "parse_json", "read_json", "read_limited"
+]
+
 MAX_JSON_DEPTH = 64
 """Deepest nesting of arrays/objects accepted in any JSON splatflow reads (reports nest 4-5 levels)."""
 MAX_REPORT_BYTES = 16 << 20

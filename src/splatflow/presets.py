@@ -1,17 +1,20 @@
-"""Quality presets and the checks on a pipeline run's parameters (one place for both).
+"""Quality presets: what the pipeline parameter ``quality`` stands for.
 
-The pipeline parameter ``quality`` names a preset; the ingest, sfm and train components look their settings up
-with :func:`preset`. :func:`check_run_parameters` is what ``make run-pipeline`` and ``splatflow run`` call
-before anything is uploaded or started, so a bad value fails on the user's machine, not in a pod.
+The ingest, sfm and train components look their settings up with :func:`preset` / :func:`train_options`; the run
+options themselves (defaults, ranges, checks) are :mod:`splatflow.options`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, TypedDict
 
 from splatflow.errors import InputError
+
+__all__ = [
+    "CPU_BACKGROUND_POINTS", "CPU_ITERATIONS", "CPU_MAX_SPLATS", "DEFAULT_QUALITY", "MAX_SH_DEGREE", "PRESETS",
+    "Preset", "TrainOptions", "preset", "train_options"
+]
 
 
 @dataclass(frozen=True)
@@ -83,49 +86,3 @@ def train_options(quality: str, iterations: int, max_splats: int) -> TrainOption
     return {"iterations": p["iterations"], "resolution": p["resolution"],
             "max_splats": min(max_splats, ceiling) if ceiling else max_splats,
             "background_points": p["background_points"]}
-
-
-def _whole(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InputError(f"{name} must be a whole number, got {value!r}", hint=f"write {name} without quotes or "
-                                                                              "decimals, e.g. 3")
-    return value
-
-
-def check_run_parameters(params: Mapping[str, Any]) -> None:
-    """Raise InputError (naming the parameter and the fix) for a run parameter the pipeline cannot use.
-
-    Checks the parameters present (absent ones take the pipeline's defaults): ``source_uri`` and ``output_uri``
-    non-empty (``output_uri`` a storage URI), ``quality`` a known preset, ``sh_degree`` 0-3, ``max_splats`` > 0,
-    ``iterations`` >= 0, ``notify_target`` not a webhook URL (URLs are secrets; parameters are shown in the UI).
-    """
-    for name in ("source_uri", "output_uri"):
-        if name in params and (not isinstance(params[name], str) or not params[name].strip()):
-            raise InputError(f"{name} is empty", hint=f"set {name} to an s3://bucket/prefix or file:///path URI")
-    if "output_uri" in params:
-        from splatflow import storage
-
-        try:
-            storage.parse(params["output_uri"].strip())
-        except InputError as exc:
-            raise InputError(f"output_uri: {exc.message}", hint=exc.hint) from None
-    if "quality" in params:
-        quality = params["quality"]
-        if not isinstance(quality, str) or quality.strip().lower() not in PRESETS:
-            raise InputError(f"quality {quality!r} is not a preset", hint=f"use one of: {', '.join(PRESETS)}")
-    if "sh_degree" in params and not 0 <= _whole("sh_degree", params["sh_degree"]) <= MAX_SH_DEGREE:
-        raise InputError(f"sh_degree {params['sh_degree']} is out of range", hint="use 0, 1, 2 or 3")
-    if "max_splats" in params and _whole("max_splats", params["max_splats"]) <= 0:
-        raise InputError(f"max_splats must be positive, got {params['max_splats']}",
-                         hint="give the splat budget of the trained scene, e.g. 1000000")
-    if "iterations" in params and _whole("iterations", params["iterations"]) < 0:
-        raise InputError(f"iterations must be 0 (the preset's) or positive, got {params['iterations']}",
-                         hint="use 0 to train for the preset's number of steps")
-    target = params.get("notify_target")
-    if target is not None:
-        if not isinstance(target, str):
-            raise InputError(f"notify_target must be text, got {target!r}", hint="e.g. webhook or sns:<topic arn>")
-        if any(t.startswith(("http://", "https://")) for t in target.split()):
-            raise InputError("notify_target holds a URL",
-                             hint="webhook URLs are secrets: put it in SPLATFLOW_WEBHOOK_URL (the notify Secret) "
-                                  "and use notify_target: webhook")

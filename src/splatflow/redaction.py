@@ -19,6 +19,11 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
+
+__all__ = [
+    "MASK", "SECRET_ENV", "redact", "secret_values", "setting", "url_parts"
+]
 
 SECRET_ENV = ("SPLATFLOW_WEBHOOK_URL", "SPLATFLOW_NOTIFY_URL", "SPLATFLOW_SMTP_PASSWORD", "AWS_SECRET_ACCESS_KEY",
               "AWS_SESSION_TOKEN", "KFP_TOKEN", "KFP_COOKIE")
@@ -30,8 +35,10 @@ _SECRET_PAIR = re.compile(
     r"[A-Za-z0-9_-]*)=([^\s&'\"<>;,]+)")
 
 
-def _setting(name: str) -> str | None:
-    """A secret setting's value: the variable, else the content of the file ``<name>_FILE`` names."""
+def setting(name: str, *, strict: bool = False) -> str | None:
+    """A (secret) setting's value: the variable ``name``, else the content of the file ``<name>_FILE`` names (a
+    mounted Secret); None when neither is set. An unreadable ``<name>_FILE`` gives None, or with ``strict`` an
+    InputError naming the file and the fix (for the stage that needs the value; redaction never fails)."""
     value = os.environ.get(name)
     if value and value.strip():
         return value.strip()
@@ -40,7 +47,12 @@ def _setting(name: str) -> str | None:
         try:
             with open(path) as f:
                 return f.read().strip() or None
-        except OSError:
+        except OSError as exc:
+            if strict:
+                from splatflow.errors import InputError
+
+                raise InputError(f"{name}_FILE names {path}, which cannot be read ({exc.strerror})",
+                                 hint=f"mount the Secret there or unset {name}_FILE") from None
             return None
     return None
 
@@ -65,7 +77,7 @@ def secret_values() -> list[str]:
     """Every known secret value and the parts of it a text may quote, longest first."""
     out: set[str] = set()
     for name in SECRET_ENV:
-        value = _setting(name)
+        value = setting(name)
         if not value or len(value) < _MIN_SECRET:
             continue
         out.add(value)
@@ -91,10 +103,12 @@ def _scrub_url(match: re.Match[str]) -> str:
     return text
 
 
-def redact(text: str) -> str:
-    """``text`` without secrets: known secret values and their parts, URL userinfo, query strings and
-    fragments, and secret-named ``name=value`` pairs are replaced by ``[redacted]``."""
-    for secret in secret_values():
+def redact(text: str, extra: Iterable[str | None] = ()) -> str:
+    """``text`` without secrets: known secret values and their parts, the ``extra`` values (secrets held elsewhere,
+    e.g. a token read from a file), URL userinfo, query strings and fragments, and secret-named ``name=value``
+    pairs are replaced by ``[redacted]``."""
+    more = [v for v in extra if v and len(v) >= _MIN_SECRET]
+    for secret in sorted({*secret_values(), *more}, key=len, reverse=True):
         text = text.replace(secret, MASK)
     text = _URL.sub(_scrub_url, text)
     return _SECRET_PAIR.sub(lambda m: f"{m.group(1)}={MASK}", text)

@@ -55,6 +55,13 @@ from urllib.parse import unquote, urlparse
 from splatflow.errors import DependencyMissing, InputError, SplatflowError, StorageError
 from splatflow.fsutil import atomic_path, is_temporary
 
+__all__ = [
+    "SHA256_META", "Location", "ObjectInfo", "check_bucket", "client", "content_type", "create_object", "delete",
+    "download", "download_prefix", "endpoint_url", "exists", "join", "list_objects", "list_uris", "parse",
+    "presign", "read_bytes", "read_tagged", "relative_name", "replace_object", "sha256_file", "stat", "upload",
+    "upload_dir", "verify_stored", "write_bytes"
+]
+
 log = logging.getLogger("splatflow.storage")
 T = TypeVar("T")
 
@@ -463,16 +470,18 @@ def exists(uri: str) -> bool:
 
 
 def stat(uri: str) -> dict[str, Any]:
-    """Size and SHA-256 of one object: ``{"size": int, "sha256": str | None}``. S3: the SHA-256 recorded when
-    this module wrote it (None for objects written by other tools); local files: computed."""
+    """Size and SHA-256 of one object: ``{"size": int, "sha256": str | None, "etag": str}``. S3: the SHA-256
+    recorded when this module wrote it (None for objects written by other tools) and the ETag; local files: the
+    SHA-256 computed, no ETag."""
     loc = _object(uri)
     if loc.scheme == "file":
         p = _local(loc)
         if not p.is_file():
             raise StorageError(f"{loc} does not exist", hint="check the path (and that an earlier stage wrote it)")
-        return {"size": p.stat().st_size, "sha256": sha256_file(p)}
+        return {"size": p.stat().st_size, "sha256": sha256_file(p), "etag": ""}
     head = _with_retries("stat", loc, lambda: client().head_object(Bucket=loc.bucket, Key=loc.key))
-    return {"size": int(head["ContentLength"]), "sha256": head.get("Metadata", {}).get(SHA256_META)}
+    return {"size": int(head["ContentLength"]), "sha256": head.get("Metadata", {}).get(SHA256_META),
+            "etag": str(head.get("ETag", "")).strip('"')}
 
 
 def upload(local_path: str | os.PathLike[str], uri: str, *, content_type_: str | None = None) -> str:
@@ -539,10 +548,12 @@ def _verify(path: Path, size: int, sha: str | None) -> None:
 
 @dataclass(frozen=True)
 class ObjectInfo:
-    """One object of a listing: its URI (in the listed URI's style) and its size in bytes."""
+    """One object of a listing: its URI (in the listed URI's style), its size in bytes and, on S3, its ETag (a
+    content hash for single-part uploads, a hash of the parts' hashes otherwise; empty for local files)."""
 
     uri: str
     size: int
+    etag: str = ""
 
 
 def list_objects(uri: str, *, max_count: int | None = None) -> list[ObjectInfo]:
@@ -574,7 +585,8 @@ def list_objects(uri: str, *, max_count: int | None = None) -> list[ObjectInfo]:
     def listing() -> list[ObjectInfo]:
         out: list[ObjectInfo] = []
         for page in client().get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=prefix):
-            out.extend(ObjectInfo(f"s3://{loc.bucket}/{obj['Key']}", int(obj.get("Size", 0)))
+            out.extend(ObjectInfo(f"s3://{loc.bucket}/{obj['Key']}", int(obj.get("Size", 0)),
+                                  str(obj.get("ETag", "")).strip('"'))
                        for obj in page.get("Contents", []) if not obj["Key"].endswith("/"))
             if max_count is not None and len(out) > max_count:
                 raise too_many()

@@ -8,6 +8,9 @@ under the run's output location before the error propagates, and notify reads it
     <output_uri>/.splatflow/runs/<run id>/failed/<stage>.json
 
 A stage that succeeds removes its own record, so a failed attempt that a retry fixed is not reported later.
+The run id comes from ``SPLATFLOW_RUN_ID`` (:func:`run_id`), never from a task input, so that it stays out of
+the tasks' cache keys: the pipeline fills it from the pod label ``pipeline/runid`` the KFP backend sets, the local
+run with its own id.
 Recording never masks the stage's error: when the record cannot be written, that is logged and the original
 error propagates unchanged. Error texts are redacted of known secret values before they are written.
 """
@@ -18,23 +21,42 @@ import contextlib
 import json
 import logging
 import math
+import os
 import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from splatflow import storage
+from splatflow import spec, storage
 from splatflow.errors import InputError, Terminated
 from splatflow.fsutil import terminate_cleanly
 from splatflow.limits import parse_json
 
 log = logging.getLogger("splatflow.tasks")
 
-STAGES: tuple[str, ...] = ("ingest", "sfm", "train", "compress", "publish")
+__all__ = ["RUN_ID_ENV", "checkpoint_uri", "error_line", "failure_uri", "read_failure", "record_failure", "run_id",
+           "task_output"]
+
+#: the stages that record their failures (all but notify, the one that reads them), in pipeline order
+STAGES: tuple[str, ...] = tuple(name for name in spec.STAGE_NAMES if name != "notify")
+#: the environment variable a task reads its run id from
+RUN_ID_ENV = "SPLATFLOW_RUN_ID"
 _ERROR_CHARS = 500
 _RECORD_BYTES = 64 << 10
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def run_id() -> str:
+    """This task's run id, from ``SPLATFLOW_RUN_ID``; InputError when it is missing or not a usable name."""
+    value = os.environ.get(RUN_ID_ENV, "").strip()
+    if not value:
+        raise InputError(f"{RUN_ID_ENV} is not set: the task does not know its run id",
+                         hint="run the compiled pipeline (its tasks read it from the pod label pipeline/runid) or "
+                              "`splatflow run` (the local run sets it)")
+    if not _RUN_ID.match(value):
+        raise InputError(f"run id {value!r} ({RUN_ID_ENV}) is not a usable name", hint="KFP run ids are UUIDs")
+    return value
 
 
 def _run_folder(output_uri: str, run_id: str) -> str:
@@ -43,10 +65,10 @@ def _run_folder(output_uri: str, run_id: str) -> str:
     return storage.join(output_uri, ".splatflow", "runs", run_id, "failed")
 
 
-def checkpoint_uri(output_uri: str, run_id: str) -> str:
-    """Where the train task of run ``run_id`` mirrors its checkpoints, so that a retry in a new pod resumes:
-    ``<output_uri>/.splatflow/runs/<run id>/checkpoints`` (deleted once the PLY is written)."""
-    return storage.join(_run_folder(output_uri, run_id).rsplit("/", 1)[0], "checkpoints")
+def checkpoint_uri(output_uri: str, run: str | None = None) -> str:
+    """Where the train task of run ``run`` (default: :func:`run_id`) mirrors its checkpoints, so that a retry in a
+    new pod resumes: ``<output_uri>/.splatflow/runs/<run id>/checkpoints`` (deleted once the PLY is written)."""
+    return storage.join(_run_folder(output_uri, run or run_id()).rsplit("/", 1)[0], "checkpoints")
 
 
 def failure_uri(output_uri: str, run_id: str, stage: str) -> str:
@@ -66,19 +88,21 @@ def error_line(exc: BaseException) -> str:
 
 
 @contextmanager
-def record_failure(stage: str, output_uri: str, run_id: str) -> Iterator[None]:
+def record_failure(stage: str, output_uri: str, run: str | None = None) -> Iterator[None]:
     """Run the body; if it raises (or SIGTERM stops it: the body runs in :func:`~splatflow.fsutil.terminate_cleanly`,
     so its temporary files are removed), record ``{stage, error, time}`` for notify and re-raise the same error.
+    ``run``: the run id (default: :func:`run_id`, checked before the body runs).
 
     On success the stage's earlier record in this run (a failed attempt) is removed. Problems with the record
     itself are logged, never raised.
     """
+    run = run or run_id()
     try:
         with terminate_cleanly():
             yield
     except (Exception, Terminated) as exc:
         try:
-            uri = failure_uri(output_uri, run_id, stage)
+            uri = failure_uri(output_uri, run, stage)
             record = {"stage": stage, "error": error_line(exc),
                       "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             storage.write_bytes(uri, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
@@ -87,7 +111,7 @@ def record_failure(stage: str, output_uri: str, run_id: str) -> Iterator[None]:
             _warn(f"could not record the failure of {stage}; the notification will not name it", rec)
         raise
     try:
-        uri = failure_uri(output_uri, run_id, stage)
+        uri = failure_uri(output_uri, run, stage)
         if storage.exists(uri):
             storage.delete(uri)
     except Exception as rec:

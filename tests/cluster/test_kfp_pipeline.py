@@ -25,10 +25,9 @@ def kfp_host() -> str:
 
 
 def test_upload_a_version_and_optionally_run_it(kfp_host: str, tmp_path: Path) -> None:
-    from pipelines.client import KfpSettings, connect, load_params, start_run, upload, wait
-    from pipelines.splat_pipeline import compile_pipeline
-
     from splatflow.stages.publish import scene_name
+    from splatflow_kfp.pipelines.client import KfpSettings, connect, load_params, start_run, upload, wait
+    from splatflow_kfp.pipelines.splat_pipeline import compile_pipeline
 
     package = compile_pipeline(tmp_path / "pipeline.yaml")
     settings = KfpSettings.from_env()

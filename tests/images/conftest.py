@@ -2,7 +2,7 @@
 
 These tests run only with SPLATFLOW_IMAGES=1, which `make test-images` sets after building the images
 (`make images-local`); elsewhere they skip with that reason. With SPLATFLOW_IMAGES=1 a missing engine or image
-is a failure, not a skip. The images are the ones components/images.py names under SPLATFLOW_REGISTRY and
+is a failure, not a skip. The images are the ones src/splatflow/spec.py names under SPLATFLOW_REGISTRY and
 SPLATFLOW_IMAGE_TAG (the Makefile's LOCAL_REGISTRY and LOCAL_TAG).
 """
 
@@ -45,7 +45,7 @@ def engine() -> str:
 @pytest.fixture(scope="session")
 def stage_images(engine: str) -> dict[str, str]:
     """stage -> image, every one present in the engine."""
-    from components.images import all_images
+    from splatflow.spec import all_images
 
     images = all_images()
     for image in images.values():

@@ -18,8 +18,9 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pytest
-from components.images import STAGES
 from PIL import Image
+
+from splatflow.spec import STAGE_NAMES as STAGES
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {"quality": "tiny", "iterations": 10, "max_splats": 5000, "sh_degree": 1}
@@ -28,7 +29,7 @@ FAKE_SECRETS = {"AWS_SECRET_ACCESS_KEY": "fake/Secret+AccessKey-7Qz9Lm2Xv4",
 # what the run prints last: the publish result, or the StageError
 RUN = """
 import json, sys
-from pipelines.local import run_local
+from splatflow_kfp.pipelines.local import run_local
 from splatflow.errors import StageError
 a = json.loads(sys.argv[1])
 try:
@@ -98,7 +99,7 @@ def test_whole_pipeline_runs_in_the_stage_images(tmp_path: Path, data_dir: Path,
     publish = json.loads(log.split("PUBLISH ", 1)[1].splitlines()[0])
 
     # every task ran in its own stage image
-    assert _images_by_task(log) == stage_images, log[-6000:]
+    assert _images_by_task(log) == {**stage_images, "ingest-fingerprint": stage_images["ingest"]}, log[-6000:]
     assert set(stage_images) == set(STAGES)
 
     sog = _path(publish["content_uri"])
@@ -142,7 +143,8 @@ def test_a_failing_task_in_a_container_still_notifies_with_its_stage_and_error(
     code, log = _run_in_containers(photos, tmp_path / "run", docker_host, url)
     assert code == 3 and "STAGE-ERROR" in log and "failed at sfm" in log.split("STAGE-ERROR", 1)[1], log[-6000:]
     ran = _images_by_task(log)
-    assert ran == {stage: stage_images[stage] for stage in ("ingest", "sfm", "notify")}, ran
+    assert ran == {**{stage: stage_images[stage] for stage in ("ingest", "sfm", "notify")},
+                   "ingest-fingerprint": stage_images["ingest"]}, ran
 
     assert len(received) == 1
     message = received[0]

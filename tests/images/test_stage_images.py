@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from components.images import STAGES
+
+from splatflow.spec import STAGE_NAMES as STAGES
 
 # tests/unit/test_images.py by path: its import graph of each stage (the same one the static extras test uses)
 _spec = importlib.util.spec_from_file_location("splatflow_test_images",
@@ -42,7 +43,7 @@ def test_image_starts_as_uid_10001_and_imports_its_stage(stage: str, engine: str
                                                          stage_images: dict[str, str]) -> None:
     modules = _stage_modules(stage)
     assert "numpy" in modules and "torch" in modules  # the import graph is not empty
-    names = [f"components.{stage}", f"splatflow.stages.{stage}", *modules]
+    names = [f"splatflow_kfp.components.{stage}", f"splatflow.stages.{stage}", *modules]
     check = ("import json, os, torch, importlib; "
              f"[importlib.import_module(m) for m in {names!r}]; "
              "print(json.dumps({'uid': os.getuid(), 'gid': os.getgid(), 'cuda': torch.version.cuda, "

@@ -9,11 +9,16 @@ from typing import Any
 
 import pytest
 import yaml
-from kfp_testing import FAKE_SECRETS, GOLDEN_REGISTRY, GOLDEN_TAG, ROOT
+from kfp_testing import FAKE_SECRETS, GOLDEN_REGISTRY, GOLDEN_TAG
 
-STAGES = ("ingest", "sfm", "train", "compress", "publish", "notify")
-BODY = ("ingest", "sfm", "train", "compress", "publish")
-GPU = ("train", "compress")
+from splatflow import spec as stage_spec
+from splatflow.tasks import RUN_ID_ENV
+
+STAGES = stage_spec.STAGE_NAMES
+BODY = tuple(s for s in STAGES if s != "notify")
+GPU = stage_spec.GPU_STAGES
+#: every task: the stages, and ingest's fingerprint task (it runs the ingest image)
+TASKS = (*STAGES, "ingest-fingerprint")
 GOLDEN = Path(__file__).parent / "golden" / "pipeline.yaml"
 
 Spec = tuple[dict[str, Any], dict[str, Any]]
@@ -27,19 +32,26 @@ def _task(spec: dict[str, Any], stage: str) -> dict[str, Any]:
     return dict(spec["root"]["dag"]["tasks"]["notify"] if stage == "notify" else _body_tasks(spec)[stage])
 
 
+def _stage_of(task: str) -> str:
+    return task.removesuffix("-fingerprint")
+
+
 def _container(spec: dict[str, Any], stage: str) -> dict[str, Any]:
     return dict(spec["deploymentSpec"]["executors"][f"exec-{stage}"]["container"])
 
 
 def test_every_stage_runs_its_own_image_and_calls_its_stage_function(compiled: Spec) -> None:
     spec, _ = compiled
-    assert set(spec["deploymentSpec"]["executors"]) == {f"exec-{s}" for s in STAGES}
-    for stage in STAGES:
-        container = _container(spec, stage)
+    assert set(spec["deploymentSpec"]["executors"]) == {f"exec-{s}" for s in TASKS}
+    for task in TASKS:
+        stage = _stage_of(task)
+        container = _container(spec, task)
         assert container["image"] == f"{GOLDEN_REGISTRY}/splatflow-{stage}:{GOLDEN_TAG}"
         program = "\n".join(container["command"] + container.get("args", []))
-        assert f"from splatflow.stages.{stage} import " in program and f"run_{stage}(" in program, stage
-        assert "components.runtime" not in program  # the logic lives in the core library
+        assert f"from splatflow.stages.{stage} import " in program, task
+        if task == stage:  # the stage function under the one pattern: `from splatflow.stages.X import X as run_X`
+            assert f"from splatflow.stages.{stage} import {stage} as run_{stage}" in program, stage
+        assert "splatflow_kfp" not in program  # the logic lives in the core library
         # install_kfp_package=False: the image has kfp; pods never pip-install at start-up
         assert "pip install" not in program
 
@@ -47,8 +59,11 @@ def test_every_stage_runs_its_own_image_and_calls_its_stage_function(compiled: S
 def test_graph_is_ingest_sfm_train_compress_publish_inside_the_exit_handler(compiled: Spec) -> None:
     spec, _ = compiled
     body = _body_tasks(spec)
-    assert set(body) == set(BODY)
-    assert "dependentTasks" not in body["ingest"]
+    assert set(body) == {*BODY, "ingest-fingerprint"}
+    assert "dependentTasks" not in body["ingest-fingerprint"]
+    assert body["ingest"]["dependentTasks"] == ["ingest-fingerprint"]
+    assert body["ingest"]["inputs"]["parameters"]["source_fingerprint"] == {
+        "taskOutputParameter": {"outputParameterKey": "Output", "producerTask": "ingest-fingerprint"}}
     assert body["sfm"]["dependentTasks"] == ["ingest"]
     assert body["train"]["dependentTasks"] == ["sfm"]
     assert body["compress"]["dependentTasks"] == ["train"]
@@ -78,16 +93,48 @@ def test_exit_handler_runs_notify_with_the_final_status(compiled: Spec) -> None:
     assert notify["dependentTasks"] == ["exit-handler-1"]
     assert notify["inputs"]["parameters"]["status"] == {"taskFinalStatus": {"producerTask": "exit-handler-1"}}
     assert notify["inputs"]["parameters"]["target"] == {"componentInputParameter": "notify_target"}
-    # publish and notify name the run the same way, so notify finds what publish wrote
-    run_id = {"runtimeValue": {"constant": "{{$.pipeline_job_uuid}}"}}
-    assert notify["inputs"]["parameters"]["run_id"] == run_id
     output_uri = {"componentInputParameter": "pipelinechannel--output_uri"}
-    for stage in BODY:  # every stage records its failure where notify looks: <output_uri>/.splatflow/runs/<run id>
-        params = _body_tasks(spec)[stage]["inputs"]["parameters"]
-        assert params["run_id"] == run_id, stage
-        assert params["output_uri"] == output_uri, stage
-        program = "\n".join(_container(spec, stage)["command"])
-        assert f'with record_failure("{stage}", output_uri, run_id):' in program, stage
+    for task in (*BODY, "ingest-fingerprint"):  # each records its failure where notify looks for it
+        params = _body_tasks(spec)[task]["inputs"]["parameters"]
+        assert params["output_uri"] == output_uri, task
+        program = "\n".join(_container(spec, task)["command"])
+        assert f'with record_failure("{_stage_of(task)}", output_uri):' in program, task
+
+
+def test_every_task_reads_the_run_id_from_its_pod_label_not_from_an_input(compiled: Spec, compiled_yaml: str) -> None:
+    """The run id reaches each task through the downward API (the label the KFP backend puts on every pod of a
+    run), so publish, notify and the failure records agree on it and it enters no cache key."""
+    spec, platform = compiled
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for task in TASKS:
+        assert executors[f"exec-{task}"]["fieldPathAsEnv"] == [
+            {"name": RUN_ID_ENV, "fieldPath": "metadata.labels['pipeline/runid']"}], task
+    assert "pipeline_job_uuid" not in compiled_yaml and "run_id:" not in compiled_yaml.split("---")[0]
+
+
+def _run_dependent(value: Any) -> bool:
+    """Whether a compiled input or command holds a value that differs from run to run (a run placeholder)."""
+    return bool(re.search(r"\{\{\$\.pipeline_(job|task)_(uuid|name|id)|\{\{workflow\.", yaml.safe_dump(value)))
+
+
+def test_two_runs_on_the_same_inputs_give_sfm_train_and_compress_the_same_cache_key(compiled: Spec) -> None:
+    """KFP's cache key (backend/src/v2/cacheutils: GenerateCacheKey) is the task's input parameter values, the ids of
+    its input artifacts, its output specs, image and command. No cached task's inputs or command hold a run
+    placeholder, ingest's inputs are the source, its content fingerprint and pipeline parameters, and each later
+    stage's artifacts come from a cached producer: two runs on the same photos and parameters share every key."""
+    spec, _ = compiled
+    body = _body_tasks(spec)
+    cached = {t for t in body if body[t].get("cachingOptions", {}).get("enableCache")}
+    assert cached == {"ingest", "sfm", "train", "compress"}
+    for task in cached:
+        assert not _run_dependent(body[task]["inputs"]), task
+        assert not _run_dependent(_container(spec, task)), task
+        for art in body[task]["inputs"].get("artifacts", {}).values():
+            assert art["taskOutputArtifact"]["producerTask"] in cached, task
+    sources = {k: v.get("componentInputParameter") or v["taskOutputParameter"]["producerTask"]
+               for k, v in body["ingest"]["inputs"]["parameters"].items()}
+    assert sources == {"source_uri": "pipelinechannel--source_uri", "quality": "pipelinechannel--quality",
+                       "output_uri": "pipelinechannel--output_uri", "source_fingerprint": "ingest-fingerprint"}
 
 
 def test_ui_parameters_are_few_with_defaults(compiled: Spec) -> None:
@@ -107,15 +154,17 @@ def test_ui_parameters_are_few_with_defaults(compiled: Spec) -> None:
 def test_gpu_stages_request_a_gpu_tolerate_the_taint_and_select_gpu_nodes(compiled: Spec) -> None:
     spec, platform = compiled
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(GPU) == {"train", "compress"}
     for stage in STAGES:
         resources = _container(spec, stage)["resources"]
         k8s = executors.get(f"exec-{stage}", {})
         if stage in GPU:
-            assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+            assert resources["accelerator"]["resourceType"] == stage_spec.GPU.resource
             assert resources["accelerator"]["resourceCount"] == "1"
             # Exists: a GPU taint with any value (or none) is tolerated
-            assert k8s["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-            assert k8s["nodeSelector"] == {"labels": {"splatflow.io/accelerator": "nvidia"}}
+            assert k8s["tolerations"] == [{"key": stage_spec.GPU.taint[0], "operator": "Exists",
+                                           "effect": stage_spec.GPU.taint[2]}]
+            assert k8s["nodeSelector"] == {"labels": dict([stage_spec.GPU.node_label])}
         else:
             assert "accelerator" not in resources, stage
             assert "tolerations" not in k8s and "nodeSelector" not in k8s, stage
@@ -123,8 +172,9 @@ def test_gpu_stages_request_a_gpu_tolerate_the_taint_and_select_gpu_nodes(compil
 
 def test_every_task_has_cpu_and_memory_requests_and_limits(compiled: Spec) -> None:
     spec, _ = compiled
-    for stage in STAGES:
+    for stage in TASKS:
         r = _container(spec, stage)["resources"]
+        assert (r["resourceCpuRequest"], r["resourceCpuLimit"]) == stage_spec.stage(_stage_of(stage)).cpu, stage
         for key in ("resourceCpuRequest", "resourceCpuLimit", "resourceMemoryRequest", "resourceMemoryLimit"):
             assert r.get(key), f"{stage} has no {key}"
         assert r["cpuRequest"] <= r["cpuLimit"] and r["memoryRequest"] <= r["memoryLimit"], stage
@@ -133,11 +183,14 @@ def test_every_task_has_cpu_and_memory_requests_and_limits(compiled: Spec) -> No
 def test_caching_and_retries_as_designed(compiled: Spec) -> None:
     spec, _ = compiled
     caching = {s: bool(_task(spec, s).get("cachingOptions", {}).get("enableCache")) for s in STAGES}
-    # ingest's inputs are an address and a preset: new photos at the same address must be read again
-    assert caching == {"ingest": False, "sfm": True, "train": True, "compress": True, "publish": False,
+    # ingest is cached on the source's content fingerprint; the fingerprint task looks at the source every run
+    assert caching == {"ingest": True, "sfm": True, "train": True, "compress": True, "publish": False,
                        "notify": False}
+    assert caching == {s.name: s.caching for s in stage_spec.STAGES}
+    assert not _body_tasks(spec)["ingest-fingerprint"].get("cachingOptions", {}).get("enableCache")
     retries = {s: _task(spec, s).get("retryPolicy", {}).get("maxRetryCount", 0) for s in STAGES}
     assert {s for s, n in retries.items() if n} == {"ingest", "train", "publish", "notify"}
+    assert retries == {s.name: s.retries for s in stage_spec.STAGES}
     assert all(n >= 2 for s, n in retries.items() if n)
     assert _task(spec, "ingest")["retryPolicy"]["backoffDuration"] == "30s"
 
@@ -147,6 +200,7 @@ def test_credentials_come_from_optional_secrets_by_name_only(compiled: Spec, com
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     mounted = {s: sorted(x["secretName"] for x in executors.get(f"exec-{s}", {}).get("secretAsEnv", []))
                for s in STAGES}
+    assert mounted["ingest"] == sorted(x["secretName"] for x in executors["exec-ingest-fingerprint"]["secretAsEnv"])
     # every stage reaches the storage (failure records), notify also its Secret
     assert mounted == {"ingest": ["splatflow-s3"], "sfm": ["splatflow-s3"], "train": ["splatflow-s3"],
                        "compress": ["splatflow-s3"], "publish": ["splatflow-s3"],
@@ -171,19 +225,6 @@ def test_credentials_come_from_optional_secrets_by_name_only(compiled: Spec, com
         "a secret-looking key carries a value in the pipeline spec"
 
 
-def test_cluster_facts_agree_with_the_eks_manifest() -> None:
-    cluster = ROOT / "manifests" / "eks" / "cluster.yaml"
-    if not cluster.exists():
-        pytest.skip("manifests/eks/cluster.yaml is not in this checkout")
-    doc = yaml.safe_load(cluster.read_text())
-    groups = doc.get("managedNodeGroups", []) + doc.get("nodeGroups", [])
-    gpu = [g for g in groups if (g.get("labels") or {}).get("splatflow.io/accelerator") == "nvidia"]
-    assert gpu, "no node group carries the label splatflow.io/accelerator=nvidia"
-    for group in gpu:
-        taints = group.get("taints") or []
-        assert {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"} in taints, group["name"]
-
-
 def _normalise(text: str) -> str:
     return re.sub(r"sdkVersion: kfp-[0-9][^\s]*", "sdkVersion: kfp-VERSION", text)
 
@@ -201,3 +242,33 @@ def test_compiled_yaml_matches_the_golden_file(compiled_yaml: str) -> None:
         diff = "".join(difflib.unified_diff(want.splitlines(True), got.splitlines(True), "golden", "compiled", n=2))
         pytest.fail(f"compiled pipeline differs from {GOLDEN.name} (SPLATFLOW_UPDATE_GOLDEN=1 to accept):\n"
                     f"{diff[:6000]}")
+
+
+def test_the_first_task_checks_every_run_parameter(compiled: Spec, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad value typed into the Kubeflow UI (no pre-upload check there) fails in the first task, before ingest
+    and sfm run: ingest-fingerprint takes every tunable pipeline parameter and checks it with splatflow.options."""
+    from splatflow.errors import InputError
+    from splatflow.options import RUN_OPTIONS
+    from splatflow_kfp.components.ingest import ingest_fingerprint
+
+    spec, _ = compiled
+    params = _body_tasks(spec)["ingest-fingerprint"]["inputs"]["parameters"]
+    assert {k: v["componentInputParameter"] for k, v in params.items() if k in RUN_OPTIONS} == {
+        name: f"pipelinechannel--{name}" for name in RUN_OPTIONS}
+    assert set(spec["root"]["inputDefinitions"]["parameters"]) == {"source_uri", "output_uri", *RUN_OPTIONS}
+    defaults = {k: v.get("defaultValue") for k, v in spec["root"]["inputDefinitions"]["parameters"].items()}
+    assert {k: defaults[k] for k in RUN_OPTIONS} == {k: o.default for k, o in RUN_OPTIONS.items()}
+    monkeypatch.setenv(RUN_ID_ENV, "run-1")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(b"not really a photo")
+    good = {"quality": "cpu", "iterations": 0, "max_splats": 1000, "sh_degree": 1, "notify_target": "",
+            "target_psnr": 0.0}
+    out = tmp_path / "out"
+    assert ingest_fingerprint.python_func(source_uri=str(photos), output_uri=out.as_uri(), **good).startswith("sha256:")
+    with pytest.raises(InputError, match="max_splats 0 is out of range"):
+        ingest_fingerprint.python_func(source_uri=str(photos), output_uri=out.as_uri(), **{**good, "max_splats": 0})
+    # and the failure is recorded for the notification, as for any stage
+    record = out / ".splatflow" / "runs" / "run-1" / "failed" / "ingest.json"
+    assert "max_splats 0 is out of range" in record.read_text()

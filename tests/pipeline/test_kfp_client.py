@@ -1,4 +1,5 @@
-"""`make upload` / `make run-pipeline` (python -m pipelines) against a local HTTP server speaking KFP v2beta1 REST.
+"""`make upload` / `make run-pipeline` (python -m splatflow_kfp.pipelines) against a local HTTP server speaking KFP
+v2beta1 REST.
 
 The server records every call (method, path, query, auth headers, body), so the tests check what kfp.Client
 really sends: the compiled YAML, the run's parameters and version, the namespace, and the auth on every request.
@@ -17,7 +18,8 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 import yaml
-from pipelines.__main__ import main
+
+from splatflow_kfp.pipelines.__main__ import main
 
 API = "/apis/v2beta1"
 
@@ -351,11 +353,13 @@ def test_a_wait_timeout_exits_4_and_says_the_run_goes_on(kfp_server: FakeKfp, pa
 
 
 @pytest.mark.parametrize(("extra", "said"), [
-    ({"quality": "ultra"}, "quality 'ultra' is not a preset"),
+    ({"quality": "ultra"}, "quality 'ultra' is not one of: tiny, cpu, preview, standard, high"),
     ({"sh_degree": 4}, "sh_degree 4 is out of range"),
-    ({"sh_degree": "2"}, "sh_degree must be a whole number, got '2'"),
-    ({"max_splats": 0}, "max_splats must be positive, got 0"),
-    ({"iterations": -1}, "iterations must be 0 (the preset's) or positive, got -1"),
+    ({"sh_degree": "2"}, "sh_degree must be a whole number from 0 to 3, got '2'"),
+    ({"max_splats": 0}, "max_splats 0 is out of range"),
+    ({"iterations": -1}, "iterations -1 is out of range"),
+    ({"target_psnr": 5}, "target_psnr 5 dB is out of range"),
+    ({"qualty": "cpu"}, "unknown pipeline parameter(s) qualty"),
     ({"source_uri": ""}, "source_uri is empty"),
     ({"output_uri": "  "}, "output_uri is empty"),
     ({"output_uri": "gs://bucket/out"}, "output_uri: unsupported storage URI"),

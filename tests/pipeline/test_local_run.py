@@ -82,17 +82,19 @@ def test_whole_pipeline_runs_locally_on_the_sample_photos(tmp_path: Path, data_d
                                                           webhook: list[dict[str, Any]],
                                                           secrets_in_env: dict[str, str],
                                                           capfd: pytest.CaptureFixture[str]) -> None:
-    from pipelines.local import run_local, summary_lines
+    from splatflow_kfp.pipelines.local import run_local, summary_lines
 
     run = run_local(_lund_12(tmp_path, data_dir), tmp_path / "run", **TINY)
     out = capfd.readouterr()
     # quiet by default: one line per stage with its time; KFP's executor chatter only in run.log
     stage_lines = [ln for ln in out.out.splitlines() if ln.startswith("  ") and " ... " in ln]
-    assert [ln.split()[0] for ln in stage_lines] == ["ingest", "sfm", "train", "compress", "publish", "notify"]
+    assert [ln.split()[0] for ln in stage_lines] == ["ingest-fingerprint", "ingest", "sfm", "train", "compress",
+                                                     "publish", "notify"]
     assert all(" ... ok (" in ln and ln.endswith(" s)") for ln in stage_lines), stage_lines
     assert "KFP Executor" not in out.out + out.err and len(out.out.splitlines()) < 12
     assert run.log is not None and "KFP Executor" in run.log.read_text() and run.log.parent == tmp_path / "run"
-    assert set(run.stages) == {"ingest", "sfm", "train", "compress", "publish", "notify"}
+    assert set(run.stages) == {"ingest-fingerprint", "ingest", "sfm", "train", "compress", "publish", "notify"}
+    assert run.run_id and run.run_id.startswith("local-")  # the run id the tasks read (SPLATFLOW_RUN_ID)
 
     sog = _path(run.publish["content_uri"])
     assert sog.suffix == ".sog" and sog.stat().st_size > 0
@@ -159,7 +161,7 @@ def test_a_failing_middle_stage_still_runs_notify_with_the_failure(tmp_path: Pat
     assert last[1].startswith("hint: the full log is ") and str(tmp_path / "run" / "run.log") in last[1]
     assert "Traceback" not in printed.err and "KFP Executor" not in printed.out + printed.err
     assert [ln.split()[:3] for ln in printed.out.splitlines() if " ... " in ln] == [
-        ["ingest", "...", "ok"], ["sfm", "...", "FAILED"], ["notify", "...", "ok"]]
+        ["ingest-fingerprint", "...", "ok"], ["ingest", "...", "ok"], ["sfm", "...", "FAILED"], ["notify", "...", "ok"]]
 
     assert len(webhook) == 1
     message = webhook[0]
@@ -182,7 +184,8 @@ def test_the_local_pipeline_publishes_to_s3(tmp_path: Path, data_dir: Path, s3_s
     """`splatflow run SRC s3://bucket/prefix`: the results land in the bucket exactly as in a cluster, the summary
     prints s3:// addresses, and nothing is written to a local folder named after the URI."""
     import boto3
-    from pipelines.local import run_local, summary_lines
+
+    from splatflow_kfp.pipelines.local import run_local, summary_lines
 
     for name in ("SPLATFLOW_WEBHOOK_URL", "SPLATFLOW_NOTIFY_TARGET", "SPLATFLOW_PUBLIC_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
@@ -210,9 +213,8 @@ def test_the_local_pipeline_publishes_to_s3(tmp_path: Path, data_dir: Path, s3_s
 def test_s3_outputs_are_checked_before_the_run(tmp_path: Path, s3_server: dict[str, str],
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A missing bucket is said at once (no training first), and nothing local is created for it."""
-    from pipelines.local import LocalRun, run_local, summary_lines
-
     from splatflow.errors import StorageError
+    from splatflow_kfp.pipelines.local import LocalRun, run_local, summary_lines
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(StorageError, match="does not exist"):

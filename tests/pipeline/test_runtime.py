@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from components import images
 
+from splatflow import spec as images
 from splatflow.errors import InputError
 from splatflow.presets import PRESETS, preset
 from splatflow.stages.notify import final_status
@@ -81,7 +81,7 @@ def test_image_names_come_from_registry_and_tag(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("SPLATFLOW_REGISTRY", "registry.local:5000/team/")
     monkeypatch.setenv("SPLATFLOW_IMAGE_TAG", "v1.2")
     assert images.image_for("train") == "registry.local:5000/team/splatflow-train:v1.2"
-    assert set(images.all_images()) == set(images.STAGES)
+    assert set(images.all_images()) == set(images.STAGE_NAMES)
     monkeypatch.delenv("SPLATFLOW_IMAGE_TAG")
     commit = images.git_commit()
     assert images.tag() == (commit or "latest")
@@ -120,7 +120,7 @@ def test_published_run_reads_back_what_publish_wrote(tmp_path: Path) -> None:
 
 
 def test_local_runner_rejects_a_missing_source_and_a_used_output(tmp_path: Path) -> None:
-    from pipelines.local import LocalRun, run_local, summary_lines
+    from splatflow_kfp.pipelines.local import LocalRun, run_local, summary_lines
 
     with pytest.raises(InputError, match="does not exist"):
         run_local(tmp_path / "nope", tmp_path / "out")
@@ -141,9 +141,8 @@ def test_local_runner_rejects_a_missing_source_and_a_used_output(tmp_path: Path)
 
 
 def test_splatflow_run_reports_bad_input_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from pipelines.local import default_output
-
     from splatflow.cli import main
+    from splatflow_kfp.pipelines.local import default_output
 
     assert main(["run", str(tmp_path / "no-photos-here"), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
@@ -153,11 +152,12 @@ def test_splatflow_run_reports_bad_input_with_exit_2(tmp_path: Path, capsys: pyt
 
 
 def test_local_runs_check_their_parameters_before_starting(tmp_path: Path) -> None:
-    from pipelines.local import run_local
+    from splatflow_kfp.pipelines.local import run_local
 
-    for kwargs, said in (({"quality": "ultra"}, "quality 'ultra' is not a preset"),
+    for kwargs, said in (({"quality": "ultra"}, "quality 'ultra' is not one of"),
                          ({"sh_degree": 5}, "sh_degree 5 is out of range"),
-                         ({"max_splats": 0}, "max_splats must be positive"),
+                         ({"max_splats": 0}, "max_splats 0 is out of range"),
+                         ({"target_psnr": 150.0}, "target_psnr 150.0 is out of range"),
                          ({"notify_target": "https://hooks.example.com/x"}, "notify_target holds a URL")):
         with pytest.raises(InputError, match=said):
             run_local(tmp_path, tmp_path / "out", **kwargs)  # type: ignore[arg-type]

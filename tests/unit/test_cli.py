@@ -111,11 +111,19 @@ def test_run_help_lists_the_allowed_values(capsys: pytest.CaptureFixture[str]) -
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     text = capsys.readouterr().out
-    assert "--quality {tiny,cpu,preview,standard,high}" in text and "--sh-degree {0,1,2,3}" in text
+    flat = " ".join(text.split())
+    assert "--quality QUALITY" in text and "(one of: tiny, cpu, preview, standard, high; default 'cpu')" in flat
+    assert "--sh-degree SH_DEGREE" in text and "(a whole number from 0 to 3; default 1)" in flat
+    assert "(a number from 0 to 99; 0: full precision; default 0.0)" in flat  # --target-psnr
     assert "s3://bucket/prefix" in text and "--verbose" in text
     with pytest.raises(SystemExit) as exc:
         main(["run", "--quality", "best"])
-    assert exc.value.code == 2 and "invalid choice: 'best'" in capsys.readouterr().err
+    assert exc.value.code == 2 and \
+        "argument --quality: 'best': quality must be one of: tiny, cpu, preview" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--max-splats", "0"])
+    assert exc.value.code == 2 and "'0': max_splats must be a whole number from 1 to 50,000,000" in \
+        capsys.readouterr().err
     # the top-level -v and run's own --verbose do not overwrite each other
     args = build_parser().parse_args(["-v", "run"])
     assert args.verbose is True and args.run_verbose is False

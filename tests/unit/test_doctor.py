@@ -329,8 +329,10 @@ def test_gpu_taints_the_pipeline_does_not_tolerate(cluster: FakeCluster) -> None
 
 
 def test_tolerates_follows_kubernetes_rules() -> None:
-    from splatflow.doctor import GPU_TOLERATION, tolerates
+    from splatflow.doctor import tolerates
+    from splatflow.spec import GPU
 
+    GPU_TOLERATION = GPU.toleration  # noqa: N806
     gpu = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
     assert tolerates(GPU_TOLERATION, gpu) and tolerates(GPU_TOLERATION, {**gpu, "value": ""})
     assert not tolerates(GPU_TOLERATION, {**gpu, "effect": "NoExecute"})
@@ -459,3 +461,42 @@ def test_kfp_auth_refused_and_login_redirect(kfp: FakeCluster, monkeypatch: pyte
     finally:
         login.close()
 
+
+
+def test_a_gpu_label_changed_in_the_spec_alone_moves_pipeline_and_doctor_and_names_the_manifests(
+        cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """splatflow.spec.GPU is the one place of the GPU facts: the compiled pipeline and doctor follow a change there,
+    and the manifests' check names exactly the files that still carry the old label."""
+    pytest.importorskip("kfp")
+    from kfp import compiler
+    from manifest_facts import DEVICE_PLUGIN, EKS_CLUSTER, gpu_manifest_problems
+
+    from splatflow import spec
+    from splatflow_kfp.pipelines.splat_pipeline import build_pipeline
+
+    moved = spec.GpuScheduling(node_label=("example.com/gpu-pool", "a10g"), taint=("example.com/gpu", "yes",
+                                                                                 "NoSchedule"))
+    monkeypatch.setattr(spec, "GPU", moved)
+    out = tmp_path / "pipeline.yaml"
+    compiler.Compiler().compile(pipeline_func=build_pipeline(), package_path=str(out))
+    executors = list(yaml.safe_load_all(out.read_text()))[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for name in ("exec-train", "exec-compress"):
+        assert executors[name]["nodeSelector"] == {"labels": {"example.com/gpu-pool": "a10g"}}
+        assert executors[name]["tolerations"] == [{"key": "example.com/gpu", "operator": "Exists",
+                                                   "effect": "NoSchedule"}]
+    assert "nodeSelector" not in executors["exec-sfm"]
+    # doctor: a node with the new label and taint passes, one with the old ones is told the new commands
+    cluster.routes["/apis/apps/v1/daemonsets"] = {"items": [_daemonset(1, 1)]}
+    new = _node("gpu-new", 1, labelled=False, tainted=False,
+                taints=[{"key": "example.com/gpu", "value": "yes", "effect": "NoSchedule"}])
+    new["metadata"]["labels"]["example.com/gpu-pool"] = "a10g"
+    cluster.routes["/api/v1/nodes"] = {"items": [new]}
+    assert _by_name(doctor(kfp_host="", timeout=5))["gpu-nodes"].status == OK
+    cluster.routes["/api/v1/nodes"] = {"items": [_node("gpu-old", 1)]}
+    gpu = _by_name(doctor(kfp_host="", timeout=5))["gpu-nodes"]
+    assert gpu.status == FAIL and "kubectl label node gpu-old example.com/gpu-pool=a10g" in gpu.fix
+    # the manifests still say splatflow.io/accelerator=nvidia: the check names the two files to edit, and only them
+    problems = gpu_manifest_problems(moved)
+    assert [p.split(":", 1)[0] for p in problems] == [f"manifests/{EKS_CLUSTER}", f"manifests/{DEVICE_PLUGIN}"]
+    assert all("example.com/gpu-pool=a10g" in p for p in problems)
+    assert gpu_manifest_problems(spec.GpuScheduling()) == []

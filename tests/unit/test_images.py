@@ -1,5 +1,5 @@
 """Stage images, checked statically (CI also builds and runs them: tests/images, `make test-images`): one CPU and one
-GPU Dockerfile, the stage chosen by build arguments from components/images.py; the images `make images` builds are
+GPU Dockerfile, the stage chosen by build arguments from src/splatflow/spec.py; the images `make images` builds are
 exactly the ones the compiled pipeline names; every base pinned (and overridable); a non-root USER and no compilers
 in the final stage; CUDA builds for the GPU stages; every COPY source present in the build context (the repo root,
 filtered by .dockerignore); kfp baked in at the version the pipeline compiles with.
@@ -25,7 +25,9 @@ from pathlib import Path
 import dockerfile
 import pytest
 import yaml
-from components.images import CPU_DOCKERFILE, EXTRAS, GPU_DOCKERFILE, GPU_STAGES, STAGES, BuildSpec, build_specs
+
+from splatflow.spec import CPU_DOCKERFILE, EXTRAS, GPU_DOCKERFILE, GPU_STAGES, BuildSpec, build_specs
+from splatflow.spec import STAGE_NAMES as STAGES
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "images"
@@ -123,9 +125,10 @@ def _dockerignored(rel: str) -> bool:
 
 
 def _compiled_images(tmp_path: Path, env: dict[str, str]) -> set[str]:
-    """The images the compiled pipeline names (``python -m pipelines compile`` in a fresh process with ``env``)."""
+    """The images the compiled pipeline names (``python -m splatflow_kfp.pipelines compile`` in a fresh process
+    with ``env``)."""
     out = tmp_path / "pipeline.yaml"
-    proc = subprocess.run([sys.executable, "-m", "pipelines", "compile", "--output", str(out)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "splatflow_kfp.pipelines", "compile", "--output", str(out)], cwd=ROOT,
                           env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     spec = next(yaml.safe_load_all(out.read_text()))
@@ -165,7 +168,7 @@ def test_one_cpu_and_one_gpu_dockerfile_build_every_stage() -> None:
 
 def test_make_images_builds_exactly_the_images_the_compiled_pipeline_names(tmp_path: Path) -> None:
     """`make images` (dry run: the build commands it would run) builds one image per stage, each from the Dockerfile
-    components/images.py names, tagged exactly as the pipeline compiled with the same REGISTRY/TAG names it."""
+    src/splatflow/spec.py names, tagged exactly as the pipeline compiled with the same REGISTRY/TAG names it."""
     env = {"SPLATFLOW_REGISTRY": "registry.example:5000/team", "SPLATFLOW_IMAGE_TAG": "t1"}
     compiled = _compiled_images(tmp_path, env)
     assert len(compiled) == len(STAGES)
@@ -269,8 +272,8 @@ def test_dockerfile_lint(kind: str) -> None:
     # kfp.local's DockerRunner sets the command only: an ENTRYPOINT would swallow it
     assert not final.values("ENTRYPOINT")
     # the start-up check: the CLI and the stage's own modules import as the runtime user
-    assert "splatflow --version" in final.runs() and "import components.${STAGE}, splatflow.stages.${STAGE}" in \
-        final.runs()
+    assert "splatflow --version" in final.runs()
+    assert "import splatflow_kfp.components.${STAGE}, splatflow.stages.${STAGE}" in final.runs()
     # a multi-stage build: what is built stays behind
     assert len(stages) >= 3 and stages[1].name, f"{kind}: expected a named builder stage"
     # pip: no cache, a CA bundle only as a build secret (never in a layer), a wheel folder from a build context
@@ -299,7 +302,7 @@ def test_dockerignore_keeps_secrets_and_bulk_out() -> None:
                  "src/splatflow/__pycache__/cli.cpython-312.pyc", "build/images-local.json", "images/build.py",
                  "images/cpu.Dockerfile"):
         assert _dockerignored(path), path
-    for path in ("src/splatflow/cli.py", "pyproject.toml", "components/images.py", "images/constraints.txt",
+    for path in ("src/splatflow/cli.py", "pyproject.toml", "src/splatflow/spec.py", "images/constraints.txt",
                  "images/requirements.py"):
         assert not _dockerignored(path), path
 
@@ -525,7 +528,7 @@ def _requirement_names(extras: set[str]) -> set[str]:
 
 def _pip_installs(spec: BuildSpec) -> tuple[set[str], set[str]]:
     """(splatflow extras, other package names) that the image's `pip install` commands install, with the stage's
-    EXTRAS build argument (from components/images.py). Dry runs install nothing; the extras count as installed when
+    EXTRAS build argument (from src/splatflow/spec.py). Dry runs install nothing; the extras count as installed when
     their requirements are (`-r` of images/requirements.py's list for "${EXTRAS}")."""
     from packaging.requirements import Requirement
 

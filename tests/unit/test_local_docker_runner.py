@@ -11,7 +11,7 @@ from splatflow.errors import InputError
 
 
 def test_unknown_runner_is_refused(tmp_path: Path, data_dir: Path) -> None:
-    from pipelines.local import run_local
+    from splatflow_kfp.pipelines.local import run_local
 
     with pytest.raises(InputError, match="unknown runner 'kubernetes'") as err:
         run_local(data_dir / "photos" / "lund", tmp_path / "out", runner="kubernetes")
@@ -21,7 +21,7 @@ def test_unknown_runner_is_refused(tmp_path: Path, data_dir: Path) -> None:
 
 def test_no_engine_at_docker_host_is_refused_before_any_output(tmp_path: Path, data_dir: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipelines.local import run_local
+    from splatflow_kfp.pipelines.local import run_local
 
     sock = tmp_path / "nothing-listens.sock"
     monkeypatch.setenv("DOCKER_HOST", f"unix://{sock}")

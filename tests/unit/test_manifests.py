@@ -24,6 +24,9 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from manifest_facts import gpu_manifest_problems
+
+from splatflow import spec
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
@@ -36,8 +39,8 @@ VENV_KUBECTL = Path(sys.executable).with_name("kubectl")
 MIN_KUBECTL = (1, 30)
 OVERLAYS = ("overlays/eks", "overlays/onprem", "overlays/onprem-minio", "gpu")
 K8S_VERSIONS = ("1.30", "1.33")
-GPU_LABEL = ("splatflow.io/accelerator", "nvidia")
-GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+GPU_LABEL = spec.GPU.node_label
+GPU_TAINT = dict(zip(("key", "value", "effect"), spec.GPU.taint, strict=True))
 MINIO_IMAGE = "quay.io/minio/minio:RELEASE.2025-09-07T16-13-09Z"
 SECRET_FILES = ("minio.env", "notify.env")
 
@@ -235,6 +238,7 @@ def test_eks_cluster_config_is_valid() -> None:
 
 
 def test_eks_cluster_facts() -> None:
+    assert gpu_manifest_problems(spec.GPU) == []  # the eksctl config and the device plugin agree with the spec
     cfg = _cluster_config()
     gpu = _gpu_group(cfg)
     assert gpu["labels"][GPU_LABEL[0]] == GPU_LABEL[1]
@@ -393,7 +397,7 @@ def test_device_plugin_lands_on_gpu_nodes(rendered: dict[str, Docs]) -> None:
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], dict[str, Any]]:
     """(pipeline spec, kubernetes platform spec) of the compiled pipeline."""
-    from pipelines.splat_pipeline import compile_pipeline
+    from splatflow_kfp.pipelines.splat_pipeline import compile_pipeline
 
     path = compile_pipeline(tmp_path_factory.mktemp("pipeline") / "splatflow.yaml")
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
@@ -440,8 +444,8 @@ def test_doctor_checks_what_the_pipeline_selects(compiled: tuple[dict[str, Any],
 
     _, platform = compiled
     train = platform["exec-train"]
-    assert train["nodeSelector"]["labels"] == dict([doctor.GPU_LABEL])
-    key, value, effect = doctor.GPU_TAINT  # the taint doctor's fixes recommend is the cluster's
+    assert train["nodeSelector"]["labels"] == dict([spec.GPU.node_label])
+    key, value, effect = spec.GPU.taint  # the taint doctor's fixes recommend is the cluster's
     assert (key, value, effect) == (GPU_TAINT["key"], GPU_TAINT["value"], GPU_TAINT["effect"])
     # doctor passes a GPU node exactly when the pipeline's GPU tasks tolerate its taint: key and effect, any value
     taints = [{"key": k, "value": v, "effect": e} for k in (key, "dedicated") for v in ("present", "true", "")
@@ -449,9 +453,9 @@ def test_doctor_checks_what_the_pipeline_selects(compiled: tuple[dict[str, Any],
     for name in ("exec-train", "exec-compress"):
         tolerations = platform[name]["tolerations"]
         for taint in taints:
-            assert doctor.tolerates(doctor.GPU_TOLERATION, taint) == _tolerates(tolerations, taint), (
-                name, taint, tolerations, "doctor.GPU_TOLERATION and the pipeline's toleration disagree")
-    assert doctor.tolerates(doctor.GPU_TOLERATION, {"key": key, "value": "true", "effect": effect})
+            assert doctor.tolerates(spec.GPU.toleration, taint) == _tolerates(tolerations, taint), (
+                name, taint, tolerations, "spec.GPU.toleration and the pipeline's toleration disagree")
+    assert doctor.tolerates(spec.GPU.toleration, {"key": key, "value": "true", "effect": effect})
 
 
 def test_pipeline_objects_exist_in_the_overlays(compiled: tuple[dict[str, Any], dict[str, Any]],

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from splatflow.errors import InputError, NotifyError
-from splatflow.stages.notify import build_message, notify
+from splatflow.stages.notify import build_message, send
 
 TOKEN = "xoxb-T0SECRET/B0SECRET/VerySecretWebhookToken42"
 PASSWORD = "pw-Sup3r-S3cret-Value"
@@ -114,7 +114,7 @@ def test_message_text_and_blocks() -> None:
 def test_webhook_delivery_with_retry(receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SPLATFLOW_WEBHOOK_URL", receiver.url)
     receiver.fail_first = 1  # a 500 first: retried
-    res = notify("SUCCEEDED", scene="guitar", report=REPORT)
+    res = send("SUCCEEDED", scene="guitar", report=REPORT)
     assert res == {"status": "succeeded", "delivered": True, "channel": "webhook(127.0.0.1)",
                    "channels": {"webhook(127.0.0.1)": {"delivered": True}}}
     assert len(receiver.paths) == 2 and len(receiver.bodies) == 1
@@ -126,36 +126,36 @@ def test_webhook_delivery_with_retry(receiver: Receiver, monkeypatch: pytest.Mon
 def test_failure_is_reported_not_raised(receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
     receiver.always_fail = True
     monkeypatch.setenv("SPLATFLOW_WEBHOOK_URL", receiver.url)
-    res = notify("succeeded", scene="guitar", report=REPORT)
+    res = send("succeeded", scene="guitar", report=REPORT)
     assert res["delivered"] is False and "HTTP Error 500" in res["channels"]["webhook(127.0.0.1)"]["error"]
     assert len(receiver.paths) == 3  # retried, then given up
     monkeypatch.setenv("SPLATFLOW_NOTIFY_STRICT", "1")
     with pytest.raises(NotifyError, match="webhook"):
-        notify("succeeded", scene="guitar", report=REPORT)
+        send("succeeded", scene="guitar", report=REPORT)
     with pytest.raises(NotifyError):
-        notify("failed", scene="guitar", report={}, target="carrier-pigeon")
+        send("failed", scene="guitar", report={}, target="carrier-pigeon")
 
 
 def test_targets(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert notify("succeeded", scene="s", report={}) == {"status": "succeeded", "delivered": False,
+    assert send("succeeded", scene="s", report={}) == {"status": "succeeded", "delivered": False,
                                                          "channel": "none", "channels": {}}
-    assert notify("failed", scene="s", report={}, target="none")["channel"] == "none"
-    res = notify("failed", scene="s", report={}, target=f"https://hooks.example.com/services/{TOKEN}")
+    assert send("failed", scene="s", report={}, target="none")["channel"] == "none"
+    res = send("failed", scene="s", report={}, target=f"https://hooks.example.com/services/{TOKEN}")
     assert res["delivered"] is False and "secrets" in res["channels"]["target"]["error"]
     assert TOKEN not in json.dumps(res)
     with pytest.raises(InputError, match="unknown run status"):
-        notify("maybe", scene="s", report={})
+        send("maybe", scene="s", report={})
     with socket.socket() as closed:  # a local port that is bound but never listens: connections are refused at once
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
         started = time.monotonic()
-        res = notify("failed", scene="s", report={}, target=f"smtp://127.0.0.1:{port}?to=a@example.com&security=none")
+        res = send("failed", scene="s", report={}, target=f"smtp://127.0.0.1:{port}?to=a@example.com&security=none")
         took = time.monotonic() - started
     assert res["delivered"] is False  # nothing listens there: reported, not raised
     assert "refused" in res["channels"]["smtp(127.0.0.1)"]["error"].lower()
     assert took < 10, f"a refused connection took {took:.1f} s"  # three quick tries, no DNS, no network
     monkeypatch.setenv("SPLATFLOW_WEBHOOK_URL_FILE", "/nonexistent/secret")  # a Secret that is not mounted
-    res = notify("succeeded", scene="s", report={})
+    res = send("succeeded", scene="s", report={})
     assert res["delivered"] is False and "cannot be read" in res["channels"]["target"]["error"]
 
 
@@ -171,7 +171,7 @@ def test_sns_message_reaches_a_subscriber(s3_server: dict[str, str], monkeypatch
     sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
     monkeypatch.setenv("SPLATFLOW_SNS_TOPIC_ARN", topic)
 
-    res = notify("failed", scene="guitar", report={"run_id": "r9"}, failed_stage="sfm",
+    res = send("failed", scene="guitar", report={"run_id": "r9"}, failed_stage="sfm",
                  error="only 3 of 40 images registered")
     assert res["delivered"] is True and res["channel"] == "sns(splatflow-runs)"
     got = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
@@ -283,7 +283,7 @@ def test_smtp_delivery(smtp_server: dict[str, Any], monkeypatch: pytest.MonkeyPa
     scheme = "smtps" if sec == "ssl" else "smtp"
     target = (f"{scheme}://{user.replace('@', '')}{'@' if user else ''}127.0.0.1:{smtp_server['port']}"
               f"?to=ops@example.com,lead@example.com&from=splatflow@example.com&security={sec}")
-    res = notify("succeeded", scene="guitar", report=REPORT, target=target)
+    res = send("succeeded", scene="guitar", report=REPORT, target=target)
     assert res["delivered"] is True, res
     assert res["channel"] == "smtp(127.0.0.1)"
     (env,) = smtp_server["mailbox"].messages
@@ -303,11 +303,11 @@ def test_smtp_env_config_and_wrong_password(smtp_server: dict[str, Any], monkeyp
     secret_file = smtp_server["ca"].parent / "smtp-password"
     secret_file.write_text(PASSWORD + "\n")  # a mounted Secret
     monkeypatch.setenv("SPLATFLOW_SMTP_PASSWORD_FILE", str(secret_file))
-    assert notify("failed", scene="s", report={}, failed_stage="train", error="boom")["delivered"] is True
+    assert send("failed", scene="s", report={}, failed_stage="train", error="boom")["delivered"] is True
     (env,) = smtp_server["mailbox"].messages
     assert "Failed stage: train" in message_from_bytes(env.content).get_payload(decode=True).decode()
     monkeypatch.setenv("SPLATFLOW_SMTP_PASSWORD", "wrong-password")
-    res = notify("succeeded", scene="s", report={})
+    res = send("succeeded", scene="s", report={})
     assert res["delivered"] is False and "Authentication" in res["channels"]["smtp(127.0.0.1)"]["error"]
 
 
@@ -321,12 +321,12 @@ def test_no_secret_in_logs(smtp_server: dict[str, Any], receiver: Receiver, s3_s
     monkeypatch.setenv("SPLATFLOW_SMTP_PASSWORD", PASSWORD)
     monkeypatch.setenv("SPLATFLOW_SMTP_CA_FILE", str(smtp_server["ca"]))
     smtp = f"smtp://robot@127.0.0.1:{smtp_server['port']}?to=ops@example.com"
-    results = [notify("succeeded", scene="guitar", report=REPORT, target=f"webhook {smtp}")]
+    results = [send("succeeded", scene="guitar", report=REPORT, target=f"webhook {smtp}")]
     # failures: the error text itself carries the secrets (as a careless stage might), the webhook answers 500,
     # the SMTP login is refused: all logged, none with a secret
     receiver.always_fail = True
     leaky = f"could not reach {receiver.url} with password {PASSWORD} and {s3_server['AWS_SECRET_ACCESS_KEY']}"
-    results.append(notify("failed", scene="guitar", report=REPORT, target=f"webhook {smtp}",
+    results.append(send("failed", scene="guitar", report=REPORT, target=f"webhook {smtp}",
                           failed_stage="publish", error=leaky))
     from splatflow.cli import main
 
@@ -356,13 +356,13 @@ def test_a_bad_link_lifetime_is_refused_clearly(value: str, said: str, receiver:
     monkeypatch.setenv("SPLATFLOW_WEBHOOK_URL", receiver.url)
     monkeypatch.setenv("SPLATFLOW_LINK_EXPIRES", value)
     with pytest.raises(InputError, match=said) as err:
-        notify("succeeded", scene="guitar", report=REPORT)
+        send("succeeded", scene="guitar", report=REPORT)
     assert "SPLATFLOW_LINK_EXPIRES" in err.value.message and "604800" in str(err.value.hint)
     with pytest.raises(InputError, match="longer than 7 days"):
-        notify("succeeded", scene="guitar", report=REPORT, link_expires=8 * 24 * 3600)
+        send("succeeded", scene="guitar", report=REPORT, link_expires=8 * 24 * 3600)
     assert receiver.bodies == []
     monkeypatch.setenv("SPLATFLOW_LINK_EXPIRES", " 604800 ")  # the ConfigMap's default: fine
-    assert notify("succeeded", scene="guitar", report=REPORT)["delivered"] is True
+    assert send("succeeded", scene="guitar", report=REPORT)["delivered"] is True
 
 
 def test_links_signed_with_temporary_credentials_say_so(s3_server: dict[str, str], monkeypatch: pytest.MonkeyPatch,
@@ -388,14 +388,14 @@ RUN = "0b7e2f4c-5a61-4d8e-9f00-123456789abc"
 def test_notify_run_names_the_failed_stage_and_its_error(receiver: Receiver, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from splatflow.errors import SfmError
-    from splatflow.stages.notify import notify_run
+    from splatflow.stages.notify import notify
     from splatflow.tasks import record_failure
 
     monkeypatch.setenv("SPLATFLOW_WEBHOOK_URL", receiver.url)
     out = (tmp_path / "out").as_uri()
     with pytest.raises(SfmError), record_failure("sfm", out, RUN):
         raise SfmError("only 1 of 4 images registered", hint="take overlapping photos")
-    res = notify_run("FAILED", error_message="Task exit-handler-1 failed.", task_name="exit-handler-1",
+    res = notify("FAILED", error_message="Task exit-handler-1 failed.", task_name="exit-handler-1",
                      source_uri="s3://in/scans/Noise Test.zip", output_uri=out, run_id=RUN, target="")
     assert res["delivered"] is True and res["failed_stage"] == "sfm" and res["scene"] == "noise-test"
     (body,) = receiver.bodies
@@ -404,7 +404,7 @@ def test_notify_run_names_the_failed_stage_and_its_error(receiver: Receiver, tmp
 
     # no record (the pod was killed): KFP's own words, stage unknown
     receiver.bodies.clear()
-    res = notify_run("FAILED", error_message="Task exit-handler-1 failed.", task_name="exit-handler-1",
+    res = notify("FAILED", error_message="Task exit-handler-1 failed.", task_name="exit-handler-1",
                      source_uri="s3://in/x", output_uri=out, run_id="other-run", target="")
     assert "failed_stage" not in res
     assert "Failed stage: unknown" in _plain(receiver.bodies[0])
@@ -417,7 +417,7 @@ def test_notify_run_sends_what_it_knows_when_storage_is_down(receiver: Receiver,
     from splatflow import tasks
     from splatflow.errors import StorageError
     from splatflow.stages import publish
-    from splatflow.stages.notify import notify_run
+    from splatflow.stages.notify import notify
 
     def down(*args: Any) -> None:
         raise StorageError("endpoint http://minio:9000 is unreachable", hint="check AWS_ENDPOINT_URL")
@@ -426,9 +426,9 @@ def test_notify_run_sends_what_it_knows_when_storage_is_down(receiver: Receiver,
     monkeypatch.setattr(tasks, "read_failure", down)
     monkeypatch.setenv("SPLATFLOW_WEBHOOK_URL", receiver.url)
     with caplog.at_level(logging.WARNING, "splatflow.notify"):
-        ok = notify_run("SUCCEEDED", error_message="", task_name="exit-handler-1", source_uri="s3://in/lund",
+        ok = notify("SUCCEEDED", error_message="", task_name="exit-handler-1", source_uri="s3://in/lund",
                         output_uri="s3://out/scenes", run_id=RUN, target="")
-        bad = notify_run("FAILED", error_message="Task exit-handler-1 failed.", task_name="exit-handler-1",
+        bad = notify("FAILED", error_message="Task exit-handler-1 failed.", task_name="exit-handler-1",
                          source_uri="s3://in/lund", output_uri="s3://out/scenes", run_id=RUN, target="")
     assert ok["delivered"] is True and bad["delivered"] is True
     assert receiver.bodies[0]["text"].endswith("splatflow: lund published") and RUN in _plain(receiver.bodies[0])
@@ -438,14 +438,14 @@ def test_notify_run_sends_what_it_knows_when_storage_is_down(receiver: Receiver,
 
 def test_notify_run_links_what_publish_wrote(receiver: Receiver, sample_sog: Path, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    from splatflow.stages.notify import final_status, notify_run
+    from splatflow.stages.notify import final_status, notify
     from splatflow.stages.publish import publish
 
     monkeypatch.setenv("SPLATFLOW_WEBHOOK_URL", receiver.url)
     out = (tmp_path / "out").as_uri()
     publish(out, scene="lund", run_id=RUN, files={"sog": sample_sog}, reports={"compress": {"splats": 7}},
             viewer=False)
-    res = notify_run("SUCCEEDED", error_message=None, task_name=None, source_uri="file:///data/photos/lund",
+    res = notify("SUCCEEDED", error_message=None, task_name=None, source_uri="file:///data/photos/lund",
                      output_uri=out, run_id=RUN, target="")
     assert res["delivered"] is True and "failed_stage" not in res
     text = _plain(receiver.bodies[0])

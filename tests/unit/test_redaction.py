@@ -72,11 +72,11 @@ def test_url_parts_never_raises() -> None:
 ])
 def test_a_webhook_url_that_fails_to_parse_leaks_nothing(monkeypatch: pytest.MonkeyPatch,
                                                          caplog: pytest.LogCaptureFixture, url: str) -> None:
-    from splatflow.stages.notify import notify
+    from splatflow.stages.notify import send
 
     monkeypatch.setenv("SPLATFLOW_WEBHOOK_URL", url)
     with caplog.at_level("DEBUG"):
-        res = notify("failed", scene="s", report={}, target="webhook", error=f"stage error quoting {url}")
+        res = send("failed", scene="s", report={}, target="webhook", error=f"stage error quoting {url}")
     assert res["delivered"] is False
     shown = json.dumps(res) + caplog.text
     assert TOKEN not in shown and "webhook" in shown

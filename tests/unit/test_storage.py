@@ -85,7 +85,8 @@ def test_s3_file_round_trip(s3: str, tmp_path: Path) -> None:
     assert uri == s3 + "/a.sog"
     assert storage.exists(uri) and not storage.exists(s3 + "/nope")
     st = storage.stat(uri)
-    assert st == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert st == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "etag": st["etag"]}
+    assert st["etag"] == hashlib.md5(data).hexdigest()  # a single-part upload: the ETag is the content's MD5
     out = storage.download(uri, tmp_path / "deep" / "b.sog")
     assert out.read_bytes() == data
     assert storage.read_bytes(uri) == data
@@ -274,6 +275,9 @@ def test_list_objects_sizes_limit_and_selected_download(s3: str, tmp_path: Path)
     assert [(storage.relative_name(o.uri, s3), o.size) for o in listed] == sorted(
         (rel, len(data)) for rel, data in files.items())
     assert [o.uri for o in listed] == storage.list_uris(s3)
+    # S3 listings carry each object's ETag (the content's MD5 for these single-part uploads); files carry none
+    assert {storage.relative_name(o.uri, s3): o.etag for o in listed} == {
+        rel: hashlib.md5(data).hexdigest() for rel, data in files.items()}
     local = storage.list_objects(str(src))
     assert {Path(o.uri).relative_to(src).as_posix(): o.size for o in local} == {k: len(v) for k, v in files.items()}
     with pytest.raises(InputError, match="more than 3 objects"):

@@ -21,6 +21,10 @@ from splatflow.errors import InvalidValuesError, PlyError
 from splatflow.fsutil import atomic_path
 from splatflow.gaussians import SH_COEFFS, GaussianCloud
 
+__all__ = [
+    "NORMALS", "REQUIRED", "OnInvalid", "inria_layout", "read_ply", "write_ply"
+]
+
 log = logging.getLogger(__name__)
 
 REQUIRED = ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",

@@ -38,6 +38,11 @@ from splatflow.errors import ImageError, InputError, OutputExistsError
 from splatflow.fsutil import atomic_path, cleans_up_on_sigterm, made_parents
 from splatflow.progress import progress, step
 
+__all__ = [
+    "FLAT", "FRAME_BLUR_RATIO", "FRAME_DUPLICATE", "JPEG_QUALITY", "MAX_ARCHIVE_ENTRIES", "PHOTO_BLUR_RATIO",
+    "PHOTO_DUPLICATE", "check_out_dir", "fingerprint", "ingest"
+]
+
 log = logging.getLogger(__name__)
 
 #: Two photos closer than this (mean absolute thumbnail difference, 0..255) are near-duplicates.
@@ -118,6 +123,36 @@ def check_out_dir(out_dir: Path, *, overwrite: bool) -> None:
         if any(out_dir.iterdir()) and not overwrite:
             raise OutputExistsError(f"output folder {out_dir} already exists and is not empty",
                                     hint="pass --overwrite to replace it, or choose another path")
+
+
+def fingerprint(source: str) -> str:
+    """A content fingerprint of what ``ingest(source, ...)`` reads: ``sha256:<hex>`` over the sorted (relative
+    name, size, content hash) of every file below ``source`` (a folder, a file, ``file://`` or ``s3://``).
+
+    Local files are hashed (SHA-256); S3 objects are represented by their ETag, which changes with their content.
+    The same photos at the same address give the same fingerprint, so the pipeline's ingest task can be cached
+    on it; a changed, added, renamed or removed photo gives another. Raises InputError for a missing source.
+    """
+    from splatflow import storage
+
+    if source.startswith("s3://"):
+        objects = storage.list_objects(source, max_count=MAX_ARCHIVE_ENTRIES)
+        if not objects and storage.exists(source):  # a single object (a .zip or a video)
+            st = storage.stat(source)
+            entries = [(PurePosixPath(source).name, st["size"], st["etag"] or st["sha256"] or "")]
+        else:
+            entries = [(storage.relative_name(o.uri, source), o.size, o.etag) for o in objects]
+        if not entries:
+            raise InputError(f"nothing under {source}: the prefix is empty or does not exist",
+                             hint="check the prefix: s3://bucket/path/ holding the photos, a .zip or a video")
+    else:
+        _, path = _resolve(source)
+        files = [(path.name, path)] if path.is_file() else [(rel, p) for rel, p in _walk(path) if p.is_file()]
+        entries = [(rel, p.stat().st_size, storage.sha256_file(p)) for rel, p in files]
+    digest = hashlib.sha256()
+    for rel, size, content in sorted(entries):
+        digest.update(f"{rel}\0{size}\0{content}\n".encode())
+    return f"sha256:{digest.hexdigest()}"
 
 
 def _resolve(source: str) -> tuple[str, Path]:

@@ -24,7 +24,7 @@ its sibling files from a private bucket, so without a public base the viewer is 
 link stops working when the credentials that signed it expire: with temporary credentials (a session token:
 IRSA, an instance role, SSO) that is usually hours, whatever ``link_expires`` says, and the message says so.
 
-In the pipeline, :func:`notify_run` is the exit task: it maps KFP's final status, reads back what publish wrote
+In the pipeline, :func:`notify` is the exit task: it maps KFP's final status, reads back what publish wrote
 (on success) or the failure a stage recorded (``splatflow.tasks``; on failure), and sends what it knows even when
 reading those fails.
 
@@ -54,7 +54,13 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 from splatflow import storage
 from splatflow.errors import InputError, NotifyError
-from splatflow.redaction import redact, url_parts
+from splatflow.redaction import redact, setting, url_parts
+
+__all__ = [
+    "MAX_LINK_EXPIRES", "STATUSES", "TEMPORARY_CREDENTIAL_ENV", "Message", "SmtpConfig", "build_message",
+    "check_link_expires", "final_status", "link_expires_from_env", "link_for", "notify", "send", "send_smtp",
+    "send_sns", "send_webhook", "temporary_credentials"
+]
 
 log = logging.getLogger("splatflow.notify")
 
@@ -69,19 +75,9 @@ TEMPORARY_CREDENTIAL_ENV = ("AWS_SESSION_TOKEN", "AWS_WEB_IDENTITY_TOKEN_FILE", 
 
 # ---------------------------------------------------------------------------- environment
 def _env(name: str) -> str | None:
-    """A setting from the environment, or from the file named by ``<name>_FILE`` (a mounted Secret)."""
-    value = os.environ.get(name)
-    if value:
-        return value.strip()
-    path = os.environ.get(f"{name}_FILE")
-    if path:
-        try:
-            with open(path) as f:
-                return f.read().strip() or None
-        except OSError as exc:
-            raise InputError(f"{name}_FILE names {path}, which cannot be read ({exc.strerror})",
-                             hint=f"mount the Secret there or unset {name}_FILE") from None
-    return None
+    """A setting from the environment, or from the file named by ``<name>_FILE`` (a mounted Secret); an unreadable
+    file is an InputError (:func:`splatflow.redaction.setting`)."""
+    return setting(name, strict=True)
 
 
 # ---------------------------------------------------------------------------- message
@@ -465,7 +461,7 @@ def _kind(spec: str) -> str:
     return "target"
 
 
-def notify(status: str, *, scene: str, report: dict, target: str | None = None, failed_stage: str | None = None,
+def send(status: str, *, scene: str, report: dict, target: str | None = None, failed_stage: str | None = None,
            error: str | None = None, strict: bool | None = None, link_expires: int | None = None) -> dict:
     """Send the run's outcome to ``target`` (see the module docstring).
 
@@ -534,13 +530,13 @@ def final_status(state: str | None, error_message: str | None, task_name: str | 
     return {"status": status, "error": detail}
 
 
-def notify_run(state: str | None, *, error_message: str | None, task_name: str | None, source_uri: str,
+def notify(state: str | None, *, error_message: str | None, task_name: str | None, source_uri: str,
                output_uri: str, run_id: str, target: str | None = None) -> dict[str, Any]:
     """Notify the outcome of pipeline run ``run_id`` (what the pipeline's exit task does).
 
     On success the message carries what publish wrote (read back from its manifest); on failure the stage that
     failed and its one-line error (the record the stage left), else KFP's error. When the storage cannot be
-    read, that is logged and the message goes out with what is known. Returns :func:`notify`'s result plus
+    read, that is logged and the message goes out with what is known. Returns :func:`send`'s result plus
     ``scene`` and, on a recorded failure, ``failed_stage``.
     """
     from splatflow.stages.publish import published_run, scene_name
@@ -563,7 +559,7 @@ def notify_run(state: str | None, *, error_message: str | None, task_name: str |
             failure = None
         if failure:
             failed_stage, error = failure["stage"], failure["error"]
-    result = notify(outcome["status"], scene=scene, report=report, target=target or None,
+    result = send(outcome["status"], scene=scene, report=report, target=target or None,
                     failed_stage=failed_stage, error=error)
     result["scene"] = scene
     if failed_stage:

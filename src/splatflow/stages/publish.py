@@ -48,6 +48,12 @@ from splatflow.errors import InputError, OutputBusyError, OutputExistsError, Ply
 from splatflow.fsutil import cleans_up_on_sigterm
 from splatflow.limits import MAX_REPORT_BYTES, parse_json
 
+__all__ = [
+    "CONTACT_SHEET", "FILE_KEYS", "LATEST", "LOCK_TTL_ENV", "MANIFEST", "MANIFEST_FORMAT", "UPLOAD_ATTEMPTS",
+    "RunLock", "lock_uri", "publish", "published_files", "published_run", "read_latest", "read_manifest",
+    "run_summary", "scene_name"
+]
+
 log = logging.getLogger("splatflow.publish")
 
 MANIFEST = "manifest.json"
@@ -287,7 +293,7 @@ def _upload_one(rel: str, path: Path, digest: str, size: int, base: str) -> bool
     (a proxy or disk that changed it) is uploaded again. True when it was uploaded."""
     uri = storage.join(base, rel)
     uploaded = False
-    fresh = storage.exists(uri) and storage.stat(uri) == {"size": size, "sha256": digest}
+    fresh = storage.exists(uri) and _same(storage.stat(uri), size, digest)
     for attempt in range(1, UPLOAD_ATTEMPTS + 1):
         if not fresh:
             storage.upload(path, uri)
@@ -303,11 +309,16 @@ def _upload_one(rel: str, path: Path, digest: str, size: int, base: str) -> bool
                             "nothing was marked complete")
 
 
+def _same(st: dict[str, Any], size: int, digest: str) -> bool:
+    """Whether a :func:`storage.stat` result has this size and recorded SHA-256."""
+    return st["size"] == size and st["sha256"] == digest
+
+
 def _check_remote(rel: str, digest: str, size: int, base: str) -> None:
     """Raise StorageError unless the object at ``base/rel`` still has this size and recorded SHA-256."""
     uri = storage.join(base, rel)
     st = storage.stat(uri)
-    if st != {"size": size, "sha256": digest}:
+    if not _same(st, size, digest):
         raise StorageError(f"published object {uri} changed after it was checked "
                            f"({st['size']} bytes, sha256 {str(st['sha256'])[:12]}; expected {size}, {digest[:12]})",
                            hint="something else writes under this run id; publish again with a new run id")
@@ -446,6 +457,106 @@ def _lock_info(raw: bytes) -> dict[str, Any]:
     return info if isinstance(info, dict) else {}
 
 
+def _check_inputs(output_uri: str, scene: str, run_id: str, files: dict[str, Path], reports: dict[str, dict],
+                  viewer: bool, unpack_sog: bool) -> None:
+    """Every check of :func:`publish`'s arguments, before any work (InputError / DependencyMissing)."""
+    _check_name("scene", scene)
+    _check_name("run id", run_id)
+    storage.parse(output_uri)
+    for name in reports:
+        _check_name("report name", name)
+    if unpack_sog and (not files.get("sog") or files.get("meta")):
+        raise InputError("unpack_sog needs files['sog'] and no files['meta']",
+                         hint="pass the .sog bundle; its files are published under sog/")
+    for name, rep in reports.items():
+        if not isinstance(rep, dict):
+            raise InputError(f"report {name!r} is a {type(rep).__name__}, not a JSON object",
+                             hint="pass each stage's report dict")
+    _collect_files(scene, files)  # what each file is
+    if viewer:
+        from splatflow.viewer.page import assets_dir
+
+        assets_dir()  # the viewer's files are there (DependencyMissing names the fix) before anything is written
+
+
+def _report_objects(reports: dict[str, dict], tmp: Path) -> list[tuple[str, Path]]:
+    """Each report as ``reports/<name>.json`` in ``tmp``: (relative name, path) pairs."""
+    out = []
+    for name, rep in sorted(reports.items()):
+        path = tmp / "reports" / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rep, indent=2, sort_keys=True, default=str) + "\n")
+        out.append((f"reports/{name}.json", path))
+    return out
+
+
+def _page_objects(scene: str, content: str, files: dict[str, Path], reports: dict[str, dict],
+                  page_dir: Path) -> tuple[list[tuple[str, Path]], str]:
+    """The viewer page's files in ``page_dir`` as (relative name, path) pairs, and the viewer's version.
+
+    A scene captured from inside (a street, a room) opens at a photo's own pose, which training reports; without
+    one the camera frames the splats from outside (an object)."""
+    from splatflow.viewer.page import build_page, capture_camera, scene_bounds, viewer_version
+
+    sog_path = Path(files["sog"]) if files.get("sog") else Path(files["meta"])
+    bounds, source = scene_bounds(sog=sog_path, ply=Path(files["ply"]) if files.get("ply") else None)
+    pose = reports.get("train", {}).get("viewer_camera")
+    camera = capture_camera(pose["position"], pose["target"]) if pose else None
+    log.info("viewer camera %s", "at the training report's capture pose" if camera else f"fitted to {source}")
+    paths = build_page(page_dir, content_name=content, title=scene, bounds=bounds, camera=camera)
+    return [(path.relative_to(page_dir).as_posix(), path) for path in paths], viewer_version()
+
+
+def _manifest(scene: str, run_id: str, content: str, viewer: bool, objects: list[tuple[str, Path]],
+              reports: dict[str, dict], page_version: str | None) -> dict[str, Any]:
+    """The run's manifest: every object's size, SHA-256 and content type, the run summary and versions."""
+    names = [rel for rel, _ in objects]
+    if len(set(names)) != len(names) or MANIFEST in names:
+        raise InputError(f"two published objects would have the same name: {sorted(names)}",
+                         hint="rename the report that clashes with a file name")
+    entries: dict[str, dict[str, Any]] = {rel: {"bytes": path.stat().st_size, "sha256": storage.sha256_file(path),
+                                                "content_type": storage.content_type(rel)}
+                                          for rel, path in sorted(objects)}
+    return {
+        "format": MANIFEST_FORMAT,
+        "scene": scene,
+        "run_id": run_id,
+        "content": content,
+        "viewer": "index.html" if viewer else None,
+        "objects": entries,
+        "bytes": sum(e["bytes"] for e in entries.values()),
+        "summary": run_summary(reports),
+        "versions": {"splatflow": __version__, **({"viewer": page_version} if page_version else {})},
+    }
+
+
+def _replace_check(manifest_uri: str, manifest_bytes: bytes, base: str, overwrite: bool) -> None:
+    """An earlier complete publish of the same run with other content: OutputExistsError, or (``overwrite``) its
+    manifest removed, so the run reads as incomplete until the new manifest lands."""
+    if storage.exists(manifest_uri) and \
+            storage.read_bytes(manifest_uri, max_bytes=MAX_REPORT_BYTES) != manifest_bytes:
+        if not overwrite:
+            raise OutputExistsError(f"{base} is already published with different content",
+                                    hint="use a new run id, or pass overwrite=True (--overwrite)")
+        log.info("replacing the earlier publish of %s", base)
+        storage.delete(manifest_uri)
+
+
+def _upload_all(objects: list[tuple[str, Path]], entries: dict[str, dict[str, Any]], base: str) -> list[bool]:
+    """Upload every object (each checked as the server stored it), remove stale ones, check them all again;
+    returns per object whether it was uploaded (False: it was already there)."""
+    with ThreadPoolExecutor(max_workers=_PARALLEL) as pool:
+        done = list(pool.map(lambda o: _upload_one(o[0], o[1], entries[o[0]]["sha256"], entries[o[0]]["bytes"],
+                                                   base), objects))
+    for stale in storage.list_uris(base):  # files being written elsewhere are never listed
+        if storage.relative_name(stale, base) not in (*entries, MANIFEST):
+            log.info("removing stale object %s", stale)
+            storage.delete(stale)
+    with ThreadPoolExecutor(max_workers=_PARALLEL) as pool:
+        list(pool.map(lambda rel: _check_remote(rel, entries[rel]["sha256"], entries[rel]["bytes"], base), entries))
+    return done
+
+
 @cleans_up_on_sigterm
 def publish(output_uri: str, *, scene: str, run_id: str, files: dict[str, Path], reports: dict[str, dict],
             overwrite: bool = False, viewer: bool = True, unpack_sog: bool = False) -> dict[str, Any]:
@@ -461,23 +572,7 @@ def publish(output_uri: str, *, scene: str, run_id: str, files: dict[str, Path],
     ``latest_uri``, ``objects``, ``bytes``, ``uploaded``, ``skipped``, ``summary`` and ``seconds``.
     """
     start = time.monotonic()
-    _check_name("scene", scene)
-    _check_name("run id", run_id)
-    storage.parse(output_uri)
-    for name in reports:
-        _check_name("report name", name)
-    if unpack_sog and (not files.get("sog") or files.get("meta")):
-        raise InputError("unpack_sog needs files['sog'] and no files['meta']",
-                         hint="pass the .sog bundle; its files are published under sog/")
-    for name, rep in reports.items():
-        if not isinstance(rep, dict):
-            raise InputError(f"report {name!r} is a {type(rep).__name__}, not a JSON object",
-                             hint="pass each stage's report dict")
-    _collect_files(scene, files)  # check the inputs (what each file is) before any work
-    if viewer:
-        from splatflow.viewer.page import assets_dir
-
-        assets_dir()  # the viewer's files are there (DependencyMissing names the fix) before anything is written
+    _check_inputs(output_uri, scene, run_id, files, reports, viewer, unpack_sog)
     base = storage.join(output_uri, scene, run_id)
     with RunLock(output_uri, scene, run_id) as lock, \
             tempfile.TemporaryDirectory(prefix="splatflow-publish-") as tmp_name:
@@ -485,65 +580,18 @@ def publish(output_uri: str, *, scene: str, run_id: str, files: dict[str, Path],
         if unpack_sog:
             files = {**files, "meta": _unpack_sog(Path(files["sog"]), tmp / "sog")}
         objects, content = _collect_files(scene, files)
-        for name, rep in sorted(reports.items()):
-            path = tmp / "reports" / f"{name}.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(rep, indent=2, sort_keys=True, default=str) + "\n")
-            objects.append((f"reports/{name}.json", path))
+        objects += _report_objects(reports, tmp)
         page_version = None
         if viewer:
-            from splatflow.viewer.page import build_page, capture_camera, scene_bounds, viewer_version
-
-            sog_path = Path(files["sog"]) if files.get("sog") else Path(files["meta"])
-            bounds, source = scene_bounds(sog=sog_path, ply=Path(files["ply"]) if files.get("ply") else None)
-            # a scene captured from inside (a street, a room) opens at a photo's own pose, which training reports;
-            # without one the camera frames the splats from outside (an object)
-            pose = reports.get("train", {}).get("viewer_camera")
-            camera = capture_camera(pose["position"], pose["target"]) if pose else None
-            log.info("viewer camera %s", "at the training report's capture pose" if camera else f"fitted to {source}")
-            page_dir = tmp / "page"
-            for path in build_page(page_dir, content_name=content, title=scene, bounds=bounds, camera=camera):
-                objects.append((path.relative_to(page_dir).as_posix(), path))
-            page_version = viewer_version()
-        names = [rel for rel, _ in objects]
-        if len(set(names)) != len(names) or MANIFEST in names:
-            raise InputError(f"two published objects would have the same name: {sorted(names)}",
-                             hint="rename the report that clashes with a file name")
-        entries: dict[str, dict[str, Any]] = {rel: {"bytes": path.stat().st_size, "sha256": storage.sha256_file(path),
-                         "content_type": storage.content_type(rel)} for rel, path in sorted(objects)}
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "scene": scene,
-            "run_id": run_id,
-            "content": content,
-            "viewer": "index.html" if viewer else None,
-            "objects": entries,
-            "bytes": sum(e["bytes"] for e in entries.values()),
-            "summary": run_summary(reports),
-            "versions": {"splatflow": __version__, **({"viewer": page_version} if page_version else {})},
-        }
+            page, page_version = _page_objects(scene, content, files, reports, tmp / "page")
+            objects += page
+        manifest = _manifest(scene, run_id, content, viewer, objects, reports, page_version)
+        entries = manifest["objects"]
         manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
         manifest_uri = storage.join(base, MANIFEST)
-
-        if storage.exists(manifest_uri) and \
-                storage.read_bytes(manifest_uri, max_bytes=MAX_REPORT_BYTES) != manifest_bytes:
-            if not overwrite:
-                raise OutputExistsError(f"{base} is already published with different content",
-                                        hint="use a new run id, or pass overwrite=True (--overwrite)")
-            log.info("replacing the earlier publish of %s", base)
-            storage.delete(manifest_uri)  # incomplete from here until the new manifest lands
-
+        _replace_check(manifest_uri, manifest_bytes, base, overwrite)
         log.info("publishing %d objects (%d bytes) to %s", len(objects), manifest["bytes"], base)
-        with ThreadPoolExecutor(max_workers=_PARALLEL) as pool:  # each object checked as the server stored it
-            done = list(pool.map(lambda o: _upload_one(o[0], o[1], entries[o[0]]["sha256"],
-                                                       entries[o[0]]["bytes"], base), objects))
-        for stale in storage.list_uris(base):  # files being written elsewhere are never listed
-            if storage.relative_name(stale, base) not in (*entries, MANIFEST):
-                log.info("removing stale object %s", stale)
-                storage.delete(stale)
-        with ThreadPoolExecutor(max_workers=_PARALLEL) as pool:
-            list(pool.map(lambda rel: _check_remote(rel, entries[rel]["sha256"], entries[rel]["bytes"], base),
-                          entries))
+        done = _upload_all(objects, entries, base)
         lock.check()
         storage.write_bytes(manifest_uri, manifest_bytes, cache_control="no-cache")
 

@@ -34,6 +34,10 @@ from splatflow.fsutil import atomic_path, cleans_up_on_sigterm, made_parents, re
 from splatflow.progress import step
 from splatflow.stages.ingest import check_out_dir
 
+__all__ = [
+    "EXHAUSTIVE_LIMIT", "FALLBACK_EXHAUSTIVE_LIMIT", "GOOD_ENOUGH", "MATCHERS", "SEQUENTIAL_OVERLAP", "sfm"
+]
+
 log = logging.getLogger(__name__)
 
 MATCHERS = ("auto", "exhaustive", "sequential")

@@ -32,7 +32,8 @@ import yaml
 
 from splatflow.doctor import kfp_token_path
 from splatflow.errors import EnvironmentProblem, InputError, SplatflowError, StageError
-from splatflow.presets import check_run_parameters
+from splatflow.options import check_run_parameters
+from splatflow.redaction import redact
 from splatflow.stages.publish import scene_name
 
 FINAL_STATES = {"SUCCEEDED", "FAILED", "SKIPPED", "CANCELED", "CANCELLED", "ERROR"}
@@ -156,10 +157,8 @@ def _one_line(text: str, limit: int = 300) -> str:
 
 
 def _redact(text: str, settings: KfpSettings) -> str:
-    for secret in (settings.token, settings.cookie):
-        if secret:
-            text = text.replace(secret, "[redacted]")
-    return text
+    """:func:`splatflow.redaction.redact`, with the session's token and cookie (a token may come from a file)."""
+    return redact(text, extra=(settings.token, settings.cookie))
 
 
 def _server_message(exc: Any, settings: KfpSettings) -> str:
@@ -198,7 +197,7 @@ def _load_package(package: Path) -> dict[str, Any]:
 
 def default_version_name() -> str:
     """``<image tag>-<UTC time>``: names which images a version runs and stays unique per upload."""
-    from components.images import tag
+    from splatflow.spec import tag
 
     return f"{tag()}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
 
@@ -241,7 +240,7 @@ def load_params(path: Path | None, package: Path) -> dict[str, Any]:
     if path is not None:
         if not Path(path).is_file():
             raise InputError(f"parameters file {path} does not exist",
-                             hint="write a YAML/JSON file such as pipelines/params.example.yaml")
+                             hint="write a YAML/JSON file such as src/splatflow_kfp/pipelines/params.example.yaml")
         loaded = yaml.safe_load(Path(path).read_text())  # YAML is a superset of JSON
         if loaded is not None and not isinstance(loaded, dict):
             raise InputError(f"{path} must hold a mapping of parameter names to values")

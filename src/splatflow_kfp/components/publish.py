@@ -4,11 +4,11 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Model, Output
 
-from components.images import image_for
+from splatflow.spec import image_for
 
 
 @dsl.component(base_image=image_for("publish"), install_kfp_package=False)
-def publish(output_uri: str, source_uri: str, run_id: str, sog: Input[Artifact], model: Input[Model],
+def publish(output_uri: str, source_uri: str, sog: Input[Artifact], model: Input[Model],
             ingest_report: dict, sfm_report: dict, train_report: dict, compress_report: dict,
             report: Output[Artifact]) -> dict:
     """Objects under ``output_uri/<scene>/<run_id>/`` (with training's contact sheet from ``model``); returns
@@ -21,10 +21,10 @@ def publish(output_uri: str, source_uri: str, run_id: str, sog: Input[Artifact],
 
     from splatflow.stages.publish import publish as run_publish
     from splatflow.stages.publish import published_files, scene_name
-    from splatflow.tasks import record_failure, task_output
+    from splatflow.tasks import record_failure, run_id, task_output
 
-    with record_failure("publish", output_uri, run_id):
-        result = run_publish(output_uri, scene=scene_name(source_uri), run_id=run_id,
+    with record_failure("publish", output_uri):
+        result = run_publish(output_uri, scene=scene_name(source_uri), run_id=run_id(),
                              files=published_files(Path(sog.path), Path(model.path)), unpack_sog=True,
                              reports={"ingest": ingest_report, "sfm": sfm_report, "train": train_report,
                                       "compress": compress_report})

@@ -3,16 +3,15 @@
 # no `from __future__ import annotations`: kfp reads the real annotation objects (Input[Model] ...)
 from kfp import dsl
 
-from components.images import image_for
+from splatflow.spec import image_for
 
 
 @dsl.component(base_image=image_for("notify"), install_kfp_package=False)
-def notify(status: dsl.PipelineTaskFinalStatus, source_uri: str, output_uri: str, run_id: str,
-           target: str) -> dict:
+def notify(status: dsl.PipelineTaskFinalStatus, source_uri: str, output_uri: str, target: str) -> dict:
     """Notify ``target`` (empty: the default channel from the environment); returns ``delivered``, ``channel``."""
-    from splatflow.stages.notify import notify_run as run_notify
-    from splatflow.tasks import task_output
+    from splatflow.stages.notify import notify as run_notify
+    from splatflow.tasks import run_id, task_output
 
     return task_output(run_notify(status.state, error_message=status.error_message,
-                                  task_name=status.pipeline_task_name, source_uri=source_uri,
-                                  output_uri=output_uri, run_id=run_id, target=target))
+                                  task_name=status.pipeline_task_name, source_uri=source_uri, output_uri=output_uri,
+                                  run_id=run_id(), target=target))

@@ -1,4 +1,5 @@
-"""``python -m pipelines compile|upload|run``: what ``make compile``, ``make upload`` and ``make run-pipeline`` call.
+"""``python -m splatflow_kfp.pipelines compile|upload|run``: what ``make compile``, ``make upload`` and
+``make run-pipeline`` call.
 
 Exit codes follow the splatflow CLI: 0 ok, 2 bad input (parameters, package), 3 environment problem (KFP_HOST
 unset or unreachable, credentials refused), 4 the run did not succeed (failed, or still running at ``--timeout``).
@@ -23,9 +24,8 @@ def _compile(args: argparse.Namespace) -> int:
         os.environ["SPLATFLOW_REGISTRY"] = args.registry
     if args.tag:
         os.environ["SPLATFLOW_IMAGE_TAG"] = args.tag
-    from components.images import all_images
-
-    from pipelines.splat_pipeline import compile_pipeline
+    from splatflow.spec import all_images
+    from splatflow_kfp.pipelines.splat_pipeline import compile_pipeline
 
     out = compile_pipeline(args.output)
     print(f"compiled {out}")
@@ -35,7 +35,7 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _upload(args: argparse.Namespace) -> dict[str, str]:
-    from pipelines.client import KfpSettings, connect, kfp_errors, pipeline_name, upload
+    from splatflow_kfp.pipelines.client import KfpSettings, connect, kfp_errors, pipeline_name, upload
 
     pipeline_name(args.package)  # a missing or wrong package fails before any connection
     settings = KfpSettings.from_env()
@@ -55,7 +55,7 @@ def _print_upload(package: Path, host: str, ids: dict[str, str]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pipelines.client import KfpSettings, connect, kfp_errors, load_params, start_run, upload, wait
+    from splatflow_kfp.pipelines.client import KfpSettings, connect, kfp_errors, load_params, start_run, upload, wait
 
     params = load_params(args.params, args.package)  # fail on bad parameters before uploading anything
     settings = KfpSettings.from_env()
@@ -75,7 +75,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m splatflow_kfp.pipelines", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("compile", help="compile the pipeline to KFP IR YAML")
     p.add_argument("--output", type=Path, default=DEFAULT_PACKAGE)

@@ -15,7 +15,7 @@ well). When a stage fails, :class:`~splatflow.errors.StageError` names it and it
 stage left for notify), so the last lines a user sees say what went wrong and where.
 
 ``runner="docker"`` runs every task in its stage image instead (``kfp.local.DockerRunner``; the images named by
-``components.images``, e.g. built by ``make images-local``), through any Docker-compatible engine at
+``splatflow.spec``, e.g. built by ``make images-local``), through any Docker-compatible engine at
 ``DOCKER_HOST`` (docker, or ``podman system service``). The tasks run as the images' user (uid 10001), on the
 host's network (a webhook on localhost is reachable), with the output folder and a local source mounted at
 their own paths, and with this process's ``SPLATFLOW_*`` and ``AWS_*`` variables (what a cluster gives a pod
@@ -41,6 +41,7 @@ import os
 import re
 import sys
 import time
+import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,10 +50,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from splatflow.errors import InputError, StageError
-from splatflow.presets import CPU_MAX_SPLATS, check_run_parameters
+from splatflow.options import LOCAL_DEFAULTS, check_run_parameters
+from splatflow.tasks import RUN_ID_ENV
 
 log = logging.getLogger(__name__)
-LOCAL_DEFAULTS: dict[str, Any] = {"quality": "cpu", "iterations": 0, "max_splats": CPU_MAX_SPLATS, "sh_degree": 1}
 RUNNERS = ("subprocess", "docker")
 #: variables a task in a container gets from this process (a cluster's pods get them from Secrets and ConfigMaps)
 FORWARDED_ENV = re.compile(r"^(SPLATFLOW_|AWS_)")
@@ -115,7 +116,6 @@ def find_publish_result(pipeline_root: Path) -> dict[str, Any]:
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '([^']+)'")
 _END = re.compile(r"Task '([^']+)' finished with status (\w+)")
-_RUN_ID = re.compile(r'"run_id": "([^"]+)"')
 
 
 class _TaskLog(io.TextIOBase):
@@ -125,7 +125,6 @@ class _TaskLog(io.TextIOBase):
     def __init__(self, log: TextIO, echo: TextIO, verbose: bool) -> None:
         self.log, self.echo, self.verbose = log, echo, verbose
         self.stages: dict[str, dict[str, Any]] = {}
-        self.run_id: str | None = None
         self._pending = ""
         self._current: tuple[str, float] | None = None
 
@@ -147,8 +146,6 @@ class _TaskLog(io.TextIOBase):
         self.echo.flush()
 
     def _line(self, line: str) -> None:
-        if self.run_id is None and (m := _RUN_ID.search(line)):
-            self.run_id = m.group(1)
         if m := _START.search(line):
             self._current = (m.group(1), time.monotonic())
             if not self.verbose:
@@ -173,7 +170,8 @@ class _TaskLog(io.TextIOBase):
 
 def run_local(source: str | Path, output: Path | str, *, quality: str = LOCAL_DEFAULTS["quality"],
               iterations: int = LOCAL_DEFAULTS["iterations"], max_splats: int = LOCAL_DEFAULTS["max_splats"],
-              sh_degree: int = LOCAL_DEFAULTS["sh_degree"], notify_target: str = "", verbose: bool = False,
+              sh_degree: int = LOCAL_DEFAULTS["sh_degree"], notify_target: str = "", target_psnr: float = 0.0,
+              verbose: bool = False,
               work: Path | str | None = None, echo: TextIO | None = None, runner: str = "subprocess") -> LocalRun:
     """Run ``splat_pipeline`` under kfp.local; results go to ``output`` (a new or empty local folder, or an
     ``s3://bucket/prefix``: the bucket is checked first), task outputs and ``run.log`` to the local folder
@@ -186,11 +184,11 @@ def run_local(source: str | Path, output: Path | str, *, quality: str = LOCAL_DE
     """
     from kfp import local
 
-    from pipelines.splat_pipeline import build_pipeline
     from splatflow import storage
+    from splatflow_kfp.pipelines.splat_pipeline import build_pipeline
 
     check_run_parameters({"quality": quality, "iterations": iterations, "max_splats": max_splats,
-                          "sh_degree": sh_degree, "notify_target": notify_target})
+                          "sh_degree": sh_degree, "notify_target": notify_target, "target_psnr": target_psnr})
     if runner not in RUNNERS:
         raise InputError(f"unknown runner {runner!r}", hint=f"use one of {', '.join(RUNNERS)}")
     src = source_uri(source)
@@ -205,7 +203,10 @@ def run_local(source: str | Path, output: Path | str, *, quality: str = LOCAL_DE
         output_uri = local_dir.as_uri()
     root = local_dir / "pipeline-root"
     log_path = local_dir / "run.log"
-    task_runner = docker_runner(src, local_dir, root) if runner == "docker" else local.SubprocessRunner(use_venv=False)
+    run_id = new_run_id()
+    with _environment(RUN_ID_ENV, run_id):  # forwarded into the task containers with the other SPLATFLOW_ settings
+        task_runner = docker_runner(src, local_dir, root) if runner == "docker" else \
+            local.SubprocessRunner(use_venv=False)
     local.init(runner=task_runner, pipeline_root=str(root), raise_on_error=True)
     started = time.monotonic()
     pipeline = build_pipeline(retries=False)  # the same graph; failures here are deterministic
@@ -214,7 +215,8 @@ def run_local(source: str | Path, output: Path | str, *, quality: str = LOCAL_DE
     out.flush()
     root_logger = logging.getLogger()
     level = root_logger.level
-    with open(log_path, "w") as log_file:
+    # the tasks read the run id from the environment (subprocess tasks inherit it)
+    with _environment(RUN_ID_ENV, run_id), open(log_path, "w") as log_file:
         tee = _TaskLog(log_file, out, verbose)
         try:
             if not verbose:
@@ -225,9 +227,10 @@ def run_local(source: str | Path, output: Path | str, *, quality: str = LOCAL_DE
                 warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
                 warnings.filterwarnings("ignore", message=".*non-Python base image.*")
                 pipeline(source_uri=src, output_uri=output_uri, quality=quality, iterations=iterations,
-                         max_splats=max_splats, sh_degree=sh_degree, notify_target=notify_target)
+                         max_splats=max_splats, sh_degree=sh_degree, notify_target=notify_target,
+                         target_psnr=target_psnr)
         except RuntimeError as exc:  # kfp.local: "Pipeline splatflow finished with status FAILURE. Inner task ..."
-            raise _failure(str(exc), tee, output_uri, log_path, root) from exc
+            raise _failure(str(exc), tee, output_uri, run_id, log_path, root) from exc
         except BaseException:
             tee.interrupted()
             raise
@@ -235,20 +238,39 @@ def run_local(source: str | Path, output: Path | str, *, quality: str = LOCAL_DE
             root_logger.setLevel(level)
     return LocalRun(output=output_uri if output_uri.startswith("s3://") else local_dir, pipeline_root=root,
                     publish=find_publish_result(root), seconds=round(time.monotonic() - started, 1), log=log_path,
-                    run_id=tee.run_id, stages=tee.stages)
+                    run_id=run_id, stages=tee.stages)
 
 
-def _failure(message: str, tee: _TaskLog, output_uri: str, log_path: Path, root: Path) -> PipelineFailed:
+def new_run_id() -> str:
+    """A local run's id: ``local-<UTC time>-<8 hex digits>`` (a usable folder name, unique per run)."""
+    return f"local-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+
+
+@contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    """``os.environ[name] = value`` for the block, then the previous state."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+def _failure(message: str, tee: _TaskLog, output_uri: str, run_id: str, log_path: Path,
+             root: Path) -> PipelineFailed:
     """The error of a failed run: the stage that failed and its own one-line error (the record it left under
     ``output_uri``), else the task kfp.local names."""
     from splatflow.tasks import read_failure
 
     failure = None
-    if tee.run_id:
-        try:
-            failure = read_failure(output_uri, tee.run_id)
-        except Exception as exc:  # storage unreadable: fall back on what kfp.local says
-            log.debug("no failure record: %s", exc)
+    try:
+        failure = read_failure(output_uri, run_id)
+    except Exception as exc:  # storage unreadable: fall back on what kfp.local says
+        log.debug("no failure record: %s", exc)
     failed = [name for name, st in tee.stages.items() if st["status"] == "FAILED" and name != "notify"]
     stage = failure["stage"] if failure else (failed[0] if failed else None)
     if stage is None:
@@ -269,14 +291,14 @@ class PipelineFailed(StageError):
 
 
 def check_docker_engine() -> None:
-    """The engine at ``DOCKER_HOST`` answers and holds every stage image (``components.images``); else an
+    """The engine at ``DOCKER_HOST`` answers and holds every stage image (``splatflow.spec``); else an
     :class:`InputError` saying what to do."""
     try:
         import docker
     except ImportError as exc:
         raise InputError("the docker runner needs the docker Python package",
                          hint="pip install docker (make install brings it)") from exc
-    from components.images import all_images
+    from splatflow.spec import all_images
 
     host = os.environ.get("DOCKER_HOST", "the default socket")
     try:

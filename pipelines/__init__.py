@@ -1,4 +1,0 @@
-"""The splatflow pipeline: graph (``splat_pipeline``), compile, upload and run (``client``), local run (``local``).
-
-``python -m pipelines --help`` is what the Makefile's compile / upload / run-pipeline / run-local targets call.
-"""
