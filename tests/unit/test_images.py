@@ -599,8 +599,9 @@ def test_image_installs_what_the_stage_imports(stage: str, cpu_only: bool) -> No
 def test_train_extra_holds_what_training_imports() -> None:
     """`pip install splatflow[train]` alone is enough for stages/train.py and splatflow.training (with the one
     SSIM of splatflow.metrics and the one COLMAP reader of splatflow.cameras)."""
-    modules = ["splatflow.stages.train", "splatflow.metrics", "splatflow.cameras"] + [f"splatflow.training.{p.stem}" for p in (SRC / "splatflow" / "training")
-                                            .glob("*.py") if p.stem != "__init__"]
+    modules = ["splatflow.stages.train", "splatflow.metrics", "splatflow.cameras"]
+    modules += [f"splatflow.training.{p.stem}" for p in (SRC / "splatflow" / "training").glob("*.py")
+                if p.stem != "__init__"]
     imports = _third_party_imports(modules, follow=False)
     assert {"gsplat", "pycolmap", "pytorch_msssim"} <= set(imports)
     covered = _requirement_names({"train"})
