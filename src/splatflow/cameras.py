@@ -4,7 +4,8 @@ Every camera is a pinhole :class:`Camera` in OpenCV conventions (x right, y down
 world-to-camera ``viewmat`` (4, 4) and intrinsics ``K`` (3, 3) -- the conventions of gsplat and of
 :func:`splatflow.render.rasterize`.
 
-- :func:`colmap_cameras`: the registered images of a COLMAP sparse model (what the sfm stage writes), via pycolmap.
+- :func:`colmap_cameras`: the registered images of a COLMAP sparse model (what the sfm stage writes), via pycolmap;
+  :func:`read_colmap` / :func:`colmap_model_dir`: the one rule for where a model lies (training uses it too).
 - :func:`npz_cameras`: a ``.npz`` with ``viewmats`` (C, 4, 4), ``Ks`` (C, 3, 3), ``width``, ``height`` (the layout
   of ``data/cameras/test_garden.npz``).
 - :func:`orbit_cameras`: N views on a circle around the dense region of a cloud, for a PLY with no cameras.
@@ -18,11 +19,16 @@ import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from splatflow.errors import DependencyMissing, InputError
 from splatflow.gaussians import GaussianCloud
+
+__all__ = ["COLMAP_FILES", "DEFAULT_UP", "Camera", "colmap_cameras", "colmap_model_dir", "colmap_model_files",
+           "dense_region", "intrinsics", "load_cameras", "look_at", "npz_cameras", "orbit_cameras", "parse_size",
+           "read_colmap"]
 
 log = logging.getLogger(__name__)
 
@@ -160,33 +166,57 @@ def npz_cameras(path: str | os.PathLike[str]) -> list[Camera]:
     return [Camera(vms[i], ks[i], width, height, name=f"{p.stem}_{i:03d}") for i in range(len(vms))]
 
 
-def _colmap_model_dir(path: Path) -> Path:
-    """The folder holding cameras/images(.bin|.txt): ``path`` itself, ``path/sparse/0`` or ``path/0``."""
-    for cand in (path, path / "sparse" / "0", path / "sparse", path / "0"):
-        if any((cand / f"images.{ext}").exists() for ext in ("bin", "txt")):
+COLMAP_FILES = ("cameras", "images", "points3D")
+"""The files of a COLMAP sparse model, all ``.bin`` or all ``.txt``."""
+
+
+def colmap_model_dir(path: str | os.PathLike[str]) -> Path:
+    """The COLMAP model folder of ``path``, by the one rule that train, evaluate and render share: the first of
+    ``path``, ``path/sparse/0``, ``path/sparse`` and ``path/0`` that holds ``cameras``, ``images`` and
+    ``points3D``, all ``.bin`` or all ``.txt``. So the sfm output folder, its ``sparse`` folder or the model
+    folder itself. InputError when ``path`` does not exist or none of them holds a model."""
+    p = Path(path)
+    if not p.is_dir():
+        raise InputError(f"COLMAP model folder {p} does not exist",
+                         hint="give the output folder of `splatflow sfm` or its sparse/0 folder")
+    for cand in (p, p / "sparse" / "0", p / "sparse", p / "0"):
+        if any(all((cand / f"{name}.{ext}").is_file() for name in COLMAP_FILES) for ext in ("bin", "txt")):
             return cand
-    raise InputError(f"{path} holds no COLMAP model (no images.bin or images.txt there or in sparse/0)",
-                     hint="give the sfm output folder or its sparse/0 folder")
+    raise InputError(f"{p} holds no COLMAP model (cameras, images and points3D .bin or .txt in it, in sparse/0, "
+                     "in sparse or in 0)", hint="give the output folder of `splatflow sfm` or its sparse/0 folder")
+
+
+def colmap_model_files(model: Path) -> list[Path]:
+    """The model files of a folder found by :func:`colmap_model_dir`, in the order cameras, images, points3D."""
+    ext = "bin" if all((model / f"{name}.bin").is_file() for name in COLMAP_FILES) else "txt"
+    return [model / f"{name}.{ext}" for name in COLMAP_FILES]
+
+
+def read_colmap(path: str | os.PathLike[str]) -> tuple[Path, Any]:
+    """(model folder, ``pycolmap.Reconstruction``) of the COLMAP model of ``path`` (see :func:`colmap_model_dir`).
+
+    DependencyMissing without pycolmap; InputError for a missing folder, no model or damaged model files."""
+    try:
+        import pycolmap
+    except ImportError as exc:
+        raise DependencyMissing("reading a COLMAP model needs pycolmap", hint="pip install 'splatflow[sfm]'") from exc
+    model = colmap_model_dir(path)
+    try:
+        rec = pycolmap.Reconstruction(str(model))
+    except Exception as exc:  # pycolmap raises plain RuntimeError/ValueError on damaged files
+        raise InputError(f"{model}: cannot read the COLMAP model ({exc})",
+                         hint="the model files are damaged; run `splatflow sfm` again") from exc
+    return model, rec
 
 
 def colmap_cameras(path: str | os.PathLike[str]) -> list[Camera]:
     """One camera per registered image of a COLMAP model, sorted by image name.
 
-    ``path`` is the sfm stage's output folder, or the sparse model folder itself. Distortion parameters of
-    non-pinhole camera models are ignored (with a warning): the sfm stage writes undistorted pinhole cameras.
+    ``path`` is the sfm stage's output folder, or the sparse model folder itself (:func:`colmap_model_dir`).
+    Distortion parameters of non-pinhole camera models are ignored (with a warning): the sfm stage writes
+    undistorted pinhole cameras.
     """
-    try:
-        import pycolmap
-    except ImportError as exc:
-        raise DependencyMissing("reading COLMAP cameras needs pycolmap", hint="pip install 'splatflow[sfm]'") from exc
-    p = Path(path)
-    if not p.is_dir():
-        raise InputError(f"COLMAP model folder {p} does not exist", hint="check the --cameras path")
-    model = _colmap_model_dir(p)
-    try:
-        rec = pycolmap.Reconstruction(str(model))
-    except Exception as exc:  # pycolmap raises plain RuntimeError/ValueError on damaged files
-        raise InputError(f"cannot read the COLMAP model in {model}: {exc}", hint="the model files are damaged") from exc
+    model, rec = read_colmap(path)
     cams: list[Camera] = []
     warned: set[str] = set()
     for image in sorted(rec.images.values(), key=lambda im: im.name):

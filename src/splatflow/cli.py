@@ -182,8 +182,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from splatflow.devices import resolve_device
     from splatflow.stages.train import train
 
+    resolve_device(args.device)  # one device check for train, compress and evaluate, before any work
     report = train(Path(args.sfm_dir), Path(args.out_dir), iterations=args.iterations, max_splats=args.max_splats,
                    sh_degree=args.sh_degree, sh_interval=args.sh_interval, strategy=args.strategy,
                    device=args.device, resolution=args.resolution, test_every=args.test_every,
@@ -463,8 +465,10 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
 def _run_compress(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from splatflow.devices import resolve_device
     from splatflow.stages.compress import compress
 
+    resolve_device(args.device)  # one device check for train, compress and evaluate, before any work
     r = compress(Path(args.ply), Path(args.out), format=args.format, sort=args.sort, sh_bands=args.sh_bands,
                  device=args.device, overwrite=args.overwrite, drop_invalid=args.drop_invalid,
                  fidelity_views=args.fidelity_views, target_psnr=args.target_psnr)
@@ -531,9 +535,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from splatflow.cameras import parse_size
+    from splatflow.devices import resolve_device
     from splatflow.evaluate import evaluate, format_report
     from splatflow.fsutil import check_output
 
+    resolve_device(args.device)  # one device check for train, compress and evaluate, before any work
     if args.json_out:
         check_output(args.json_out, overwrite=True)
     report = evaluate(args.source, args.candidate, cameras=args.cameras, views=args.views,

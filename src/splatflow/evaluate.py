@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from splatflow.cameras import Camera, load_cameras
+from splatflow.devices import resolve_device
 from splatflow.errors import DependencyMissing, InputError
 from splatflow.fsutil import atomic_path
 from splatflow.gaussians import GaussianCloud
@@ -149,7 +150,7 @@ def compare_renders(source: GaussianCloud, candidate: GaussianCloud, cameras: li
                     background: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> tuple[list[dict[str, Any]], list[str]]:
     """Render both clouds from every camera: (per-view PSNR/SSIM/coverage rows, names of the cameras that see
     nothing of the source). InputError when no camera sees the source."""
-    from splatflow.render import cloud_tensors, render_cloud, resolve_device
+    from splatflow.render import cloud_tensors, render_cloud
 
     dev = resolve_device(device)
     ts, tc = cloud_tensors(source, dev), cloud_tensors(candidate, dev)
@@ -202,6 +203,7 @@ def evaluate(source: str | os.PathLike[str], candidate: str | os.PathLike[str], 
     report there atomically.
     """
     t0 = time.monotonic()
+    resolve_device(device)  # a bad --device fails first, with the one device error
     src, src_bytes, _ = load_splats(source)
     cand, cand_bytes, cand_kind = load_splats(candidate)
     notes: list[str] = []

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from splatflow.devices import resolve_device as resolve_device  # the one resolver (re-exported: sog.reduce)
 from splatflow.errors import DependencyMissing, InputError
 
 if TYPE_CHECKING:
@@ -640,13 +641,6 @@ def cloud_tensors(cloud: GaussianCloud, device: str | torch.device = "cpu") -> d
         "opacities": torch.sigmoid(t["opacities"]),
         "colors": torch.cat([t["sh0"][:, None, :], t["shN"]], 1), "sh_degree": cloud.sh_degree,  # type: ignore[dict-item]
     }
-
-
-def resolve_device(device: str | None = None) -> torch.device:
-    """``None``/``"auto"`` -> CUDA when available, else CPU; otherwise ``torch.device(device)``."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @torch.no_grad()

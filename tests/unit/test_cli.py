@@ -128,3 +128,19 @@ def test_run_help_lists_the_allowed_values(capsys: pytest.CaptureFixture[str]) -
     args = build_parser().parse_args(["-v", "run"])
     assert args.verbose is True and args.run_verbose is False
     assert build_parser().parse_args(["run", "--verbose"]).run_verbose is True
+
+
+@pytest.mark.parametrize("command", [
+    ["train", "sfm", "out"],
+    ["compress", "in.ply", "out.sog"],
+    ["evaluate", "a.ply", "b.ply"],
+])
+def test_an_unknown_device_is_one_line_and_exit_2_everywhere(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                            command: list[str]) -> None:
+    """`--device foo` is refused by the one resolver (splatflow.devices) before any file is looked at, with the
+    same message for every command."""
+    code = main([command[0], *(str(tmp_path / a) for a in command[1:]), "--device", "foo"])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2
+    assert err == ["error: unknown device 'foo'", "hint: use --device auto, cpu, cuda or cuda:N"]
+    assert list(tmp_path.iterdir()) == []  # nothing written

@@ -567,8 +567,8 @@ def test_pip_installs_are_parsed() -> None:
     assert extras == {"train", "storage"}
     assert {"torch", "gsplat", "kfp", "setuptools", "ninja"} <= packages
     train = _third_party_imports(["splatflow.stages.train"])
-    assert "splatflow.training.loss" in train["pytorch_msssim"]  # a function-level import is seen
-    assert "splatflow.training.scene" in train["pycolmap"]  # so are the splatflow modules it imports
+    assert "splatflow.metrics" in train["pytorch_msssim"]  # a function-level import is seen
+    assert "splatflow.cameras" in train["pycolmap"]  # so are the splatflow modules it imports
     assert "pytest" not in train and "typing" not in train
 
 
@@ -597,9 +597,11 @@ def test_image_installs_what_the_stage_imports(stage: str, cpu_only: bool) -> No
 
 
 def test_train_extra_holds_what_training_imports() -> None:
-    """`pip install splatflow[train]` alone is enough for stages/train.py and splatflow.training."""
-    modules = ["splatflow.stages.train"] + [f"splatflow.training.{p.stem}" for p in (SRC / "splatflow" / "training")
-                                            .glob("*.py") if p.stem != "__init__"]
+    """`pip install splatflow[train]` alone is enough for stages/train.py and splatflow.training (with the one
+    SSIM of splatflow.metrics and the one COLMAP reader of splatflow.cameras)."""
+    modules = ["splatflow.stages.train", "splatflow.metrics", "splatflow.cameras"]
+    modules += [f"splatflow.training.{p.stem}" for p in (SRC / "splatflow" / "training").glob("*.py")
+                if p.stem != "__init__"]
     imports = _third_party_imports(modules, follow=False)
     assert {"gsplat", "pycolmap", "pytorch_msssim"} <= set(imports)
     covered = _requirement_names({"train"})

@@ -82,6 +82,57 @@ PUBLIC: dict[str, set[str]] = {
         "heic_supported", "image_sharpness", "image_suffixes", "load_image", "open_checked", "sharpness",
         "thumbnail"
     },
+    "splatflow.devices": {
+        "DEVICE_NAMES", "resolve_device"
+    },
+    "splatflow.metrics": {
+        "MAX_PSNR", "bytes_per_splat", "finite_db", "gaussian_window", "path_bytes", "psnr", "ssim",
+        "ssim_tensor"
+    },
+    "splatflow.cameras": {
+        "COLMAP_FILES", "Camera", "DEFAULT_UP", "colmap_cameras", "colmap_model_dir", "colmap_model_files",
+        "dense_region", "intrinsics", "load_cameras", "look_at", "npz_cameras", "orbit_cameras", "parse_size",
+        "read_colmap"
+    },
+    "splatflow.stages.train": {
+        "CONTACT_SHEET", "PLY", "REPORT", "STRATEGIES", "train"
+    },
+    "splatflow.training.checkpoint": {
+        "CheckpointStore", "KEEP", "checkpoint_name", "checkpoint_path", "list_checkpoints", "load_latest",
+        "save_checkpoint"
+    },
+    "splatflow.training.contact_sheet": {
+        "SheetRow", "write_contact_sheet"
+    },
+    "splatflow.training.loop": {
+        "LoopConfig", "RunState", "peak_memory", "restore", "run_loop", "sigterm_flag", "snapshot"
+    },
+    "splatflow.training.loss": {
+        "SSIM_WEIGHT", "photometric_loss"
+    },
+    "splatflow.training.optim": {
+        "LR", "lr_boost", "make_optimizers", "means_lr", "set_lr"
+    },
+    "splatflow.training.render_adapter": {
+        "Renderer", "evaluate"
+    },
+    "splatflow.training.scene": {
+        "PINHOLE_MODELS", "Scene", "View", "held_out_indices", "load_scene", "viewer_camera"
+    },
+    "splatflow.training.splats": {
+        "background_shell", "init_params", "to_cloud"
+    },
+    "splatflow.training.strategies": {
+        "CpuDefault", "CpuMCMC", "GsplatDefault", "GsplatMCMC", "MCMC_OPACITY_REG", "MCMC_SCALE_REG", "NEVER",
+        "STRATEGIES", "Strategy", "make_strategy", "schedule", "screen_grad"
+    },
+    "splatflow.training.strategy": {
+        "CpuDefaultStrategy", "CpuMCMCStrategy", "Optimizers", "Params", "append", "quat_to_rotmat",
+        "relocation_values", "reset_moments", "select"
+    },
+    "splatflow.training.synthetic": {
+        "make_synthetic_sfm"
+    },
 }
 
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from splatflow import kernels
-from splatflow.training.loss import ssim
+from splatflow.metrics import ssim_tensor as ssim
 
 
 @pytest.mark.skipif(not kernels.available(), reason="no C++ compiler: the fast path cannot build")

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from splatflow.stages.train import init_params, make_optimizers
+from splatflow.training.optim import make_optimizers
+from splatflow.training.splats import init_params
 from splatflow.training.strategy import (
     CpuDefaultStrategy,
     CpuMCMCStrategy,
@@ -134,9 +135,9 @@ def test_mcmc_noise_moves_transparent_splats_only() -> None:
 
 @pytest.mark.parametrize("iterations", [60, 300, 7000, 30_000])
 def test_schedule_fits_inside_the_run(iterations: int) -> None:
-    from splatflow.stages.train import _schedule
+    from splatflow.training.strategies import schedule
 
-    s = _schedule(iterations, 3, None)
+    s = schedule(iterations, 3, None)
     assert 0 < s["refine_start"] < s["refine_stop"] <= iterations
     assert 3 * s["sh_interval"] < iterations  # SH degree 3 is reached during the run
     assert s["sh_interval"] <= 1000
@@ -156,30 +157,33 @@ def test_gsplat_default_strategy_path_resets_opacity_and_stops_growing_at_the_bu
     opacity reset never fires (`step % reset_every == 0 & step > 0` is a chained comparison), so ours does; and at
     the budget no splat grows (a refine step could otherwise nearly double the splats before the cap prunes)."""
     pytest.importorskip("gsplat")
-    from splatflow.stages.train import NEVER, _make_strategy, _strategy_step
+    from splatflow.training.strategies import NEVER, GsplatDefault, make_strategy
 
     sched = {"refine_start": 0, "refine_stop": 100, "refine_every": 1, "reset_every": 5}
     gen = torch.Generator().manual_seed(0)
     params, opts = _params(6)
-    strat, state = _make_strategy("default", True, 6, sched, 1.0)
-    assert strat.reset_every == NEVER
+    strat = make_strategy("default", True, 6, sched)
+    assert isinstance(strat, GsplatDefault)
+    state = strat.initialize(params, opts, 1.0)
+    assert strat.inner.reset_every == NEVER
     with torch.no_grad():
         params["scales"][:] = math.log(1e-4)  # small: cloned when the gradient is high
     # at the budget (6 splats, cap 6): a high gradient grows nothing
-    events = _strategy_step(strat, "default", True, params, opts, state, 1, _gsplat_info(params, 1.0), gen, 1e-3, 6)
+    events = strat.step_post_backward(params, opts, state, 1, _gsplat_info(params, 1.0), gen, 1e-3)
     assert len(params["means"]) == 6 and "pruned_over_budget" not in events
     # under the budget it grows again (the threshold is restored)
-    events = _strategy_step(strat, "default", True, params, opts, state, 2, _gsplat_info(params, 1.0), gen, 1e-3, 12)
+    strat.max_splats = 12
+    events = strat.step_post_backward(params, opts, state, 2, _gsplat_info(params, 1.0), gen, 1e-3)
     assert len(params["means"]) > 6
     # the opacity reset at step 5 (and not at step 4)
     with torch.no_grad():
         params["opacities"][:] = 2.0
-    _strategy_step(strat, "default", True, params, opts, state, 4, _gsplat_info(params, 0.0), gen, 1e-3, 100)
+    strat.max_splats = 100
+    strat.step_post_backward(params, opts, state, 4, _gsplat_info(params, 0.0), gen, 1e-3)
     assert float(torch.sigmoid(params["opacities"].detach()).min()) > 0.8
-    events = _strategy_step(strat, "default", True, params, opts, state, 5, _gsplat_info(params, 0.0), gen, 1e-3,
-                            100)
+    events = strat.step_post_backward(params, opts, state, 5, _gsplat_info(params, 0.0), gen, 1e-3)
     assert events.get("opacity_resets") == 1
-    assert float(torch.sigmoid(params["opacities"].detach()).max()) <= strat.prune_opa * 2.0 + 1e-6
+    assert float(torch.sigmoid(params["opacities"].detach()).max()) <= strat.inner.prune_opa * 2.0 + 1e-6
 
 
 def test_held_out_views_are_interior() -> None:
@@ -196,8 +200,8 @@ def test_held_out_views_are_interior() -> None:
 def test_background_shell_lies_beyond_the_scene() -> None:
     import numpy as np
 
-    from splatflow.stages.train import background_shell
     from splatflow.training.scene import Scene
+    from splatflow.training.splats import background_shell
 
     rng = np.random.default_rng(0)
     points = rng.normal(0, 1.0, (500, 3)).astype(np.float32) + np.array([5.0, 0, 0], dtype=np.float32)

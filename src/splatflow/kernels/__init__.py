@@ -2,8 +2,8 @@
 
 One source file, ``raster_cpu.cpp``: the CPU rasterizer of :mod:`splatflow.render`'s ``"cpu"`` backend
 (projection, SH, depth sort, binning, compositing and their backward passes) and the separable filter of the
-training loss's SSIM (:mod:`splatflow.training.loss`). Why this way (measured; README: Training on a CPU): a plain C ABI
-needs no torch headers, so a build takes about 3 s instead of the ~60 s of a torch C++ extension, and the library
+one SSIM (:mod:`splatflow.metrics`; training's loss). Why this way (measured; README: Training on a CPU): a plain C
+ABI needs no torch headers, so a build takes about 3 s instead of the ~60 s of a torch C++ extension, and the library
 stays independent of the torch version. Nothing is compiled at ``import splatflow``: the first render on the
 ``"cpu"`` backend builds (or finds) the library.
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from splatflow.devices import resolve_device
 from splatflow.errors import DependencyMissing, PlyError, SogError
 from splatflow.evaluate import attribute_errors, render_fidelity
 from splatflow.fsutil import atomic_path, check_output
@@ -89,6 +90,7 @@ def compress(ply: Path, out: Path, *, format: str = "v2", sort: str = "morton", 
                            hint="ask for a render PSNR between 10 and 99 dB, e.g. 45 (0: off)")
         if format != "v2":
             raise SogError("--target-psnr writes SOG v2 only", hint="drop --format v1")
+    device = str(resolve_device(device))           # the one device check (unknown name: exit 2), before any work
     check_output(out, overwrite=overwrite)
     if out.resolve() == ply.resolve():
         raise SogError(f"output {out} is the input file", hint="choose another output path")

@@ -18,6 +18,9 @@ import torch
 
 from splatflow.fsutil import atomic_path
 
+__all__ = ["KEEP", "CheckpointStore", "checkpoint_name", "checkpoint_path", "list_checkpoints", "load_latest",
+           "save_checkpoint"]
+
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^step-(\d{7})\.pt$")
 KEEP = 2

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+__all__ = ["SheetRow", "write_contact_sheet"]
+
 CELL = 320
 """Longest side of each picture on the sheet, in pixels."""
 CAPTION = 18

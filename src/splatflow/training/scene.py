@@ -1,7 +1,8 @@
 """Load an SfM folder (COLMAP binary model + undistorted images) into training views and an initial point cloud.
 
-Layout read (written by ``splatflow sfm``): ``SFM_DIR/images/<name>`` and ``SFM_DIR/sparse/0/{cameras,images,
-points3D}.bin``. Cameras must be pinhole (``SIMPLE_PINHOLE`` or ``PINHOLE``): the SfM stage undistorts its images.
+Layout read (written by ``splatflow sfm``): ``SFM_DIR/images/<name>`` and the COLMAP model where
+:func:`splatflow.cameras.colmap_model_dir` finds it (``SFM_DIR/sparse/0/{cameras,images,points3D}.bin``).
+Cameras must be pinhole (``SIMPLE_PINHOLE`` or ``PINHOLE``): the SfM stage undistorts its images.
 """
 
 from __future__ import annotations
@@ -9,11 +10,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from splatflow.errors import DependencyMissing, InputError
+from splatflow.cameras import read_colmap
+from splatflow.errors import InputError
+
+__all__ = ["PINHOLE_MODELS", "Scene", "View", "held_out_indices", "load_scene", "viewer_camera"]
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +60,6 @@ class Scene:
     source_size: tuple[int, int]
 
 
-def model_dir(sfm_dir: Path) -> Path:
-    """``sfm_dir/sparse/0`` (or ``sfm_dir/sparse`` when the model lies there directly); InputError if neither."""
-    for cand in (sfm_dir / "sparse" / "0", sfm_dir / "sparse"):
-        if (cand / "cameras.bin").exists() and (cand / "images.bin").exists():
-            return cand
-    raise InputError(f"{sfm_dir} holds no COLMAP model (expected sparse/0/cameras.bin, images.bin, points3D.bin)",
-                     hint="give the output folder of `splatflow sfm`")
-
-
 def _resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     from PIL import Image
 
@@ -82,28 +78,53 @@ def held_out_indices(n: int, every: int) -> list[int]:
     return picks or [n // 2]
 
 
+def _load_view(rec: Any, iid: int, img_dir: Path, resolution: int, device: str | torch.device
+               ) -> tuple[View, tuple[int, int], np.ndarray]:
+    """The view of registered image ``iid`` of the reconstruction ``rec``, its source size (W, H) and its
+    camera centre (3,) in the world."""
+    from PIL import Image
+
+    im = rec.image(iid)
+    cam = rec.camera(im.camera_id)
+    if cam.model_name not in PINHOLE_MODELS:
+        raise InputError(f"image {im.name}: camera model {cam.model_name} is not pinhole",
+                         hint="train on undistorted images: the output folder of `splatflow sfm`")
+    path = img_dir / im.name
+    if not path.exists():
+        raise InputError(f"{path}: the image registered in the model is missing",
+                         hint="give the complete output folder of `splatflow sfm`")
+    with Image.open(path) as pil:
+        rgb = np.asarray(pil.convert("RGB"))
+    h0, w0 = rgb.shape[:2]
+    K = np.asarray(cam.calibration_matrix(), np.float64).copy()
+    # the model's camera may describe the image at another size than the file: scale to the file first
+    K[0] *= w0 / cam.width
+    K[1] *= h0 / cam.height
+    scale = min(1.0, resolution / max(w0, h0))
+    if scale < 1.0:
+        w1, h1 = max(1, round(w0 * scale)), max(1, round(h0 * scale))
+        rgb = _resize(rgb, (w1, h1))
+        K[0] *= w1 / w0
+        K[1] *= h1 / h0
+    pose = np.asarray(im.cam_from_world().matrix(), np.float64)  # (3, 4) world -> camera
+    viewmat = np.eye(4)
+    viewmat[:3] = pose
+    view = View(name=im.name, image=torch.from_numpy(rgb.astype(np.float32) / 255.0).to(device),
+                viewmat=torch.tensor(viewmat, dtype=torch.float32, device=device),
+                K=torch.tensor(K, dtype=torch.float32, device=device))
+    return view, (w0, h0), -pose[:, :3].T @ pose[:, 3]
+
+
 def load_scene(sfm_dir: Path, *, resolution: int, test_every: int = 8, device: str | torch.device = "cpu") -> Scene:
     """Read the SfM folder; images are downscaled so their longer side is at most ``resolution`` (never upscaled).
 
-    Every ``test_every``-th image is held out, interior ones only (:func:`held_out_indices`: 4, 12, 20, ... in
-    name order for 8); ``test_every=0`` holds out none.
+    The model is found by :func:`splatflow.cameras.colmap_model_dir` (the rule ``evaluate --cameras`` uses); the
+    photos are ``sfm_dir/images/<name>``. Every ``test_every``-th image is held out, interior ones only
+    (:func:`held_out_indices`: 4, 12, 20, ... in name order for 8); ``test_every=0`` holds out none.
     Raises InputError for a missing folder or model, no registered images, no 3D points or a non-pinhole camera.
     """
-    try:
-        import pycolmap
-    except ImportError as exc:  # pragma: no cover - pycolmap is in the sfm extra
-        raise DependencyMissing("pycolmap is not installed", hint="pip install 'splatflow[sfm]'") from exc
-    from PIL import Image
-
     sfm_dir = Path(sfm_dir)
-    if not sfm_dir.is_dir():
-        raise InputError(f"SfM folder {sfm_dir} does not exist", hint="run `splatflow sfm IMAGES SFM_DIR` first")
-    mdir = model_dir(sfm_dir)
-    try:
-        rec = pycolmap.Reconstruction(str(mdir))
-    except Exception as exc:
-        raise InputError(f"{mdir}: cannot read the COLMAP model ({exc})",
-                         hint="the model is damaged; run `splatflow sfm` again") from exc
+    mdir, rec = read_colmap(sfm_dir)
     reg = sorted(rec.reg_image_ids(), key=lambda i: rec.image(i).name)
     if not reg:
         raise InputError(f"{mdir}: the model has zero registered images",
@@ -119,45 +140,9 @@ def load_scene(sfm_dir: Path, *, resolution: int, test_every: int = 8, device: s
     if len(points) == 0:
         raise InputError(f"{mdir}: every 3D point is NaN or Inf", hint="run `splatflow sfm` again")
 
-    views: list[View] = []
-    centres = []
-    img_dir = sfm_dir / "images"
-    source_size = (0, 0)
-    for iid in reg:
-        im = rec.image(iid)
-        cam = rec.camera(im.camera_id)
-        if cam.model_name not in PINHOLE_MODELS:
-            raise InputError(f"image {im.name}: camera model {cam.model_name} is not pinhole",
-                             hint="train on undistorted images: the output folder of `splatflow sfm`")
-        path = img_dir / im.name
-        if not path.exists():
-            raise InputError(f"{path}: the image registered in the model is missing",
-                             hint="give the complete output folder of `splatflow sfm`")
-        with Image.open(path) as pil:
-            rgb = np.asarray(pil.convert("RGB"))
-        h0, w0 = rgb.shape[:2]
-        source_size = (w0, h0)
-        K = np.asarray(cam.calibration_matrix(), np.float64).copy()
-        # the model's camera may describe the image at another size than the file: scale to the file first
-        K[0] *= w0 / cam.width
-        K[1] *= h0 / cam.height
-        scale = min(1.0, resolution / max(w0, h0))
-        if scale < 1.0:
-            w1, h1 = max(1, round(w0 * scale)), max(1, round(h0 * scale))
-            rgb = _resize(rgb, (w1, h1))
-            K[0] *= w1 / w0
-            K[1] *= h1 / h0
-        pose = np.asarray(im.cam_from_world().matrix(), np.float64)  # (3, 4) world -> camera
-        viewmat = np.eye(4)
-        viewmat[:3] = pose
-        centres.append(-pose[:, :3].T @ pose[:, 3])
-        views.append(View(
-            name=im.name,
-            image=torch.from_numpy(rgb.astype(np.float32) / 255.0).to(device),
-            viewmat=torch.tensor(viewmat, dtype=torch.float32, device=device),
-            K=torch.tensor(K, dtype=torch.float32, device=device),
-        ))
-    c = np.asarray(centres)
+    loaded = [_load_view(rec, iid, sfm_dir / "images", resolution, device) for iid in reg]
+    views = [v for v, _, _ in loaded]
+    c = np.asarray([centre for _, _, centre in loaded])
     radius = float(np.linalg.norm(c - c.mean(axis=0), axis=1).max()) if len(c) > 1 else 0.0
     if radius <= 0:  # one camera (or all at one place): use the spread of the points instead
         radius = float(np.linalg.norm(points - points.mean(axis=0), axis=1).max()) or 1.0
@@ -170,4 +155,20 @@ def load_scene(sfm_dir: Path, *, resolution: int, test_every: int = 8, device: s
     log.info("scene: %d training views, %d held out, %d SfM points, %dx%d px", len(train), len(test), len(points),
              views[0].width, views[0].height)
     return Scene(train=train, test=test, points=points, colors=colors, scene_scale=radius * 1.1,
-                 source_size=source_size)
+                 source_size=loaded[-1][1])
+
+
+def viewer_camera(scene: Scene) -> dict[str, list[float]]:
+    """Where the published viewer opens: the pose of the training photo nearest the middle of the capture,
+    ``position`` (its centre) and ``target`` (a point ahead of it, at the median depth of the SfM points it sees),
+    in SfM world coordinates. A capture from inside a scene is best seen from where it was taken."""
+    views = scene.train or scene.test
+    centres = [(-(v.viewmat[:3, :3].T @ v.viewmat[:3, 3])).cpu().numpy() for v in views]
+    mid = np.mean(centres, axis=0)
+    i = int(np.argmin([np.linalg.norm(c - mid) for c in centres]))
+    forward = views[i].viewmat[2, :3].cpu().numpy()            # the camera's +z axis in the world
+    depths = (scene.points - centres[i]) @ forward
+    ahead = depths[depths > 0]
+    distance = float(np.median(ahead)) if len(ahead) else scene.scene_scale
+    target = centres[i] + forward * distance
+    return {"position": [round(float(x), 6) for x in centres[i]], "target": [round(float(x), 6) for x in target]}

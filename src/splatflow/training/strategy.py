@@ -10,7 +10,7 @@ gsplat's ``DefaultStrategy`` / ``MCMCStrategy`` expect, so the training loop is 
   adjusted so the rendering is kept), add splats the same way up to ``cap_max``, and jitter positions with noise.
 
 The image-plane gradient comes from the loop (``info["grad2d"]`` (N,) and ``info["visible"]`` (N,) bool), since
-the torch renderer does not return its projected means: see ``screen_grad`` in :mod:`splatflow.stages.train`.
+the torch renderer does not return its projected means: see ``screen_grad`` in :mod:`splatflow.training.strategies`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+__all__ = ["CpuDefaultStrategy", "CpuMCMCStrategy", "Optimizers", "Params", "append", "quat_to_rotmat",
+           "relocation_values", "reset_moments", "select"]
 
 Params = dict[str, torch.nn.Parameter]
 Optimizers = dict[str, torch.optim.Optimizer]

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+__all__ = ["make_synthetic_sfm"]
+
 
 def make_synthetic_sfm(out_dir: Path, *, n_splats: int = 400, n_points: int = 150, n_cameras: int = 10,
                        size: int = 64, seed: int = 0) -> Path:
