@@ -38,7 +38,7 @@ def machine() -> dict[str, Any]:
     """The machine description shared by the benchmarks (bench/machine.py) with the render stack's versions."""
     from machine import machine_info
 
-    return machine_info(("splatflow", "torch", "numpy", "torchmetrics", "pytorch-msssim", "gsplat"))
+    return machine_info(("splatflow", "torch", "numpy", "pytorch-msssim", "gsplat"))
 
 
 def _cloud(path: str):  # -> GaussianCloud

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -14,8 +15,13 @@ def test_the_wheel_holds_only_splatflow_and_splatflow_kfp(tmp_path: Path) -> Non
     """The wheel `pip install .` builds: top-level packages splatflow (the core) and splatflow_kfp (the KFP layer),
     no `components` or `pipelines` (names of other PyPI distributions); the files the stages read at run time
     (the kernels' source, the viewer settings, the example parameters) are inside."""
+    tree = tmp_path / "tree"  # a copy: an in-tree build would leave build/ and *.egg-info in the checkout
+    shutil.copytree(ROOT / "src", tree / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__", "assets",
+                                                                               "*.so"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, tree / name)
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                           "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+                           "-w", str(tmp_path), str(tree)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (wheel,) = tmp_path.glob("splatflow-*.whl")
     names = zipfile.ZipFile(wheel).namelist()

@@ -95,7 +95,7 @@ PUBLIC: dict[str, set[str]] = {
         "read_colmap"
     },
     "splatflow.stages.train": {
-        "CONTACT_SHEET", "PLY", "REPORT", "STRATEGIES", "train"
+        "CONTACT_SHEET", "DEFAULT_ITERATIONS", "PLY", "REPORT", "STRATEGIES", "train"
     },
     "splatflow.training.checkpoint": {
         "CheckpointStore", "KEEP", "checkpoint_name", "checkpoint_path", "list_checkpoints", "load_latest",

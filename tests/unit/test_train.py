@@ -229,7 +229,7 @@ def test_missing_folder_and_images_and_bad_options(tmp_path: Path, tiny_sfm: Pat
         train(tmp_path, tmp_path / "out", **OPTS)
     with pytest.raises(InputError, match="strategy"):
         train(tiny_sfm, tmp_path / "out", **{**OPTS, "strategy": "magic"})
-    with pytest.raises(InputError, match="max-splats"):
+    with pytest.raises(InputError, match="max_splats 0 is out of range"):
         train(tiny_sfm, tmp_path / "out", **{**OPTS, "max_splats": 0})
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="is a file"):

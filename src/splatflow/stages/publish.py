@@ -43,7 +43,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from splatflow import __version__, storage
+from splatflow import __version__, spec, storage
 from splatflow.errors import InputError, OutputBusyError, OutputExistsError, PlyError, SogError, StorageError
 from splatflow.fsutil import cleans_up_on_sigterm
 from splatflow.limits import MAX_REPORT_BYTES, parse_json
@@ -60,7 +60,7 @@ MANIFEST = "manifest.json"
 LATEST = "latest.json"
 MANIFEST_FORMAT = "splatflow-run/1"
 FILE_KEYS = ("sog", "meta", "ply", "contact_sheet")
-CONTACT_SHEET = "contact-sheet.png"
+CONTACT_SHEET = spec.stage("train").files["contact_sheet"]  # the name training writes and the page links
 """Where the training run's contact sheet (held-out photos beside their renders) lands, next to the viewer page."""
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PARALLEL = 4
@@ -225,7 +225,7 @@ def _collect_files(scene: str, files: dict[str, Path]) -> tuple[list[tuple[str, 
 def published_files(sog_dir: Path, model_dir: Path) -> dict[str, Path]:
     """The pipeline's files to publish: the compress artifact's ``splats.sog`` and, when training wrote one, its
     contact sheet (``model_dir/contact-sheet.png``)."""
-    files = {"sog": sog_dir / "splats.sog"}
+    files = {"sog": sog_dir / spec.stage("compress").files["sog"]}
     if (model_dir / CONTACT_SHEET).is_file():
         files["contact_sheet"] = model_dir / CONTACT_SHEET
     return files

@@ -38,6 +38,9 @@ from splatflow.devices import resolve_device
 from splatflow.errors import InputError
 from splatflow.fsutil import atomic_path, reclaim_sigterm
 from splatflow.io.ply import write_ply
+from splatflow.options import DEFAULT_MAX_SPLATS, RUN_OPTIONS
+from splatflow.presets import DEFAULT_QUALITY, MAX_SH_DEGREE, PRESETS
+from splatflow.spec import stage as stage_spec
 from splatflow.training.checkpoint import CheckpointStore
 from splatflow.training.contact_sheet import SheetRow, write_contact_sheet
 from splatflow.training.loop import LoopConfig, RunState, peak_memory, restore, run_loop, snapshot
@@ -47,13 +50,14 @@ from splatflow.training.scene import Scene, load_scene, viewer_camera
 from splatflow.training.splats import background_shell, init_params, to_cloud
 from splatflow.training.strategies import STRATEGIES, Strategy, make_strategy, schedule
 
-__all__ = ["CONTACT_SHEET", "PLY", "REPORT", "STRATEGIES", "train"]
+__all__ = ["CONTACT_SHEET", "DEFAULT_ITERATIONS", "PLY", "REPORT", "STRATEGIES", "train"]
 
 log = logging.getLogger(__name__)
 
-REPORT = "train-report.json"
-PLY = "splats.ply"
-CONTACT_SHEET = "contact-sheet.png"
+_FILES = stage_spec("train").files  # the file names inside the stage's output (splatflow.spec)
+REPORT, PLY, CONTACT_SHEET = _FILES["report"], _FILES["ply"], _FILES["contact_sheet"]
+#: training steps when none are given (``iterations`` 0): the standard preset's
+DEFAULT_ITERATIONS = PRESETS[DEFAULT_QUALITY].iterations
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -62,12 +66,8 @@ def _check_options(*, strategy: str, iterations: int, max_splats: int, sh_degree
     """InputError naming the first option out of range."""
     if strategy not in STRATEGIES:
         raise InputError(f"unknown strategy {strategy!r}", hint=f"use one of {', '.join(STRATEGIES)}")
-    if iterations < 1:
-        raise InputError(f"iterations must be at least 1 (got {iterations})", hint="pass --iterations 7000")
-    if max_splats < 1:
-        raise InputError(f"max-splats must be at least 1 (got {max_splats})", hint="pass --max-splats 1000000")
-    if not 0 <= sh_degree <= 3:
-        raise InputError(f"sh-degree must be 0..3 (got {sh_degree})", hint="pass --sh-degree 3")
+    for name, value in (("iterations", iterations), ("max_splats", max_splats), ("sh_degree", sh_degree)):
+        RUN_OPTIONS[name].check(value)  # the run options' own ranges (splatflow.options)
     if resolution < 8:
         raise InputError(f"resolution must be at least 8 px (got {resolution})", hint="pass --resolution 1600")
     if checkpoint_every < 1:
@@ -139,13 +139,15 @@ def _start(store: CheckpointStore, resume: bool, fingerprint: str, out_dir: Path
 
 
 # ---------------------------------------------------------------------------- the stage
-def train(sfm_dir: Path, out_dir: Path, *, iterations: int = 7000, max_splats: int = 1_000_000, sh_degree: int = 3,
+def train(sfm_dir: Path, out_dir: Path, *, iterations: int = DEFAULT_ITERATIONS, max_splats: int = DEFAULT_MAX_SPLATS,
+          sh_degree: int = MAX_SH_DEGREE,
           strategy: str = "default", device: str = "auto", resolution: int = 1600, test_every: int = 8,
           sh_interval: int | None = None, checkpoint_every: int = 1000, resume: bool = True,
           checkpoint_uri: str | None = None, keep_checkpoints: bool = True, seed: int = 0,
           backend: str = "auto", background_points: int = 0) -> dict[str, Any]:
     """Train 3D Gaussian Splats on an SfM folder; write ``out_dir/splats.ply`` and ``out_dir/train-report.json``.
 
+    ``iterations`` 0 means the default (:data:`DEFAULT_ITERATIONS`, the standard preset's), as in the pipeline;
     ``resolution`` is the longest image side used (images are downscaled, never upscaled); ``sh_interval`` the
     steps between SH bands (default: the degree is reached by mid-run, at most every 1000 steps);
     ``resume=False`` discards checkpoints of an earlier run in ``out_dir`` (and in ``checkpoint_uri``);
@@ -155,6 +157,7 @@ def train(sfm_dir: Path, out_dir: Path, *, iterations: int = 7000, max_splats: i
     """
     _check_options(strategy=strategy, iterations=iterations, max_splats=max_splats, sh_degree=sh_degree,
                    resolution=resolution, checkpoint_every=checkpoint_every)
+    iterations = iterations or DEFAULT_ITERATIONS
     dev = resolve_device(device)
     sfm_dir, out_dir = Path(sfm_dir), Path(out_dir)
     started = time.monotonic()

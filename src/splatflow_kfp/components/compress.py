@@ -14,12 +14,14 @@ def compress(model: Input[Model], output_uri: str, sog: Output[Artifact], target
     ``target_psnr`` > 0: the smallest file rendering at least that many dB from the PLY (0: full precision)."""
     from pathlib import Path
 
+    from splatflow.spec import stage
     from splatflow.stages.compress import compress as run_compress
     from splatflow.tasks import record_failure, task_output
 
     Path(sog.path).mkdir(parents=True, exist_ok=True)  # KFP creates the artifact's parent, not the folder
     with record_failure("compress", output_uri):
-        report = run_compress(Path(model.path) / "splats.ply", Path(sog.path) / "splats.sog", fidelity_views=4,
+        report = run_compress(Path(model.path) / stage("train").files["ply"],
+                              Path(sog.path) / stage("compress").files["sog"], fidelity_views=4,
                               target_psnr=target_psnr or None)
     sog.metadata.update(task_output({"bytes": report.get("bytes"), "bytes_per_splat": report.get("bytes_per_splat")}))
     return task_output(report)
