@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from splatflow.options import DEFAULT_MAX_SPLATS
+
 __all__ = ["CpuDefaultStrategy", "CpuMCMCStrategy", "Optimizers", "Params", "append", "quat_to_rotmat",
            "relocation_values", "reset_moments", "select"]
 
@@ -88,7 +90,7 @@ def _logit(p: torch.Tensor) -> torch.Tensor:
 class CpuDefaultStrategy:
     """Clone / split / prune driven by the image-plane gradient (3DGS), growth capped at ``cap_max`` splats."""
 
-    cap_max: int = 1_000_000
+    cap_max: int = DEFAULT_MAX_SPLATS
     prune_opa: float = 0.005
     grow_grad2d: float = 0.0002
     grow_scale3d: float = 0.01
@@ -209,7 +211,7 @@ def relocation_values(opacities: torch.Tensor, scales: torch.Tensor, ratios: tor
 class CpuMCMCStrategy:
     """3DGS as Markov chain Monte Carlo: relocate dead splats, add up to ``cap_max``, perturb positions."""
 
-    cap_max: int = 1_000_000
+    cap_max: int = DEFAULT_MAX_SPLATS
     noise_lr: float = 5e5
     refine_start_iter: int = 500
     refine_stop_iter: int = 25_000
