@@ -17,7 +17,7 @@ from typing import Any
 
 from splatflow import __version__
 from splatflow.errors import SplatflowError
-from splatflow.options import LOCAL_DEFAULTS, RUN_OPTIONS
+from splatflow.options import LOCAL_DEFAULTS, RUN_OPTIONS, STAGE_OPTIONS
 from splatflow.presets import DEFAULT_QUALITY, PRESETS
 
 Handler = Callable[[argparse.Namespace], int]
@@ -163,11 +163,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     RUN_OPTIONS["max_splats"].add_to(p)
     RUN_OPTIONS["sh_degree"].add_to(p)
     p.add_argument("--sh-interval", type=int, default=None, help="steps per added SH band (default: auto)")
-    p.add_argument("--strategy", choices=("default", "mcmc"), default="default", help="densification strategy")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cuda or cpu")
-    p.add_argument("--resolution", type=int, default=1600, help="longest image side in pixels (default 1600)")
-    p.add_argument("--test-every", type=int, default=8, help="hold out every Nth image for PSNR/SSIM (0: none)")
-    p.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints (default 1000)")
+    for option in STAGE_OPTIONS["train"].values():
+        option.add_to(p)
     p.add_argument("--no-resume", action="store_true", help="discard checkpoints in OUT_DIR and start over")
     p.add_argument("--checkpoint-uri", default=None,
                    help="also keep the checkpoints at this s3:// or file:// folder, so a retry on another machine "
@@ -214,11 +212,8 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
                                    "and near-duplicate frames rejected. Unsafe archives are refused.")
     p.add_argument("source", help="folder, .zip, video, file:// or s3:// URI")
     p.add_argument("out_dir", help="output folder (created; an existing one must be empty unless --overwrite)")
-    p.add_argument("--max-images", type=int, default=300, help="keep at most this many images (default 300)")
-    p.add_argument("--max-side", type=int, default=1600, help="longest image side in pixels (default 1600)")
-    p.add_argument("--video-frames", type=int, default=120, help="frames to extract from a video (default 120)")
-    p.add_argument("--max-archive-bytes", type=int, default=4 << 30,
-                   help="refuse archives larger than this, packed or unpacked (default 4 GiB)")
+    for option in STAGE_OPTIONS["ingest"].values():
+        option.add_to(p)
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(handler=_run_ingest)
@@ -252,12 +247,8 @@ def _add_sfm(sub: argparse._SubParsersAction) -> None:
                                    "Fails (exit 4) when fewer than --min-registered of the images register.")
     p.add_argument("images", help="folder of images, or an ingest output folder")
     p.add_argument("out_dir", help="output folder (created; an existing one must be empty unless --overwrite)")
-    p.add_argument("--matcher", choices=("auto", "exhaustive", "sequential"), default="auto",
-                   help="auto: sequential for video frames and large sets, else exhaustive")
-    p.add_argument("--max-side", type=int, default=1600, help="longest image side used, in pixels (default 1600)")
-    p.add_argument("--max-features", type=int, default=8192, help="SIFT features per image (default 8192)")
-    p.add_argument("--min-registered", type=float, default=0.5,
-                   help="fail when fewer than this fraction of the images register (default 0.5)")
+    for option in STAGE_OPTIONS["sfm"].values():
+        option.add_to(p)
     p.add_argument("--threads", type=int, default=-1, help="CPU threads (default: all)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the mapper")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")

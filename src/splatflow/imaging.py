@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from splatflow.errors import ImageError
+from splatflow.options import MIN_IMAGES, MIN_SIDE
 
 __all__ = [
     "ARCHIVE_SUFFIXES", "DEFAULT_MAX_PIXELS", "HEIC_SUFFIXES", "MIN_IMAGES", "MIN_SIDE", "PHOTO_SUFFIXES",
@@ -28,10 +29,8 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm")
 ARCHIVE_SUFFIXES = (".zip",)
 #: Refuse images with more pixels than this (read from the header, before decoding): 150 MP.
 DEFAULT_MAX_PIXELS = 150_000_000
-#: Images smaller than this on their short side carry too little detail for SfM.
-MIN_SIDE = 64
-#: Structure from motion needs at least this many overlapping images.
-MIN_IMAGES = 3
+# MIN_SIDE (images smaller than this on their short side carry too little detail for SfM) and MIN_IMAGES (SfM
+# needs at least this many overlapping images) live in splatflow.options, whose ranges use them.
 #: Grayscale thumbnail size (width, height) for similarity checks, and the side sharpness is measured at.
 THUMB_SIZE = (64, 48)
 SHARPNESS_SIDE = 640

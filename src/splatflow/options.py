@@ -1,4 +1,8 @@
-"""The run options, each defined once: type, default, range, help text and validation.
+"""The options, each defined once: type, default, range, help text and validation.
+
+Stage options (:data:`STAGE_OPTIONS`: ingest, sfm and train's own knobs) are read the same way: the stage
+function's defaults are theirs, it checks its arguments with :func:`check_options`, and ``splatflow <stage>``
+builds its flags from them.
 
 A run's tunable parameters (the pipeline's UI parameters, ``splatflow run`` / ``splatflow train`` /
 ``splatflow compress`` flags) are :class:`Option` objects in :data:`RUN_OPTIONS`. Every layer reads them from
@@ -18,10 +22,15 @@ from typing import Any
 from splatflow.errors import InputError
 from splatflow.presets import CPU_MAX_SPLATS, DEFAULT_QUALITY, MAX_SH_DEGREE, PRESETS
 
-__all__ = ["DEFAULT_MAX_SPLATS", "LOCAL_DEFAULTS", "MAX_TARGET_PSNR", "MIN_TARGET_PSNR", "RUN_OPTIONS", "Option",
-           "check_run_parameters"]
+__all__ = ["DEFAULT_MAX_SPLATS", "LOCAL_DEFAULTS", "MAX_TARGET_PSNR", "MIN_IMAGES", "MIN_SIDE", "MIN_TARGET_PSNR",
+           "RUN_OPTIONS",
+           "STAGE_OPTIONS", "Option", "check_options", "check_run_parameters"]
 
 DEFAULT_MAX_SPLATS = 1_000_000
+#: images smaller than this on their short side carry too little detail for SfM
+MIN_SIDE = 64
+#: structure from motion needs at least this many overlapping images
+MIN_IMAGES = 3
 #: the render PSNR a smaller-file compress may be asked for (0: off): below 10 dB nothing of the scene is left, above
 #: 99 dB nothing differs from full precision
 MIN_TARGET_PSNR, MAX_TARGET_PSNR = 10.0, 99.0
@@ -153,3 +162,42 @@ def check_run_parameters(params: Mapping[str, Any]) -> None:
             raise InputError(f"unknown run parameter {name!r}",
                              hint=f"the parameters are source_uri, output_uri, {', '.join(RUN_OPTIONS)}")
         RUN_OPTIONS[name].check(value)
+
+
+#: the longest image side: ingest keeps at most this, sfm matches and undistorts at it
+_MAX_SIDE = Option("max_side", int, 1600, "longest image side in pixels", minimum=MIN_SIDE, maximum=16_384)
+
+#: each stage's own options (besides the run options it shares), by stage
+STAGE_OPTIONS: dict[str, dict[str, Option]] = {
+    "ingest": {o.name: o for o in (
+        Option("max_images", int, 300, "keep at most this many images", minimum=MIN_IMAGES, maximum=100_000),
+        _MAX_SIDE,
+        Option("video_frames", int, 120, "frames to extract from a video", minimum=MIN_IMAGES, maximum=10_000),
+        Option("max_archive_bytes", int, 4 << 30, "refuse archives (and S3 prefixes) larger than this many bytes, "
+                                                 "packed or unpacked", minimum=1),
+    )},
+    "sfm": {o.name: o for o in (
+        Option("matcher", str, "auto", "feature matching; auto: sequential for video frames and large sets, "
+                                       "else exhaustive", choices=("auto", "exhaustive", "sequential")),
+        _MAX_SIDE,
+        Option("max_features", int, 8192, "SIFT features per image", minimum=256, maximum=65_536),
+        Option("min_registered", float, 0.5, "fail when fewer than this fraction of the images register",
+               minimum=0.01, maximum=1.0),
+    )},
+    "train": {o.name: o for o in (
+        Option("strategy", str, "default", "densification strategy", choices=("default", "mcmc")),
+        Option("resolution", int, 1600, "longest training image side in pixels (images are never upscaled)",
+               minimum=8, maximum=16_384),
+        Option("test_every", int, 8, "hold out every Nth image for PSNR/SSIM", minimum=0, maximum=1000,
+               zero="none held out"),
+        Option("checkpoint_every", int, 1000, "steps between checkpoints", minimum=1, maximum=1_000_000),
+    )},
+}
+
+
+def check_options(stage: str, **values: Any) -> None:
+    """Check a stage function's arguments against :data:`STAGE_OPTIONS` (and :data:`RUN_OPTIONS` for the run
+    options it takes); InputError names the first unusable one."""
+    for name, value in values.items():
+        option = STAGE_OPTIONS[stage].get(name) or RUN_OPTIONS[name]
+        option.check(value)

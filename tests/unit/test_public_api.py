@@ -39,8 +39,8 @@ PUBLIC: dict[str, set[str]] = {
         "GaussianCloud", "SH_C0", "SH_COEFFS", "logit", "sh_degree_for_coeffs", "sigmoid"
     },
     "splatflow.options": {
-        "DEFAULT_MAX_SPLATS", "LOCAL_DEFAULTS", "MAX_TARGET_PSNR", "MIN_TARGET_PSNR", "RUN_OPTIONS", "Option",
-        "check_run_parameters"
+        "DEFAULT_MAX_SPLATS", "LOCAL_DEFAULTS", "MAX_TARGET_PSNR", "MIN_IMAGES", "MIN_SIDE", "MIN_TARGET_PSNR",
+        "RUN_OPTIONS", "STAGE_OPTIONS", "Option", "check_options", "check_run_parameters"
     },
     "splatflow.presets": {
         "CPU_BACKGROUND_POINTS", "CPU_ITERATIONS", "CPU_MAX_SPLATS", "DEFAULT_QUALITY", "MAX_SH_DEGREE", "PRESETS",

@@ -162,7 +162,7 @@ def test_no_images_one_image_and_bad_options(tmp_path: Path, capsys: pytest.Capt
         sfm(one, tmp_path / "out")
     with pytest.raises(InputError, match="does not exist"):
         sfm(tmp_path / "missing", tmp_path / "out")
-    with pytest.raises(InputError, match="unknown matcher"):
+    with pytest.raises(InputError, match="matcher 'vocab' is not one of"):
         sfm(PHOTOS, tmp_path / "out", matcher="vocab")
     with pytest.raises(InputError, match="min_registered"):
         sfm(PHOTOS, tmp_path / "out", min_registered=0)

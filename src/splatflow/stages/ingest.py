@@ -36,6 +36,7 @@ from PIL import Image
 from splatflow import imaging
 from splatflow.errors import ImageError, InputError, OutputExistsError
 from splatflow.fsutil import atomic_path, cleans_up_on_sigterm, made_parents
+from splatflow.options import STAGE_OPTIONS, check_options
 from splatflow.progress import progress, step
 
 __all__ = [
@@ -58,6 +59,7 @@ FLAT = 2.0
 #: Most zip entries read, whatever their kind (a guard against archives of millions of tiny files).
 MAX_ARCHIVE_ENTRIES = 100_000
 JPEG_QUALITY = 95
+_O = STAGE_OPTIONS["ingest"]
 
 
 @dataclass
@@ -69,8 +71,9 @@ class _Result:
 
 
 @cleans_up_on_sigterm
-def ingest(source: str, out_dir: Path, *, max_images: int = 300, max_side: int = 1600, video_frames: int = 120,
-           max_archive_bytes: int = 4 << 30, max_pixels: int = imaging.DEFAULT_MAX_PIXELS,
+def ingest(source: str, out_dir: Path, *, max_images: int = _O["max_images"].default,
+           max_side: int = _O["max_side"].default, video_frames: int = _O["video_frames"].default,
+           max_archive_bytes: int = _O["max_archive_bytes"].default, max_pixels: int = imaging.DEFAULT_MAX_PIXELS,
            overwrite: bool = False) -> dict[str, Any]:
     """Read photos/zip/video/S3 ``source`` into ``out_dir/images`` and write ``out_dir/ingest-report.json``.
 
@@ -79,9 +82,8 @@ def ingest(source: str, out_dir: Path, *, max_images: int = 300, max_side: int =
     start = time.monotonic()
     source = str(source)
     out_dir = Path(out_dir)
-    if max_images < imaging.MIN_IMAGES or video_frames < imaging.MIN_IMAGES or max_side < imaging.MIN_SIDE:
-        raise InputError(f"max_images and video_frames must be >= {imaging.MIN_IMAGES}, max_side >= "
-                         f"{imaging.MIN_SIDE}", hint="raise the option")
+    check_options("ingest", max_images=max_images, max_side=max_side, video_frames=video_frames,
+                  max_archive_bytes=max_archive_bytes)
     check_out_dir(out_dir, overwrite=overwrite)
     kind, local = _resolve(source)
     with made_parents(out_dir), \

@@ -31,6 +31,7 @@ from PIL import Image
 from splatflow import imaging
 from splatflow.errors import DependencyMissing, ImageError, InputError, SfmError
 from splatflow.fsutil import atomic_path, cleans_up_on_sigterm, made_parents, reclaim_sigterm
+from splatflow.options import STAGE_OPTIONS, check_options
 from splatflow.progress import step
 from splatflow.stages.ingest import check_out_dir
 
@@ -40,7 +41,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MATCHERS = ("auto", "exhaustive", "sequential")
+_O = STAGE_OPTIONS["sfm"]
+MATCHERS: tuple[str, ...] = _O["matcher"].choices or ()
 #: ``auto`` matches exhaustively up to this many images, sequentially above.
 EXHAUSTIVE_LIMIT = 150
 #: The exhaustive fallback after sequential matching is tried up to this many images (it is quadratic).
@@ -53,8 +55,10 @@ _FRAME_NAME = re.compile(r"^frame_\d+\.(jpg|png)$")
 
 
 @cleans_up_on_sigterm
-def sfm(images_dir: Path, out_dir: Path, *, matcher: str = "auto", max_side: int = 1600, min_registered: float = 0.5,
-        max_features: int = 8192, num_threads: int = -1, seed: int = 0, overwrite: bool = False) -> dict[str, Any]:
+def sfm(images_dir: Path, out_dir: Path, *, matcher: str = _O["matcher"].default,
+        max_side: int = _O["max_side"].default, min_registered: float = _O["min_registered"].default,
+        max_features: int = _O["max_features"].default,
+        num_threads: int = -1, seed: int = 0, overwrite: bool = False) -> dict[str, Any]:
     """Reconstruct cameras and sparse points from the images in ``images_dir`` (or ``images_dir/images``).
 
     ``max_side`` bounds the image size used for features and for the undistorted output; ``max_features`` the
@@ -63,10 +67,8 @@ def sfm(images_dir: Path, out_dir: Path, *, matcher: str = "auto", max_side: int
     start = time.monotonic()
     pycolmap = _pycolmap()
     reclaim_sigterm()  # importing pycolmap hands SIGTERM to glog, which would kill the process without cleanup
-    if matcher not in MATCHERS:
-        raise InputError(f"unknown matcher {matcher!r}", hint=f"use one of {', '.join(MATCHERS)}")
-    if not 0.0 < min_registered <= 1.0:
-        raise InputError(f"min_registered must be in (0, 1], got {min_registered}", hint="e.g. 0.5")
+    check_options("sfm", matcher=matcher, max_side=max_side, min_registered=min_registered,
+                  max_features=max_features)
     out_dir = Path(out_dir)
     check_out_dir(out_dir, overwrite=overwrite)
     folder = _images_folder(Path(images_dir))

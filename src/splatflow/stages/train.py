@@ -38,7 +38,7 @@ from splatflow.devices import resolve_device
 from splatflow.errors import InputError
 from splatflow.fsutil import atomic_path, reclaim_sigterm
 from splatflow.io.ply import write_ply
-from splatflow.options import DEFAULT_MAX_SPLATS, RUN_OPTIONS
+from splatflow.options import DEFAULT_MAX_SPLATS, STAGE_OPTIONS, check_options
 from splatflow.presets import DEFAULT_QUALITY, MAX_SH_DEGREE, PRESETS
 from splatflow.spec import stage as stage_spec
 from splatflow.training.checkpoint import CheckpointStore
@@ -58,22 +58,10 @@ _FILES = stage_spec("train").files  # the file names inside the stage's output (
 REPORT, PLY, CONTACT_SHEET = _FILES["report"], _FILES["ply"], _FILES["contact_sheet"]
 #: training steps when none are given (``iterations`` 0): the standard preset's
 DEFAULT_ITERATIONS = PRESETS[DEFAULT_QUALITY].iterations
+_O = STAGE_OPTIONS["train"]
 
 
 # ---------------------------------------------------------------------------- inputs
-def _check_options(*, strategy: str, iterations: int, max_splats: int, sh_degree: int, resolution: int,
-                   checkpoint_every: int) -> None:
-    """InputError naming the first option out of range."""
-    if strategy not in STRATEGIES:
-        raise InputError(f"unknown strategy {strategy!r}", hint=f"use one of {', '.join(STRATEGIES)}")
-    for name, value in (("iterations", iterations), ("max_splats", max_splats), ("sh_degree", sh_degree)):
-        RUN_OPTIONS[name].check(value)  # the run options' own ranges (splatflow.options)
-    if resolution < 8:
-        raise InputError(f"resolution must be at least 8 px (got {resolution})", hint="pass --resolution 1600")
-    if checkpoint_every < 1:
-        raise InputError(f"checkpoint-every must be at least 1 (got {checkpoint_every})")
-
-
 def _check_scene_and_output(scene: Scene, sfm_dir: Path, out_dir: Path, test_every: int) -> None:
     """InputError when no training view is left or the output folder cannot be made."""
     if not scene.train:
@@ -141,8 +129,9 @@ def _start(store: CheckpointStore, resume: bool, fingerprint: str, out_dir: Path
 # ---------------------------------------------------------------------------- the stage
 def train(sfm_dir: Path, out_dir: Path, *, iterations: int = DEFAULT_ITERATIONS, max_splats: int = DEFAULT_MAX_SPLATS,
           sh_degree: int = MAX_SH_DEGREE,
-          strategy: str = "default", device: str = "auto", resolution: int = 1600, test_every: int = 8,
-          sh_interval: int | None = None, checkpoint_every: int = 1000, resume: bool = True,
+          strategy: str = _O["strategy"].default, device: str = "auto", resolution: int = _O["resolution"].default,
+          test_every: int = _O["test_every"].default, sh_interval: int | None = None,
+          checkpoint_every: int = _O["checkpoint_every"].default, resume: bool = True,
           checkpoint_uri: str | None = None, keep_checkpoints: bool = True, seed: int = 0,
           backend: str = "auto", background_points: int = 0) -> dict[str, Any]:
     """Train 3D Gaussian Splats on an SfM folder; write ``out_dir/splats.ply`` and ``out_dir/train-report.json``.
@@ -155,8 +144,8 @@ def train(sfm_dir: Path, out_dir: Path, *, iterations: int = DEFAULT_ITERATIONS,
     ``keep_checkpoints=False`` deletes them (local and mirrored) once the PLY and report are written.
     Returns the report (see module doc).
     """
-    _check_options(strategy=strategy, iterations=iterations, max_splats=max_splats, sh_degree=sh_degree,
-                   resolution=resolution, checkpoint_every=checkpoint_every)
+    check_options("train", strategy=strategy, iterations=iterations, max_splats=max_splats, sh_degree=sh_degree,
+                  resolution=resolution, test_every=test_every, checkpoint_every=checkpoint_every)
     iterations = iterations or DEFAULT_ITERATIONS
     dev = resolve_device(device)
     sfm_dir, out_dir = Path(sfm_dir), Path(out_dir)

@@ -20,13 +20,14 @@ from typing import Any, Protocol
 
 import torch
 
+from splatflow.options import STAGE_OPTIONS
 from splatflow.training.scene import View
 from splatflow.training.strategy import CpuDefaultStrategy, CpuMCMCStrategy, Optimizers, Params
 
 __all__ = ["MCMC_OPACITY_REG", "MCMC_SCALE_REG", "NEVER", "STRATEGIES", "CpuDefault", "CpuMCMC", "GsplatDefault",
            "GsplatMCMC", "Strategy", "make_strategy", "schedule", "screen_grad"]
 
-STRATEGIES = ("default", "mcmc")
+STRATEGIES: tuple[str, ...] = STAGE_OPTIONS["train"]["strategy"].choices or ()
 MCMC_OPACITY_REG = 0.01
 MCMC_SCALE_REG = 0.01
 NEVER = 2**62
