@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from splatflow.errors import EnvironmentProblem, InputError, InvalidValuesError, OutputExistsError, PlyError, SogError
+from splatflow.errors import InputError, InvalidValuesError, OutputExistsError, PlyError, SogError
 from splatflow.evaluate import attribute_errors
 from splatflow.gaussians import GaussianCloud
 from splatflow.io.ply import write_ply
 from splatflow.sog.codebook import footprint_weights, quantize_1d, scale_weights
 from splatflow.sog.decode import read_sog, unpack_quats
-from splatflow.sog.encode import pack_quats, resolve_device
+from splatflow.sog.encode import pack_quats
 from splatflow.sog.kmeans import kmeans_palette, palette_size
 from splatflow.sog.meta import texture_size
 from splatflow.sog.sort import grid_order, morton_order, plas
@@ -213,6 +213,31 @@ def test_precision_knobs_shrink_their_textures_and_full_precision_is_the_default
         assert check(decoded(encode_cloud(cloud, device="cpu", precision=prec))), prec
 
 
+def test_palette_cache_clusters_once_and_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from splatflow.sog import encode as enc_mod
+
+    cloud = make_cloud(3000, 2)
+    calls: list[int] = []
+    real = enc_mod._palette
+
+    def counted(*args: Any, **kw: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(enc_mod, "_palette", counted)
+    plain = enc_mod.encode_cloud(cloud, device="cpu")
+    cache: dict[Any, Any] = {}
+    coarse = enc_mod.Precision(position_step=4, sh_entries=64)
+    first = enc_mod.encode_cloud(cloud, device="cpu", palette_cache=cache)
+    again = enc_mod.encode_cloud(cloud, device="cpu", palette_cache=cache, precision=coarse)
+    assert first.files == plain.files and len(cache) == 1 and len(calls) == 2     # the third encode hit the cache
+    assert again.files["shN_labels.webp"] == plain.files["shN_labels.webp"]
+    other = enc_mod.encode_cloud(cloud.subset(np.arange(2000)), device="cpu", palette_cache=cache)
+    assert len(cache) == 2 and len(calls) == 3 and len(other.order) == 2000   # other splats: clustered anew
+    enc_mod.encode_cloud(cloud, device="cpu", palette_cache=cache, precision=enc_mod.Precision(palette=128))
+    assert len(cache) == 3 and len(calls) == 4                                 # another palette size: anew
+
+
 def test_target_psnr_arguments_are_checked(tmp_path: Path) -> None:
     ply = write_ply(make_cloud(500, 1), tmp_path / "in.ply")
     with pytest.raises(SogError, match="--target-psnr 5 dB is out of range"):
@@ -284,14 +309,6 @@ def test_texture_size_formula_and_limit() -> None:
     assert texture_size(307_128, "v1") == (555, 555)
     with pytest.raises(SogError, match="16383"):
         texture_size(16_400 ** 2)
-
-
-def test_resolve_device() -> None:
-    assert resolve_device("cpu").type == "cpu"
-    assert resolve_device("auto").type in ("cpu", "cuda")
-    if not torch.cuda.is_available():
-        with pytest.raises(EnvironmentProblem, match="CUDA"):
-            resolve_device("cuda")
 
 
 # ---------------------------------------------------------------------------- round trips

@@ -7,17 +7,19 @@ results out as RGBA textures and encode them as lossless WebP in parallel thread
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from splatflow.errors import EnvironmentProblem
+from splatflow.devices import resolve_device
 from splatflow.gaussians import SH_COEFFS, GaussianCloud
 from splatflow.sog import meta as sogmeta
 from splatflow.sog import webp
@@ -96,20 +98,6 @@ class Encoded:
     device: str = "cpu"
 
 
-def resolve_device(name: str) -> torch.device:
-    """``cpu``, ``cuda`` (EnvironmentProblem when CUDA is missing) or ``auto`` (CUDA when available)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise EnvironmentProblem("--device cuda was asked for but CUDA is not available here",
-                                     hint="use --device cpu or auto, or run on a machine with an NVIDIA GPU")
-        return torch.device(name)
-    if name == "cpu":
-        return torch.device("cpu")
-    raise ValueError(f"unknown device {name!r} (cpu, cuda or auto)")
-
-
 def _rgba(values: torch.Tensor, w: int, h: int, alpha: torch.Tensor | None = None) -> np.ndarray:
     """(h, w, 4) uint8 image with the (N, C<=4) uint8 ``values`` in texel order; valid texels get ``alpha``
     (or 255) where C < 4; padding texels stay zero."""
@@ -174,6 +162,11 @@ def pack_quats(q: torch.Tensor, step: float = 1.0) -> torch.Tensor:
     return out
 
 
+PaletteCache = dict[Any, tuple[torch.Tensor, torch.Tensor]]
+"""SH palettes by content: (digest of the SH rows and weights, shape, palette size, seed, device) ->
+(centroids, labels)."""
+
+
 def _palette(shn: torch.Tensor, weights: torch.Tensor, seed: int, size: int | None = None
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """SH palette of (N, K, 3) coefficients (in texel order), k-means weighted by ``weights`` (N,): centroids
@@ -205,15 +198,86 @@ def _centroid_image(idx: torch.Tensor) -> np.ndarray:
     return img.reshape(rows, 64, kc, 4).reshape(rows, 64 * kc, 4).cpu().numpy()
 
 
+def _sh_textures(shn: torch.Tensor, wts: torch.Tensor, format: str, bands: int, pr: Precision, seed: int,
+                 size: tuple[int, int], lap: Callable[[str], None], cache: PaletteCache | None = None
+                 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The higher-SH textures (labels, centroids) and meta.json's ``shN`` entry for (N, K, 3) ``shn`` in texel
+    order, the palette's k-means weighted by the splats' on-screen ``wts`` (N,); ``cache`` keeps palettes by
+    content, so a caller encoding the same splats at other precisions clusters them once."""
+    w, h = size
+    images: dict[str, np.ndarray] = {}
+    key = None
+    if cache is not None:
+        digest = hashlib.blake2b(shn.contiguous().cpu().numpy().tobytes(), digest_size=16)
+        digest.update(wts.contiguous().cpu().numpy().tobytes())
+        key = (digest.hexdigest(), tuple(shn.shape), pr.palette, seed, str(shn.device))
+    if key is not None and cache is not None and key in cache:
+        cen, lab = cache[key]
+    else:
+        cen, lab = _palette(shn, wts, seed, pr.palette)
+        if key is not None and cache is not None:
+            cache[key] = (cen, lab)
+    lap("kmeans")
+    lab_px = torch.stack([(lab & 0xFF), (lab >> 8)], 1).to(torch.uint8)
+    images["shN_labels.webp"] = _rgba(lab_px, w, h)
+    if format == "v2":
+        # each centroid weighs what its members weigh on screen
+        cen_w = torch.zeros(cen.shape[0], dtype=torch.float64, device=cen.device).index_add_(0, lab, wts)
+        sh_cb, cen_idx = quantize_1d(cen, pr.sh_entries, weights=cen_w[:, None, None])
+        sh_cb = _padded(sh_cb)
+        sh_info: dict[str, Any] = {"count": int(cen.shape[0]), "bands": bands, "codebook": _floats(sh_cb, pr)}
+    else:
+        lo, hi = cen.min().double(), cen.max().double()
+        cen_idx = _lin_quant(cen.double(), lo, hi, 255).to(torch.uint8)
+        sh_info = {"coeffs": shn.shape[1], "min": float(lo), "max": float(hi)}
+    images["shN_centroids.webp"] = _centroid_image(cen_idx)
+    lap("codebooks")
+    return images, sh_info
+
+
+def _scale_colour_textures(scales: torch.Tensor, sh0: torch.Tensor, opac: torch.Tensor, wts: torch.Tensor,
+                           format: str, pr: Precision, size: tuple[int, int],
+                           bounds: tuple[torch.Tensor, torch.Tensor], sh_info: dict[str, Any] | None
+                           ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The scales and sh0 (colour + alpha) textures and the whole meta.json for the (N, 3) log-scales, (N, 3)
+    DC colours and (N,) opacity logits in texel order; ``bounds`` are the log-position ranges (3,), (3,)."""
+    w, h = size
+    n = scales.shape[0]
+    mins, maxs = bounds
+    images: dict[str, np.ndarray] = {}
+    alpha = _round_step(_u8(torch.sigmoid(opac.double()) * 255).long(), pr.alpha_step, 255).to(torch.uint8)
+    if format == "v2":
+        s_cb, s_idx = quantize_1d(scales, pr.scale_entries, weights=scale_weights(scales, opac))
+        c_cb, c_idx = quantize_1d(sh0, pr.color_entries, weights=wts[:, None])
+        s_cb, c_cb = _padded(s_cb), _padded(c_cb)
+        images["scales.webp"] = _rgba(s_idx, w, h)
+        images["sh0.webp"] = _rgba(torch.cat([c_idx, alpha[:, None]], 1), w, h)
+        meta = sogmeta.v2_meta(n, mins.tolist(), maxs.tolist(), _floats(s_cb, pr), _floats(c_cb, pr), sh_info)
+    else:
+        # v1 stores linear 8-bit ranges, no codebook: a flat axis (-inf) takes the smallest finite log-scale, a
+        # fully opaque (transparent) splat an opacity logit of at least V1_LOGIT (at most -V1_LOGIT)
+        s64 = _clamp_infinite(scales.double())
+        opac = _clamp_infinite(opac.double(), floor=-V1_LOGIT, ceil=V1_LOGIT)
+        smin, smax = s64.min(0).values, s64.max(0).values
+        images["scales.webp"] = _rgba(_lin_quant(s64, smin, smax, 255).to(torch.uint8), w, h)
+        c4 = torch.cat([sh0.double(), opac.double()[:, None]], 1)
+        cmin, cmax = c4.min(0).values, c4.max(0).values
+        images["sh0.webp"] = _rgba(_lin_quant(c4, cmin, cmax, 255).to(torch.uint8), w, h)
+        meta = sogmeta.v1_meta(n, mins.tolist(), maxs.tolist(), smin.tolist(), smax.tolist(), cmin.tolist(),
+                               cmax.tolist(), sh_info)
+    return images, meta
+
+
 def encode_cloud(cloud: GaussianCloud, *, format: str = "v2", sort: str = "morton", sh_bands: int | None = None,
                  device: str = "auto", webp_method: int = webp.DEFAULT_METHOD,
                  webp_quality: int = webp.DEFAULT_QUALITY, seed: int = 0, threads: int | None = None,
-                 precision: Precision = FULL) -> Encoded:
+                 precision: Precision = FULL, palette_cache: PaletteCache | None = None) -> Encoded:
     """Encode a cloud as a SOG file set; see the module docstring.
 
     The cloud must hold valid splats only (:meth:`GaussianCloud.invalid_mask`): opacity +-inf is alpha 255 / 0,
     a log-scale of -inf (flat) gets a codebook entry of its own (v2), a zero quaternion is the identity.
     ``precision`` (v2) stores the attributes more coarsely for smaller files (default: full precision).
+    ``palette_cache`` (any dict, kept by the caller) reuses the SH palette of splats encoded before.
     """
     pr = precision
     if format not in FORMATS:
@@ -261,43 +325,10 @@ def encode_cloud(cloud: GaussianCloud, *, format: str = "v2", sort: str = "morto
     sh_info: dict[str, Any] | None = None
     if kc:
         assert shn is not None
-        cen, lab = _palette(shn, wts, seed, pr.palette)
-        lap("kmeans")
-        lab_px = torch.stack([(lab & 0xFF), (lab >> 8)], 1).to(torch.uint8)
-        images["shN_labels.webp"] = _rgba(lab_px, w, h)
-        if format == "v2":
-            # each centroid weighs what its members weigh on screen
-            cen_w = torch.zeros(cen.shape[0], dtype=torch.float64, device=cen.device).index_add_(0, lab, wts)
-            sh_cb, cen_idx = quantize_1d(cen, pr.sh_entries, weights=cen_w[:, None, None])
-            sh_cb = _padded(sh_cb)
-            sh_info = {"count": int(cen.shape[0]), "bands": bands, "codebook": _floats(sh_cb, pr)}
-        else:
-            lo, hi = cen.min().double(), cen.max().double()
-            cen_idx = _lin_quant(cen.double(), lo, hi, 255).to(torch.uint8)
-            sh_info = {"coeffs": kc, "min": float(lo), "max": float(hi)}
-        images["shN_centroids.webp"] = _centroid_image(cen_idx)
-        lap("codebooks")
-
-    alpha = _round_step(_u8(torch.sigmoid(opac.double()) * 255).long(), pr.alpha_step, 255).to(torch.uint8)
-    if format == "v2":
-        s_cb, s_idx = quantize_1d(scales, pr.scale_entries, weights=scale_weights(scales, opac))
-        c_cb, c_idx = quantize_1d(sh0, pr.color_entries, weights=wts[:, None])
-        s_cb, c_cb = _padded(s_cb), _padded(c_cb)
-        images["scales.webp"] = _rgba(s_idx, w, h)
-        images["sh0.webp"] = _rgba(torch.cat([c_idx, alpha[:, None]], 1), w, h)
-        meta = sogmeta.v2_meta(n, mins.tolist(), maxs.tolist(), _floats(s_cb, pr), _floats(c_cb, pr), sh_info)
-    else:
-        # v1 stores linear 8-bit ranges, no codebook: a flat axis (-inf) takes the smallest finite log-scale, a
-        # fully opaque (transparent) splat an opacity logit of at least V1_LOGIT (at most -V1_LOGIT)
-        s64 = _clamp_infinite(scales.double())
-        opac = _clamp_infinite(opac.double(), floor=-V1_LOGIT, ceil=V1_LOGIT)
-        smin, smax = s64.min(0).values, s64.max(0).values
-        images["scales.webp"] = _rgba(_lin_quant(s64, smin, smax, 255).to(torch.uint8), w, h)
-        c4 = torch.cat([sh0.double(), opac.double()[:, None]], 1)
-        cmin, cmax = c4.min(0).values, c4.max(0).values
-        images["sh0.webp"] = _rgba(_lin_quant(c4, cmin, cmax, 255).to(torch.uint8), w, h)
-        meta = sogmeta.v1_meta(n, mins.tolist(), maxs.tolist(), smin.tolist(), smax.tolist(), cmin.tolist(),
-                               cmax.tolist(), sh_info)
+        sh_images, sh_info = _sh_textures(shn, wts, format, bands, pr, seed, (w, h), lap, palette_cache)
+        images.update(sh_images)
+    attr_images, meta = _scale_colour_textures(scales, sh0, opac, wts, format, pr, (w, h), (mins, maxs), sh_info)
+    images.update(attr_images)
     lap("codebooks")
     names = [f for key in ("means", "scales", "quats", "sh0", "shN") if key in meta for f in meta[key]["files"]]
     blobs = webp.encode_many({nm: images[nm] for nm in names}, method=webp_method, quality=webp_quality,

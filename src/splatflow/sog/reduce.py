@@ -202,6 +202,125 @@ def _level(k: Knob, st: Setting) -> int | None:
     return None
 
 
+@dataclass
+class _Attempt:
+    """One encoded setting: the file set, the kept splats (M,) of the source, render PSNR, squared error, bytes."""
+
+    enc: Encoded
+    keep: np.ndarray
+    psnr: float
+    mse: float
+    nbytes: int
+
+
+class _Search:
+    """The encodes and scores of one smallest-for-PSNR search: every setting tried is recorded, and the SH palette
+    of a kept set is clustered once (the k-means is most of an SH scene's encode time)."""
+
+    def __init__(self, cloud: GaussianCloud, judge: Judge, *, sort: str, seed: int, device: str,
+                 sh_bands: int | None) -> None:
+        self.cloud, self.judge = cloud, judge
+        self.rank = np.argsort(importance(cloud, judge.pixels_per_unit), kind="stable")  # least visible first
+        self.encode_args: dict[str, Any] = {"sort": sort, "sh_bands": sh_bands, "device": device, "seed": seed}
+        self.tried: list[dict[str, Any]] = []
+        self.seen: dict[Setting, float] = {}
+        self.palettes: dict[Any, Any] = {}
+
+    def attempt(self, st: Setting, label: str, final: bool = False) -> _Attempt:
+        """Encode, decode and score setting ``st``; ``final`` also writes each texture at the largest WebP effort
+        and keeps the smaller file (the pixels are the same)."""
+        n = len(self.cloud)
+        drop = min(n - 1, int(math.floor(st.prune * n)))
+        keep = np.sort(self.rank[drop:])
+        sub = self.cloud.subset(keep)
+        enc = encode_cloud(sub, precision=st.precision, palette_cache=self.palettes, **self.encode_args)
+        if final:
+            best = encode_cloud(sub, precision=st.precision, palette_cache=self.palettes, webp_method=BEST_WEBP[0],
+                                webp_quality=BEST_WEBP[1], **self.encode_args)
+            enc.files = {k: min(v, best.files[k], key=len) if k != "meta.json" else v for k, v in enc.files.items()}
+        db, mse = self.judge.score(_decode(enc))
+        nbytes = sum(len(b) for b in enc.files.values())
+        self.tried.append({"step": label, "psnr": db, "bytes": nbytes, "splats": len(keep)})
+        self.seen[st] = db
+        log.info("target-psnr %s: %d splats, %d bytes, %.2f dB", label, len(keep), nbytes, db)
+        return _Attempt(enc, keep, db, mse, nbytes)
+
+    def probe(self, ks: list[Knob], base: Setting, full: _Attempt) -> _Model:
+        """Each knob alone at its probe levels: squared error added and bytes saved per unit of its model
+        shapes, the most pessimistic probe kept."""
+        model = _Model()
+        floor = 1e-3 * max(full.mse, 1e-12)     # no knob is free: a probe that gained still costs a little
+        for k in ks:
+            rates = []
+            for level in k.probes:
+                a = self.attempt(k.apply(base, level), f"probe {k.name}={level:g}")
+                rates.append((max(a.mse - full.mse, floor) / k.distortion(level),
+                              max(full.nbytes - a.nbytes, 0.0) / k.saving(level)))
+            model.rates[k.name] = (max(r for r, _ in rates), min(b for _, b in rates))
+        return model
+
+    def price(self, ks: list[Knob], model: _Model, base: Setting, full: _Attempt,
+              target_psnr: float) -> tuple[int, Setting] | None:
+        """The search over the price lam: (bytes, setting) of the smallest setting on target, None if none was.
+
+        The model's squared error is additive and ~ 1/lam: start where it predicts the target, then secant steps
+        on log lam against the measured PSNR."""
+        budget = max(10.0 ** (-target_psnr / 10.0) - full.mse, 1e-12)
+        log_lam = math.log(max(sum(b for _, b in model.rates.values()), 1.0) / (2.0 * budget))
+        points: list[tuple[float, float]] = []          # (log lam, PSNR - target)
+        best: tuple[int, Setting] | None = None
+        for i in range(SEARCH_STEPS):
+            st = model.setting(ks, math.exp(log_lam), base)
+            a = self.attempt(st, f"search {i + 1}")
+            gap = a.psnr - target_psnr
+            if gap >= 0 and (best is None or a.nbytes < best[0]):
+                best = (a.nbytes, st)
+            if 0 <= gap <= TOLERANCE_DB:
+                break
+            points.append((log_lam, gap))
+            nxt = _next_log_lam(points, log_lam, gap)
+            if abs(nxt - log_lam) < 1e-3:
+                break
+            log_lam = nxt
+        return best
+
+    def polish(self, ks: list[Knob], model: _Model, best: tuple[int, Setting], target_psnr: float) -> Setting:
+        """One level coarser on single knobs, the cheapest per byte first, while more than TOLERANCE_DB above."""
+        order = sorted(ks, key=lambda k: -model.rates[k.name][1] / max(model.rates[k.name][0], 1e-30))
+        failed: set[str] = set()
+        chosen = best[1]
+        gap = self.seen[chosen] - target_psnr
+        for _ in range(POLISH_STEPS):
+            if gap <= TOLERANCE_DB:
+                break
+            cand = [(k, cur) for k in order if k.name not in failed
+                    and (cur := _level(k, chosen)) is not None and cur + 1 < len(k.levels)]
+            if not cand:
+                break
+            k, cur = cand[0]
+            st = k.apply(chosen, k.levels[cur + 1])
+            a = self.attempt(st, f"polish {k.name}={k.levels[cur + 1]:g}")
+            if a.psnr >= target_psnr and a.nbytes < best[0]:
+                best, chosen, gap = (a.nbytes, st), st, a.psnr - target_psnr
+            else:
+                failed.add(k.name)
+        return chosen
+
+
+def _next_log_lam(points: list[tuple[float, float]], log_lam: float, gap: float) -> float:
+    """The next log lam to try from the (log lam, PSNR - target) ``points`` so far (the last at ``log_lam``)."""
+    above = [p for p in points if p[1] >= 0]
+    below = [p for p in points if p[1] < 0]
+    if above and below:                 # bracketed: interpolate between the closest pair
+        a, b = min(above, key=lambda p: p[1]), max(below, key=lambda p: p[1])
+        return a[0] + (b[0] - a[0]) * a[1] / (a[1] - b[1])
+    if len(points) >= 2 and points[-1][1] != points[-2][1]:   # secant through the last two
+        (x1, g1), (x2, g2) = points[-2], points[-1]
+        nxt = x2 - g2 * (x2 - x1) / (g2 - g1)
+        return min(max(nxt, x2 - 4.0), x2 + 4.0)
+    return log_lam - gap * math.log(10.0) / 10.0   # the model: ~10 log10(lam) dB, 4.34 dB per unit of log lam
+
+
 def smallest_for_psnr(cloud: GaussianCloud, target_psnr: float, *, views: int = 4, size: int = 256,
                       device: str = "auto", sort: str = "morton", seed: int = 0,
                       sh_bands: int | None = None) -> tuple[Encoded, np.ndarray, dict[str, Any]]:
@@ -214,114 +333,33 @@ def smallest_for_psnr(cloud: GaussianCloud, target_psnr: float, *, views: int = 
     """
     start = time.perf_counter()
     judge = Judge(cloud, views=views, size=size, device=None if device == "auto" else device)
-    rank = np.argsort(importance(cloud, judge.pixels_per_unit), kind="stable")        # least visible first
-    n = len(cloud)
-    tried: list[dict[str, Any]] = []
-
-    seen: dict[Setting, float] = {}
-
-    def tried_psnr(st: Setting) -> float:
-        return seen[st]
-
-    def attempt(st: Setting, label: str, final: bool = False) -> tuple[Encoded, np.ndarray, float, float, int]:
-        drop = min(n - 1, int(math.floor(st.prune * n)))
-        keep = np.sort(rank[drop:])
-        sub = cloud.subset(keep)
-        enc = encode_cloud(sub, sort=sort, sh_bands=sh_bands, device=device, seed=seed, precision=st.precision)
-        if final:  # the same pixels at the largest effort: keep whichever file is smaller
-            best = encode_cloud(sub, sort=sort, sh_bands=sh_bands, device=device, seed=seed, precision=st.precision,
-                                webp_method=BEST_WEBP[0], webp_quality=BEST_WEBP[1])
-            enc.files = {k: min(v, best.files[k], key=len) if k != "meta.json" else v for k, v in enc.files.items()}
-        db, mse = judge.score(_decode(enc))
-        nbytes = sum(len(b) for b in enc.files.values())
-        tried.append({"step": label, "psnr": db, "bytes": nbytes, "splats": len(keep)})
-        seen[st] = db
-        log.info("target-psnr %s: %d splats, %d bytes, %.2f dB", label, len(keep), nbytes, db)
-        return enc, keep, db, mse, nbytes
-
-    base = Setting(precision=Precision(short_floats=True))
-    full = attempt(base, "full precision")
-    target_mse = 10.0 ** (-target_psnr / 10.0)
-    chosen, short = base, None
-    if full[2] < target_psnr:
-        short = full[2]
-    else:
-        ks = knobs(cloud, cloud.sh_degree if sh_bands is None else min(sh_bands, cloud.sh_degree))
-        model = _Model()
-        floor = 1e-3 * max(full[3], 1e-12)     # no knob is free: a probe that gained still costs a little
-        for k in ks:                       # probes: bytes saved and squared error added, the worst case kept
-            rates = []
-            for level in k.probes:
-                _, _, _, mse, nbytes = attempt(k.apply(base, level), f"probe {k.name}={level:g}")
-                rates.append((max(mse - full[3], floor) / k.distortion(level),
-                              max(full[4] - nbytes, 0.0) / k.saving(level)))
-            model.rates[k.name] = (max(a for a, _ in rates), min(b for _, b in rates))
-        # the model's squared error is additive and ~ 1/lam: start where it predicts the target, then secant
-        # steps on log lam against the measured PSNR
-        budget = max(target_mse - full[3], 1e-12)
-        log_lam = math.log(max(sum(b for _, b in model.rates.values()), 1.0) / (2.0 * budget))
-        points: list[tuple[float, float]] = []          # (log lam, PSNR - target)
-        best: tuple[float, Setting] | None = None       # (bytes, setting) of the smallest one on target
-        for i in range(SEARCH_STEPS):
-            st = model.setting(ks, math.exp(log_lam), base)
-            _, _, db, _, nbytes = attempt(st, f"search {i + 1}")
-            gap = db - target_psnr
-            if gap >= 0 and (best is None or nbytes < best[0]):
-                best = (nbytes, st)
-            if 0 <= gap <= TOLERANCE_DB:
-                break
-            points.append((log_lam, gap))
-            above = [p for p in points if p[1] >= 0]
-            below = [p for p in points if p[1] < 0]
-            if above and below:                 # bracketed: interpolate between the closest pair
-                a, b = min(above, key=lambda p: p[1]), max(below, key=lambda p: p[1])
-                nxt = a[0] + (b[0] - a[0]) * a[1] / (a[1] - b[1])
-            elif len(points) >= 2 and points[-1][1] != points[-2][1]:   # secant through the last two
-                (x1, g1), (x2, g2) = points[-2], points[-1]
-                nxt = x2 - g2 * (x2 - x1) / (g2 - g1)
-                nxt = min(max(nxt, x2 - 4.0), x2 + 4.0)
-            else:                               # the model: ~10 log10(lam) dB, i.e. 4.34 dB per unit of log lam
-                nxt = log_lam - gap * math.log(10.0) / 10.0
-            if abs(nxt - log_lam) < 1e-3:
-                break
-            log_lam = nxt
-        chosen = best[1] if best is not None else base
-        if best is not None:          # polish: one level coarser on single knobs, the cheapest per byte first
-            order = sorted(ks, key=lambda k: -model.rates[k.name][1] / max(model.rates[k.name][0], 1e-30))
-            failed: set[str] = set()
-            gap = tried_psnr(chosen) - target_psnr
-            for _ in range(POLISH_STEPS):
-                if gap <= TOLERANCE_DB:
-                    break
-                cand = [(k, cur) for k in order if k.name not in failed
-                        and (cur := _level(k, chosen)) is not None and cur + 1 < len(k.levels)]
-                if not cand:
-                    break
-                k, cur = cand[0]
-                st = k.apply(chosen, k.levels[cur + 1])
-                _, _, db, _, nbytes = attempt(st, f"polish {k.name}={k.levels[cur + 1]:g}")
-                if db >= target_psnr and nbytes < best[0]:
-                    best, chosen, gap = (nbytes, st), st, db - target_psnr
-                else:
-                    failed.add(k.name)
-    enc, keep, reached, _, _ = attempt(chosen, "final", final=True)
-    if short is None and reached < target_psnr:      # the effort never changes pixels; guard anyway
-        chosen = base
-        enc, keep, reached, _, _ = attempt(chosen, "final", final=True)
+    search = _Search(cloud, judge, sort=sort, seed=seed, device=device, sh_bands=sh_bands)
     full_sh = cloud.sh_degree if sh_bands is None else min(sh_bands, cloud.sh_degree)
-    changed = {k: v for k, v in asdict(chosen.precision).items()
-               if v != getattr(base.precision, k)}
+    base = Setting(precision=Precision(short_floats=True))
+    full = search.attempt(base, "full precision")
+    chosen = base
+    if full.psnr >= target_psnr:
+        ks = knobs(cloud, full_sh)
+        model = search.probe(ks, base, full)
+        best = search.price(ks, model, base, full, target_psnr)
+        if best is not None:
+            chosen = search.polish(ks, model, best, target_psnr)
+    final = search.attempt(chosen, "final", final=True)
+    if full.psnr >= target_psnr and final.psnr < target_psnr:      # the effort never changes pixels; guard anyway
+        chosen, final = base, search.attempt(base, "final", final=True)
+    changed = {k: v for k, v in asdict(chosen.precision).items() if v != getattr(base.precision, k)}
+    n = len(cloud)
     report: dict[str, Any] = {
-        "target_psnr": target_psnr, "psnr": reached, "reached": reached >= target_psnr,
+        "target_psnr": target_psnr, "psnr": final.psnr, "reached": final.psnr >= target_psnr,
         "views": len(judge.refs), "size": size,
-        "dropped": {"splats": n - len(keep), "splats_fraction": round((n - len(keep)) / n, 4),
+        "dropped": {"splats": n - len(final.keep), "splats_fraction": round((n - len(final.keep)) / n, 4),
                     "sh_bands": cloud.sh_degree - full_sh, "precision": changed},
         "precision": asdict(chosen.precision),
         "webp": {"tried": [{"method": webp.DEFAULT_METHOD, "quality": webp.DEFAULT_QUALITY},
                            {"method": BEST_WEBP[0], "quality": BEST_WEBP[1]}], "kept": "the smaller per file"},
-        "tried": tried, "seconds": round(time.perf_counter() - start, 3),
+        "tried": search.tried, "seconds": round(time.perf_counter() - start, 3),
     }
-    if short is not None:
-        report["note"] = (f"full precision renders {short:.2f} dB, below the {target_psnr:g} dB asked for: "
+    if full.psnr < target_psnr:
+        report["note"] = (f"full precision renders {full.psnr:.2f} dB, below the {target_psnr:g} dB asked for: "
                           "the default output was written")
-    return enc, keep, report
+    return final.enc, final.keep, report

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from splatflow.devices import resolve_device
-from splatflow.errors import DependencyMissing, PlyError, SogError
+from splatflow.errors import DependencyMissing, InputError, PlyError, SogError
 from splatflow.evaluate import attribute_errors, render_fidelity
 from splatflow.fsutil import atomic_path, check_output
 from splatflow.io.ply import read_ply
+from splatflow.options import RUN_OPTIONS
 from splatflow.sog import meta as sogmeta
 from splatflow.sog import webp
 from splatflow.sog.bundle import write_files
@@ -52,6 +53,38 @@ def report_path(out: Path) -> Path:
     return out.with_name(out.name + ".report.json")
 
 
+def _check_arguments(format: str, sort: str, sh_bands: int | None, target_psnr: float | None) -> float | None:
+    """SogError for an unusable format, sort, SH band count or target PSNR; the target (None when off)."""
+    if format not in FORMATS:
+        raise SogError(f"unknown format {format!r}", hint=f"use one of {', '.join(FORMATS)}")
+    if sort not in SORTS:
+        raise SogError(f"unknown sort {sort!r}", hint=f"use one of {', '.join(SORTS)}")
+    if sh_bands is not None and not 0 <= sh_bands <= 3:
+        raise SogError(f"--sh-bands {sh_bands} is out of range", hint="use 0, 1, 2 or 3")
+    if target_psnr is None or target_psnr <= 0:
+        return None
+    try:
+        RUN_OPTIONS["target_psnr"].check(target_psnr)    # the pipeline's own range, one definition
+    except InputError as exc:
+        raise SogError(f"--{exc.message.replace('_', '-', 1)}", hint=exc.hint) from None
+    if format != "v2":
+        raise SogError("--target-psnr writes SOG v2 only", hint="drop --format v1")
+    return float(target_psnr)
+
+
+def _check_paths(ply: Path, out: Path, format: str, overwrite: bool) -> int:
+    """The output path free (or ``overwrite``), not the input, and the input a PLY whose declared splat count
+    fits the format's textures; returns that count. Reads the header only."""
+    check_output(out, overwrite=overwrite)
+    if out.resolve() == ply.resolve():
+        raise SogError(f"output {out} is the input file", hint="choose another output path")
+    declared = ply_vertex_count(ply)
+    if declared == 0:
+        raise PlyError(f"{ply} contains zero splats", hint="export a trained scene with at least one splat")
+    sogmeta.texture_size(declared, format)          # refuse oversized scenes before reading them
+    return declared
+
+
 def compress(ply: Path, out: Path, *, format: str = "v2", sort: str = "morton", sh_bands: int | None = None,
              device: str = "auto", overwrite: bool = False, drop_invalid: bool = False,
              webp_method: int | None = None, webp_quality: int | None = None, seed: int = 0,
@@ -76,28 +109,9 @@ def compress(ply: Path, out: Path, *, format: str = "v2", sort: str = "morton", 
     """
     start = time.perf_counter()
     ply, out = Path(ply), Path(out)
-    if format not in FORMATS:
-        raise SogError(f"unknown format {format!r}", hint=f"use one of {', '.join(FORMATS)}")
-    if sort not in SORTS:
-        raise SogError(f"unknown sort {sort!r}", hint=f"use one of {', '.join(SORTS)}")
-    if sh_bands is not None and not 0 <= sh_bands <= 3:
-        raise SogError(f"--sh-bands {sh_bands} is out of range", hint="use 0, 1, 2 or 3")
-    if target_psnr is not None and target_psnr <= 0:
-        target_psnr = None
-    if target_psnr is not None:
-        if not 10.0 <= target_psnr <= 99.0:
-            raise SogError(f"--target-psnr {target_psnr:g} dB is out of range",
-                           hint="ask for a render PSNR between 10 and 99 dB, e.g. 45 (0: off)")
-        if format != "v2":
-            raise SogError("--target-psnr writes SOG v2 only", hint="drop --format v1")
+    target_psnr = _check_arguments(format, sort, sh_bands, target_psnr)
     device = str(resolve_device(device))           # the one device check (unknown name: exit 2), before any work
-    check_output(out, overwrite=overwrite)
-    if out.resolve() == ply.resolve():
-        raise SogError(f"output {out} is the input file", hint="choose another output path")
-    declared = ply_vertex_count(ply)
-    if declared == 0:
-        raise PlyError(f"{ply} contains zero splats", hint="export a trained scene with at least one splat")
-    sogmeta.texture_size(declared, format)          # refuse oversized scenes before reading them
+    declared = _check_paths(ply, out, format, overwrite)
     cloud = read_ply(ply, on_invalid="drop" if drop_invalid else "error")
     target: dict[str, Any] | None = None
     if target_psnr is not None:
