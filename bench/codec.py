@@ -135,6 +135,46 @@ def render_psnr(src: Any, dec: Any) -> dict[str, Any]:
     return render_fidelity(src, dec, views=4, size=256, device="cpu")
 
 
+def measure_peer(ply: Path, theirs: Path, t: dict[str, Any], splats: int, args: argparse.Namespace
+                 ) -> dict[str, Any]:
+    """splat-transform's row from its run ``t`` (see :func:`timed`) and its output ``theirs``: size, errors
+    against the source and render PSNR/SSIM."""
+    peer: dict[str, Any] = {k: t[k] for k in ("wall_s", "cpu_s", "peak_rss_bytes", "timed_out")}
+    if t["timed_out"] or t["rc"] != 0 or not theirs.exists():
+        peer["note"] = (f"timed out after {args.peer_timeout} s: wall time is a lower bound" if t["timed_out"]
+                        else f"failed: {t['log_tail']}")
+        return peer
+    peer["bytes"] = theirs.stat().st_size
+    peer["bytes_per_splat"] = round(peer["bytes"] / splats, 3)
+    mt = matched_errors(ply, theirs)
+    peer["errors"] = mt["errors"]
+    if mt["splats"] <= args.psnr_max:
+        fid = render_psnr(mt["src"], mt["decoded"])
+        peer["psnr_db"], peer["ssim"] = fid["psnr"], fid["ssim"]
+    return peer
+
+
+def reused_peer(name: str, ply: Path, splats: int, args: argparse.Namespace) -> dict[str, Any] | None:
+    """splat-transform's row from an earlier run instead of a new one (it takes 15 min on playbot_lod2 and hours
+    on the synthetic 1M scene with 2 cores): its output WORK/<name>.st.sog with the usage beside it
+    (<name>.st.usage.json: wall_s, cpu_s, peak_rss_bytes, how it was measured), measured again here; else its row
+    in the results file as it was when this run started (``args.previous``). None when neither exists. The row
+    says where it came from."""
+    usage = WORK / f"{name}.st.usage.json"
+    theirs = WORK / f"{name}.st.sog"
+    if usage.exists() and theirs.exists():
+        u = json.loads(usage.read_text())
+        t = {"wall_s": u["wall_s"], "cpu_s": u["cpu_s"], "peak_rss_bytes": u["peak_rss_bytes"], "timed_out": False,
+             "rc": 0, "log_tail": ""}
+        return {**measure_peer(ply, theirs, t, splats, args), "source": f"separate run: {u.get('how', '')}"}
+    data = args.previous
+    if data:
+        for row in data["rows"]:
+            if row["input"] == name and "bytes" in row.get("splat_transform", {}):
+                return {**row["splat_transform"], "source": f"the run of {data['date']}"}
+    return None
+
+
 def one(name: str, ply: Path, args: argparse.Namespace) -> dict[str, Any]:
     row: dict[str, Any] = {"input": name, "ply_bytes": ply.stat().st_size}
     ours = WORK / f"{name}.ours.sog"
@@ -153,25 +193,17 @@ def one(name: str, ply: Path, args: argparse.Namespace) -> dict[str, Any]:
         fid = render_psnr(m["src"], m["decoded"])
         row["splatflow"]["psnr_db"], row["splatflow"]["ssim"] = fid["psnr"], fid["ssim"]
     theirs = WORK / f"{name}.st.sog"
-    theirs.unlink(missing_ok=True)
     if name in args.skip_peer:
         row["splat_transform"] = {"skipped": True}
     else:
-        t = timed([str(ST), "-w", "-g", "cpu", str(ply), str(theirs)], args.peer_timeout)
-        peer: dict[str, Any] = {k: t[k] for k in ("wall_s", "cpu_s", "peak_rss_bytes", "timed_out")}
-        if t["timed_out"] or t["rc"] != 0 or not theirs.exists():
-            peer["note"] = (f"timed out after {args.peer_timeout} s: wall time is a lower bound" if t["timed_out"]
-                            else f"failed: {t['log_tail']}")
-        else:
-            peer["bytes"] = theirs.stat().st_size
-            peer["bytes_per_splat"] = round(peer["bytes"] / report["splats"], 3)
-            mt = matched_errors(ply, theirs)
-            peer["errors"] = mt["errors"]
-            if mt["splats"] <= args.psnr_max:
-                fid = render_psnr(mt["src"], mt["decoded"])
-                peer["psnr_db"], peer["ssim"] = fid["psnr"], fid["ssim"]
+        peer = reused_peer(name, ply, report["splats"], args) if name in args.reuse_peer else None
+        if peer is None:
+            theirs.unlink(missing_ok=True)
+            t = timed([str(ST), "-w", "-g", "cpu", str(ply), str(theirs)], args.peer_timeout)
+            peer = measure_peer(ply, theirs, t, report["splats"], args)
+        if "bytes" in peer:
             row["size_ratio_ours_vs_peer"] = round(row["splatflow"]["bytes"] / peer["bytes"], 4)
-            row["errors_not_worse"] = {k: m["errors"][k]["mean"] <= v["mean"] for k, v in mt["errors"].items()}
+            row["errors_not_worse"] = {k: m["errors"][k]["mean"] <= v["mean"] for k, v in peer["errors"].items()}
             if "psnr_db" in row["splatflow"] and "psnr_db" in peer:
                 row["psnr_gain_db"] = round(row["splatflow"]["psnr_db"] - peer["psnr_db"], 3)
         row["speedup_vs_peer"] = round(peer["wall_s"] / row["splatflow"]["wall_s"], 2)
@@ -258,6 +290,10 @@ def markdown(result: dict[str, Any]) -> str:
                             else "") + (f", render PSNR {row['psnr_gain_db']:+.2f} dB" if "psnr_gain_db" in row
                                         else "") + (f", mean errors not worse: {row['errors_not_worse']}"
                                                     if "errors_not_worse" in row else ""))
+    for row in result["rows"]:
+        if row.get("splat_transform", {}).get("source"):
+            lines.append(f"- {row['input']}: splat-transform's row is from {row['splat_transform']['source']} "
+                         "(not re-run here; its output decoded and rendered again where it was kept)")
     return "\n".join(lines) + "\n"
 
 
@@ -267,6 +303,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--peer-timeout", type=float, default=600.0)
     ap.add_argument("--skip-peer", nargs="*", default=[])
+    ap.add_argument("--reuse-peer", nargs="*", default=[],
+                    help="inputs whose splat-transform row comes from an earlier run (see reused_peer)")
     ap.add_argument("--psnr-max", type=int, default=2_000_000, help="skip the render PSNR above this many splats")
     ap.add_argument("--tag", default="", help="suffix of the result files (parallel partial runs)")
     ap.add_argument("--note", default="", help="e.g. that the machine was shared with other work")
@@ -281,6 +319,7 @@ def main() -> None:
     stem = f"codec-{args.device}" + (f"-{args.tag}" if args.tag else "")
     out_json = RESULTS / f"{stem}.json"
     kept: list[dict[str, Any]] = []
+    args.previous = json.loads(out_json.read_text()) if out_json.exists() else None
     if args.merge and out_json.exists():
         old = json.loads(out_json.read_text())
         kept = [r for r in old["rows"] if not args.only or r["input"] not in args.only]

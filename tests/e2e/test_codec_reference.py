@@ -108,11 +108,11 @@ def test_target_psnr_on_a_small_scene(tmp_path: Path, splat_transform: Path, dat
     assert report["target"]["dropped"]["precision"] or report["target"]["dropped"]["splats"]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("name", "target"), [("fruit_drops_minimal", 44.9), ("guitar", 57.4)])
 def test_target_psnr_on_the_bundled_splats(tmp_path: Path, splat_transform: Path, data_dir: Path, name: str,
                                            target: float) -> None:
     """The bundled scenes at splat-transform 3.10.2's own render PSNR (fruit 44.88 dB, guitar 57.37 dB, same
-    views): at least 25% smaller than its files (231,831 and 1,196,156 bytes)."""
+    views): at least 25% smaller than its files (231,831 and 1,196,156 bytes). About 20 s on 2 cores (the unseen
+    splats pruned first, each kept set's SH palette clustered once), so CI runs it."""
     report = _target_run(tmp_path, splat_transform, data_dir / "splats" / f"{name}.ply", target)
     assert report["bytes"] <= 0.75 * {"fruit_drops_minimal": 231_831, "guitar": 1_196_156}[name]

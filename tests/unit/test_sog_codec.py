@@ -238,6 +238,39 @@ def test_palette_cache_clusters_once_and_changes_nothing(monkeypatch: pytest.Mon
     assert len(cache) == 3 and len(calls) == 4                                 # another palette size: anew
 
 
+def test_contribution_is_what_the_views_draw_of_each_splat() -> None:
+    from splatflow.cameras import orbit_cameras
+    from splatflow.render import render_cloud
+    from splatflow.sog.reduce import CONTRIBUTION_ELEVATIONS, contribution
+
+    cloud = make_cloud(400, 1)
+    cloud.opacities[:50] = -12.0          # alpha 6e-6: below the renderer's 1/255, never drawn
+    c = contribution(cloud, size=64)
+    assert c.shape == (400,) and np.all(c[:50] == 0) and np.all(c[50:] > 0)
+    # one splat alone: what it draws is its rendered alpha, summed over the view that shows it most
+    one = cloud.subset(np.array([60]))
+    alone = contribution(one, size=64)
+    cams = [cam for el in CONTRIBUTION_ELEVATIONS for cam in orbit_cameras(one, views=8, width=64, height=64,
+                                                                           elevation_deg=el)]
+    drawn = max(float(render_cloud(one, cam, device="cpu", with_alpha=True)[..., 3].sum()) for cam in cams)
+    assert alone[0] == pytest.approx(drawn, rel=1e-3)
+
+
+def test_target_psnr_prunes_what_no_view_draws_first(tmp_path: Path) -> None:
+    from splatflow.sog.reduce import smallest_for_psnr
+
+    cloud = make_cloud(2000, 1)
+    hidden = np.zeros(2000, dtype=bool)
+    hidden[::4] = True
+    cloud.opacities[hidden] = -12.0          # a quarter nobody sees: free to drop
+    enc, keep, report = smallest_for_psnr(cloud, 40.0, device="cpu")
+    assert report["reached"] and report["psnr"] >= 40.0
+    dropped = np.setdiff1d(np.arange(2000), keep)
+    assert hidden[dropped].sum() == hidden.sum() == 500        # every unseen splat went, before any search
+    assert 500 <= report["dropped"]["unseen_splats"] <= report["dropped"]["splats"] == len(dropped)
+    assert report["tried"][0]["splats"] <= 1500 and report["tried"][0]["step"].endswith("unseen splats pruned")
+
+
 def test_target_psnr_arguments_are_checked(tmp_path: Path) -> None:
     ply = write_ply(make_cloud(500, 1), tmp_path / "in.ply")
     with pytest.raises(SogError, match="--target-psnr 5 dB is out of range"):
