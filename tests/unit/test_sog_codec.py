@@ -336,6 +336,26 @@ def test_palette_size_and_kmeans_palette() -> None:
     assert err <= 1.05 * torch.cdist(x, cen).min(1).values.pow(2).mean()
 
 
+def test_a_palette_shrinks_by_merging_its_cheapest_entries() -> None:
+    from splatflow.sog.kmeans import merge_palette
+
+    rng = np.random.default_rng(5)
+    base = torch.from_numpy(rng.normal(size=(300, 6)).astype(np.float32))
+    twins = base + 1e-3                                   # 300 near-duplicates: the cheap merges
+    cen = torch.cat([base, twins])                        # (600, 6): rows 0-299 and their twins 300-599
+    lab = torch.from_numpy(rng.integers(0, 600, 5000))
+    w = torch.where(lab < 300, 10.0, 0.1).double()        # the originals weigh more than the twins
+    new, new_lab = merge_palette(cen, lab, w, 300)
+    assert new.shape == (300, 6) and new_lab.shape == (5000,) and int(new_lab.max()) == 299
+    # each twin moved onto its original (the light entry moves, the heavy one keeps its value)
+    assert torch.equal(torch.sort(new, 0).values, torch.sort(base, 0).values)
+    assert torch.allclose(new[new_lab], base[lab % 300])
+    # a scene decoded from a SOG (its rows repeat) asked for a smaller palette: merged, values kept
+    x = cen[lab]
+    kc, kl = kmeans_palette(x, 400, weights=torch.ones(5000), merge_weights=w)
+    assert kc.shape[0] == 400 and torch.isin(kc, cen).all() and torch.equal(kc[kl][lab < 300], x[lab < 300])
+
+
 def test_texture_size_formula_and_limit() -> None:
     assert texture_size(31_000) == (180, 176)  # as in PlayCanvas's playbot-lod3 reference
     assert texture_size(1) == (4, 4)

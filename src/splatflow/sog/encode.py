@@ -167,8 +167,8 @@ PaletteCache = dict[Any, tuple[torch.Tensor, torch.Tensor]]
 (centroids, labels)."""
 
 
-def _palette(shn: torch.Tensor, weights: torch.Tensor, seed: int, size: int | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+def _palette(shn: torch.Tensor, weights: torch.Tensor, seed: int, size: int | None = None,
+             merge_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """SH palette of (N, K, 3) coefficients (in texel order), k-means weighted by ``weights`` (N,): centroids
     (k, K, 3) and labels (N,) int64.
 
@@ -178,7 +178,7 @@ def _palette(shn: torch.Tensor, weights: torch.Tensor, seed: int, size: int | No
     n, k_coeffs, _ = shn.shape
     k_pal = palette_size(n) if size is None else max(1, min(size, palette_size(n)))
     cen, lab = kmeans_palette(shn.reshape(n, k_coeffs * 3), k_pal, weights=weights, seed=seed,
-                              cap=clustered_palette_cap(n))
+                              cap=clustered_palette_cap(n), merge_weights=merge_weights)
     k = cen.shape[0]
     first = torch.full((k,), n, dtype=torch.int64, device=lab.device)
     first.scatter_reduce_(0, lab, torch.arange(n, device=lab.device), reduce="amin")
@@ -199,22 +199,25 @@ def _centroid_image(idx: torch.Tensor) -> np.ndarray:
 
 
 def _sh_textures(shn: torch.Tensor, wts: torch.Tensor, format: str, bands: int, pr: Precision, seed: int,
-                 size: tuple[int, int], lap: Callable[[str], None], cache: PaletteCache | None = None
-                 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+                 size: tuple[int, int], lap: Callable[[str], None], cache: PaletteCache | None = None,
+                 merge_weights: torch.Tensor | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The higher-SH textures (labels, centroids) and meta.json's ``shN`` entry for (N, K, 3) ``shn`` in texel
-    order, the palette's k-means weighted by the splats' on-screen ``wts`` (N,); ``cache`` keeps palettes by
-    content, so a caller encoding the same splats at other precisions clusters them once."""
+    order, the palette's k-means weighted by the splats' on-screen ``wts`` (N,) (a palette merge by
+    ``merge_weights`` (N,) when given); ``cache`` keeps palettes by content, so a caller encoding the same splats
+    at other precisions clusters them once."""
     w, h = size
     images: dict[str, np.ndarray] = {}
     key = None
     if cache is not None:
         digest = hashlib.blake2b(shn.contiguous().cpu().numpy().tobytes(), digest_size=16)
         digest.update(wts.contiguous().cpu().numpy().tobytes())
+        if merge_weights is not None:
+            digest.update(merge_weights.contiguous().cpu().numpy().tobytes())
         key = (digest.hexdigest(), tuple(shn.shape), pr.palette, seed, str(shn.device))
     if key is not None and cache is not None and key in cache:
         cen, lab = cache[key]
     else:
-        cen, lab = _palette(shn, wts, seed, pr.palette)
+        cen, lab = _palette(shn, wts, seed, pr.palette, merge_weights)
         if key is not None and cache is not None:
             cache[key] = (cen, lab)
     lap("kmeans")
@@ -271,13 +274,16 @@ def _scale_colour_textures(scales: torch.Tensor, sh0: torch.Tensor, opac: torch.
 def encode_cloud(cloud: GaussianCloud, *, format: str = "v2", sort: str = "morton", sh_bands: int | None = None,
                  device: str = "auto", webp_method: int = webp.DEFAULT_METHOD,
                  webp_quality: int = webp.DEFAULT_QUALITY, seed: int = 0, threads: int | None = None,
-                 precision: Precision = FULL, palette_cache: PaletteCache | None = None) -> Encoded:
+                 precision: Precision = FULL, palette_cache: PaletteCache | None = None,
+                 palette_weights: np.ndarray | None = None) -> Encoded:
     """Encode a cloud as a SOG file set; see the module docstring.
 
     The cloud must hold valid splats only (:meth:`GaussianCloud.invalid_mask`): opacity +-inf is alpha 255 / 0,
     a log-scale of -inf (flat) gets a codebook entry of its own (v2), a zero quaternion is the identity.
     ``precision`` (v2) stores the attributes more coarsely for smaller files (default: full precision).
     ``palette_cache`` (any dict, kept by the caller) reuses the SH palette of splats encoded before.
+    ``palette_weights`` (N,), in the cloud's order: what each splat weighs when a palette that is one already (a
+    scene decoded from a SOG) is merged to a smaller ``precision.palette`` (default: the on-screen weights).
     """
     pr = precision
     if format not in FORMATS:
@@ -325,7 +331,9 @@ def encode_cloud(cloud: GaussianCloud, *, format: str = "v2", sort: str = "morto
     sh_info: dict[str, Any] | None = None
     if kc:
         assert shn is not None
-        sh_images, sh_info = _sh_textures(shn, wts, format, bands, pr, seed, (w, h), lap, palette_cache)
+        mw = None if palette_weights is None else torch.as_tensor(palette_weights, dtype=torch.float64,
+                                                                   device=dev)[order]
+        sh_images, sh_info = _sh_textures(shn, wts, format, bands, pr, seed, (w, h), lap, palette_cache, mw)
         images.update(sh_images)
     attr_images, meta = _scale_colour_textures(scales, sh0, opac, wts, format, pr, (w, h), (mins, maxs), sh_info)
     images.update(attr_images)

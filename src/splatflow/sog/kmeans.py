@@ -98,14 +98,17 @@ def clustered_palette_cap(n: int) -> int:
 
 def kmeans_palette(x: torch.Tensor, k: int, *, weights: torch.Tensor | None = None, iters: int = 10,
                    seed: int = 0, sample_per_centroid: int = 32, batch: int = 16,
-                   leaf: int = 256, cap: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   leaf: int = 256, cap: int | None = None, merge_weights: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cluster the rows of ``x`` (N, D) float32 into at most ``k`` centroids, minimising the squared error
     weighted by ``weights`` (N,) (None: all rows count the same).
 
     Returns (centroids (k', D) float32, labels (N,) int64) with k' = min(k, N). Coarse and fine Lloyd steps run on
     a random subsample of at most ``sample_per_centroid`` points per centroid; every point is then assigned to
     the nearest centroid of its coarse cluster. Rows with at most ``k`` distinct values (a scene decoded from a
-    SOG) get an exact palette; otherwise ``cap`` (if given) limits the centroids clustered.
+    SOG) get an exact palette; rows that are a palette already (at most PlayCanvas's palette size of distinct
+    rows, fewer than N) shrink to a smaller ``k`` by :func:`merge_palette`, weighted by ``merge_weights`` (N,)
+    (default ``weights``); otherwise ``cap`` (if given) limits the centroids clustered.
     """
     n, d = x.shape
     k = min(k, n)
@@ -114,10 +117,16 @@ def kmeans_palette(x: torch.Tensor, k: int, *, weights: torch.Tensor | None = No
         return x.clone(), torch.arange(n, device=x.device)
     # few distinct rows (e.g. a scene that was decoded from a SOG): the palette is exact
     probe = x.double() @ torch.randn(d, dtype=torch.float64, generator=gen).to(x.device)
-    if torch.unique(probe).numel() <= k:
+    distinct = torch.unique(probe).numel()
+    if distinct <= k or distinct <= min(n - 1, palette_size(n)):
         uniq, inverse = torch.unique(x, dim=0, return_inverse=True)
         if uniq.shape[0] <= k:
             return uniq, inverse
+        if uniq.shape[0] < n and uniq.shape[0] <= palette_size(n):
+            # the rows are a palette already and a smaller one is asked for (compress --target-psnr): merge its
+            # entries where it costs least rather than cluster the rows anew
+            mw = merge_weights if merge_weights is not None else weights
+            return merge_palette(uniq, inverse, torch.ones(n, device=x.device) if mw is None else mw, k)
     if cap is not None:
         k = min(k, cap)
     w = torch.ones(n, dtype=x.dtype, device=x.device) if weights is None else weights.to(x.device, x.dtype)
@@ -140,6 +149,73 @@ def kmeans_palette(x: torch.Tensor, k: int, *, weights: torch.Tensor | None = No
         _fine_batch(x, w, order, starts[ids], sizes[ids], ks[ids], cen_off[ids], centroids, labels,
                     iters=iters, gen=gen, cap=sample_per_centroid)
     return centroids, labels
+
+
+MERGE_CHUNK = 1024
+"""Palette entries per block of the nearest-neighbour search in :func:`merge_palette`."""
+
+
+def _nearest_other(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each row of ``c`` (k, D): the index (k,) of the nearest other row and the squared distance (k,)."""
+    k = c.shape[0]
+    c32 = c.float()
+    sq = (c32 * c32).sum(1)
+    nn = torch.empty(k, dtype=torch.int64, device=c.device)
+    nd = torch.empty(k, dtype=torch.float32, device=c.device)
+    for s in range(0, k, MERGE_CHUNK):
+        # |x_j|^2 - 2 x_i.x_j in one fused product (|x_i|^2 is added after the argmin)
+        d = torch.addmm(sq[None, :], c32[s:s + MERGE_CHUNK], c32.T, alpha=-2.0)
+        rows = torch.arange(d.shape[0], device=c.device)
+        d[rows, rows + s] = math.inf
+        best, idx = d.min(1)
+        nd[s:s + MERGE_CHUNK], nn[s:s + MERGE_CHUNK] = best + sq[s:s + MERGE_CHUNK], idx
+    return nn, nd.clamp_min(0.0)
+
+
+def merge_palette(cen: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
+                  k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shrink a palette ``cen`` (m, D) with member ``labels`` (N,) and member ``weights`` (N,) to ``k`` < m
+    entries by moving the members of the entries that cost least to move (the entry's weight x squared distance
+    to its nearest other entry) onto that entry. The surviving entries keep their values, so the palette's
+    values stay on the codebook they came from (averaged entries would need a finer SH codebook: measured on
+    playbot_lod2, a larger centroid texture than the unmerged palette's). Returns (centroids (k', D), labels
+    (N,)), k' = k unless rounds of merging stall (then a little more)."""
+    c = cen.clone()
+    w = torch.zeros(c.shape[0], dtype=torch.float64, device=c.device).index_add_(0, labels,
+                                                                                  weights.double().to(c.device))
+    w = w + 1e-12 * float(w.max().clamp_min(1e-30))        # an unseen entry still merges by distance
+    alive = torch.arange(c.shape[0], device=c.device)     # current entry -> row of cen
+    owner = torch.arange(c.shape[0], device=c.device)     # row of cen -> the entry it was merged into
+    while alive.numel() > k:
+        nn, nd = _nearest_other(c[alive])
+        need = alive.numel() - k
+        is_src = [False] * alive.numel()
+        is_dst = [False] * alive.numel()
+        nn_list = nn.tolist()
+        src: list[int] = []
+        dst: list[int] = []
+        for i in torch.argsort(w[alive] * nd).tolist():
+            j = nn_list[i]
+            if is_dst[i] or is_src[j]:         # a target keeps its members; a moved entry takes none
+                continue
+            is_src[i] = is_dst[j] = True
+            src.append(i)
+            dst.append(j)
+            if len(src) == need:
+                break
+        si = alive[torch.tensor(src, device=c.device)]
+        di = alive[torch.tensor(dst, device=c.device)]
+        owner[si] = di
+        w.index_add_(0, di, w[si])
+        alive = alive[~torch.tensor(is_src, device=c.device)]
+    while True:                                         # chains of merges -> the surviving entry
+        nxt = owner[owner]
+        if torch.equal(nxt, owner):
+            break
+        owner = nxt
+    index = torch.full((c.shape[0],), -1, dtype=torch.int64, device=c.device)
+    index[alive] = torch.arange(alive.numel(), device=c.device)
+    return c[alive], index[owner[labels]]
 
 
 def _split(x: torch.Tensor, w: torch.Tensor, idx: torch.Tensor, k: int, out: list[tuple[torch.Tensor, int]], *,

@@ -7,6 +7,8 @@ picture least for *this* scene:
 - pruning the splats that contribute least to any view: ranked by what 24 orbit views draw of each
   (:func:`contribution`), then by alpha x footprint (:func:`importance`);
 - a smaller SH palette and fewer distinct SH codebook entries (the higher SH are most of a small scene's file);
+  a scene decoded from a SOG, whose SH rows are a palette already, merges its cheapest entries instead (weighted
+  by what the views draw of their splats: :func:`splatflow.sog.kmeans.merge_palette`);
 - coarser positions, alpha, scales, colours and rotations (rounding steps, fewer codebook entries).
 
 How (a rate-distortion allocation, measured rather than guessed): the source is rendered once from the compress
@@ -31,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from splatflow.gaussians import GaussianCloud
+from splatflow.gaussians import SH_COEFFS, GaussianCloud
 from splatflow.sog import webp
 from splatflow.sog.encode import Encoded, Precision, encode_cloud
 from splatflow.sog.kmeans import palette_size
@@ -46,7 +48,7 @@ UNSEEN = 1.0 / 255.0
 MAX_UNSEEN = 0.9
 BEST_WEBP = (6, 100)
 """libwebp's largest lossless effort (method, quality), tried for the final write beside the default."""
-SEARCH_STEPS = 6
+SEARCH_STEPS = 8
 """At most this many steps of the search over the price, after the probes."""
 POLISH_STEPS = 6
 """After the search, at most this many single-knob steps (one level coarser, the cheapest knob per byte first)
@@ -122,13 +124,23 @@ def knobs(cloud: GaussianCloud, sh_degree: int, pruned: float = 0.0) -> list[Kno
     ]
     if sh_degree > 0:
         pal = palette_size(len(cloud))
-        ratios = tuple(r for r in (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0,
-                                   24.0, 32.0) if pal / r >= 64)
+        rows = np.unique(cloud.shN[:, :SH_COEFFS[sh_degree]].reshape(len(cloud), -1), axis=0).shape[0]
+        if rows < len(cloud) and rows <= pal:
+            # the SH rows are a palette already (a scene decoded from a SOG): its entries merge where they cost
+            # least (sog.kmeans.merge_palette), so small steps pay; the error grows faster than the step
+            # (playbot_lod2: 65,529 -> 58,000 entries 61.8 dB, -> 52,000 56.7 dB)
+            pal = rows
+            pal_steps: tuple[float, ...] = (1.0, 1.05, 1.1, 1.15, 1.2, 1.25, 1.33, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0)
+            probe, shape = 1.2, (lambda r: (r - 1.0) ** 2)
+        else:
+            pal_steps = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0, 24.0, 32.0)
+            probe, shape = 4.0, (lambda r: r - 1.0)
+        ratios = tuple(r for r in pal_steps if pal / r >= 64)
         out += [
             codebook("sh_entries", "sh_entries", 48),
-            Knob("palette", ratios, (min(4.0, ratios[-1]),),
+            Knob("palette", ratios, (min(probe, ratios[-1]),),
                  _prec(palette=lambda r, p=pal: None if r <= 1 else max(64, round(p / r))),
-                 lambda r: r - 1.0, lambda r: 1.0 - 1.0 / r),
+                 shape, lambda r: 1.0 - 1.0 / r),
         ]
     return [k for k in out if len(k.levels) > 1]
 
@@ -263,7 +275,8 @@ class _Search:
                  sh_bands: int | None) -> None:
         self.cloud, self.judge = cloud, judge
         # least visible first: by what the contribution orbits draw of each splat, then by alpha x footprint
-        drawn = contribution(cloud, device=judge.device)
+        self.drawn = drawn = contribution(cloud, device=judge.device)
+        """(N,) what the contribution views draw of each splat (:func:`contribution`)."""
         self.rank = np.lexsort((importance(cloud, judge.pixels_per_unit), drawn))
         self.unseen = min(float(np.mean(drawn <= UNSEEN)), MAX_UNSEEN)
         """The fraction of splats that no contribution view draws (pruned in the base setting)."""
@@ -279,10 +292,12 @@ class _Search:
         drop = min(n - 1, int(math.floor(st.prune * n)))
         keep = np.sort(self.rank[drop:])
         sub = self.cloud.subset(keep)
-        enc = encode_cloud(sub, precision=st.precision, palette_cache=self.palettes, **self.encode_args)
+        drawn = self.drawn[keep]
+        enc = encode_cloud(sub, precision=st.precision, palette_cache=self.palettes, palette_weights=drawn,
+                           **self.encode_args)
         if final:
-            best = encode_cloud(sub, precision=st.precision, palette_cache=self.palettes, webp_method=BEST_WEBP[0],
-                                webp_quality=BEST_WEBP[1], **self.encode_args)
+            best = encode_cloud(sub, precision=st.precision, palette_cache=self.palettes, palette_weights=drawn,
+                                webp_method=BEST_WEBP[0], webp_quality=BEST_WEBP[1], **self.encode_args)
             enc.files = {k: min(v, best.files[k], key=len) if k != "meta.json" else v for k, v in enc.files.items()}
         db, mse = self.judge.score(_decode(enc))
         nbytes = sum(len(b) for b in enc.files.values())
@@ -317,6 +332,14 @@ class _Search:
         best: tuple[int, Setting] | None = None
         for i in range(SEARCH_STEPS):
             st = model.setting(ks, math.exp(log_lam), base)
+            if st in self.seen and points:      # tried before (interpolation stalls at one end): bisect instead
+                above = [p for p in points if p[1] >= 0]
+                below = [p for p in points if p[1] < 0]
+                if above and below:             # the closest pair on either side of the target
+                    log_lam = 0.5 * (min(above, key=lambda p: p[1])[0] + max(below, key=lambda p: p[1])[0])
+                    st = model.setting(ks, math.exp(log_lam), base)
+                if st in self.seen:
+                    break
             a = self.attempt(st, f"search {i + 1}")
             gap = a.psnr - target_psnr
             if gap >= 0 and (best is None or a.nbytes < best[0]):
