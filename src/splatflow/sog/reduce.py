@@ -50,7 +50,7 @@ BEST_WEBP = (6, 100)
 """libwebp's largest lossless effort (method, quality), tried for the final write beside the default."""
 SEARCH_STEPS = 8
 """At most this many steps of the search over the price, after the probes."""
-POLISH_STEPS = 6
+POLISH_STEPS = 8
 """After the search, at most this many single-knob steps (one level coarser, the cheapest knob per byte first)
 are tried on the best setting while it is more than TOLERANCE_DB above the target."""
 TOLERANCE_DB = 0.3
@@ -283,6 +283,7 @@ class _Search:
         self.encode_args: dict[str, Any] = {"sort": sort, "sh_bands": sh_bands, "device": device, "seed": seed}
         self.tried: list[dict[str, Any]] = []
         self.seen: dict[Setting, float] = {}
+        self.sizes: dict[Setting, int] = {}
         self.palettes: dict[Any, Any] = {}
 
     def attempt(self, st: Setting, label: str, final: bool = False) -> _Attempt:
@@ -303,6 +304,7 @@ class _Search:
         nbytes = sum(len(b) for b in enc.files.values())
         self.tried.append({"step": label, "psnr": db, "bytes": nbytes, "splats": len(keep)})
         self.seen[st] = db
+        self.sizes[st] = nbytes
         log.info("target-psnr %s: %d splats, %d bytes, %.2f dB", label, len(keep), nbytes, db)
         return _Attempt(enc, keep, db, mse, nbytes)
 
@@ -338,12 +340,14 @@ class _Search:
                 if above and below:             # the closest pair on either side of the target
                     log_lam = 0.5 * (min(above, key=lambda p: p[1])[0] + max(below, key=lambda p: p[1])[0])
                     st = model.setting(ks, math.exp(log_lam), base)
-                if st in self.seen:
-                    break
-            a = self.attempt(st, f"search {i + 1}")
-            gap = a.psnr - target_psnr
-            if gap >= 0 and (best is None or a.nbytes < best[0]):
-                best = (a.nbytes, st)
+            if st in self.seen:                 # measured before: no new encode, the search steps on
+                psnr, nbytes = self.seen[st], self.sizes[st]
+            else:
+                a = self.attempt(st, f"search {i + 1}")
+                psnr, nbytes = a.psnr, a.nbytes
+            gap = psnr - target_psnr
+            if gap >= 0 and (best is None or nbytes < best[0]):
+                best = (nbytes, st)
             if 0 <= gap <= TOLERANCE_DB:
                 break
             points.append((log_lam, gap))
