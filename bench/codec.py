@@ -166,12 +166,14 @@ def reused_peer(name: str, ply: Path, splats: int, args: argparse.Namespace) -> 
         u = json.loads(usage.read_text())
         t = {"wall_s": u["wall_s"], "cpu_s": u["cpu_s"], "peak_rss_bytes": u["peak_rss_bytes"], "timed_out": False,
              "rc": 0, "log_tail": ""}
-        return {**measure_peer(ply, theirs, t, splats, args), "source": f"separate run: {u.get('how', '')}"}
+        return {**measure_peer(ply, theirs, t, splats, args),
+                "source": f"a separate run ({u.get('how', '')}; its output decoded and rendered in this run)"}
     data = args.previous
     if data:
         for row in data["rows"]:
             if row["input"] == name and "bytes" in row.get("splat_transform", {}):
-                return {**row["splat_transform"], "source": f"the run of {data['date']}"}
+                st = row["splat_transform"]
+                return {**st, "source": st.get("source") or f"the run of {data['date']} (its figures copied)"}
     return None
 
 
@@ -292,8 +294,8 @@ def markdown(result: dict[str, Any]) -> str:
                                                     if "errors_not_worse" in row else ""))
     for row in result["rows"]:
         if row.get("splat_transform", {}).get("source"):
-            lines.append(f"- {row['input']}: splat-transform's row is from {row['splat_transform']['source']} "
-                         "(not re-run here; its output decoded and rendered again where it was kept)")
+            lines.append(f"- {row['input']}: splat-transform was not re-run; its row is from "
+                         f"{row['splat_transform']['source']}")
     return "\n".join(lines) + "\n"
 
 
