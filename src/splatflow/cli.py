@@ -449,6 +449,10 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
                         "the report's orbit views (e.g. 45): least visible splats pruned, a smaller SH palette, "
                         "coarser attributes, the largest WebP effort; the report says what was dropped. "
                         "Default: off (full precision)")
+    p.add_argument("--max-bytes", type=int, default=None, metavar="N",
+                   help="write the file with the best render PSNR (same views) that takes at most N bytes, by the "
+                        "same means as --target-psnr; fails before writing if the scene cannot be that small. "
+                        "Default: off")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.set_defaults(handler=_run_compress)
 
@@ -462,7 +466,7 @@ def _run_compress(args: argparse.Namespace) -> int:
     resolve_device(args.device)  # one device check for train, compress and evaluate, before any work
     r = compress(Path(args.ply), Path(args.out), format=args.format, sort=args.sort, sh_bands=args.sh_bands,
                  device=args.device, overwrite=args.overwrite, drop_invalid=args.drop_invalid,
-                 fidelity_views=args.fidelity_views, target_psnr=args.target_psnr)
+                 fidelity_views=args.fidelity_views, target_psnr=args.target_psnr, max_bytes=args.max_bytes)
     if args.json:
         _print_json(r)
     else:
@@ -473,7 +477,9 @@ def _run_compress(args: argparse.Namespace) -> int:
         tg = r["target"]
         if tg:
             drop = tg["dropped"]
-            print(f"  target {tg['target_psnr']:g} dB: reached {tg['psnr']:.2f} dB; dropped {drop['splats']:,} "
+            aim = (f"target {tg['target_psnr']:g} dB: reached {tg['psnr']:.2f} dB" if tg.get("target_psnr")
+                   else f"limit {tg['max_bytes']:,} bytes: {r['bytes']:,} bytes at {tg['psnr']:.2f} dB")
+            print(f"  {aim}; dropped {drop['splats']:,} "
                   f"splats ({drop['splats_fraction']:.1%}), coarser {', '.join(drop['precision']) or 'nothing'}"
                   + (f"; note: {tg['note']}" if tg.get("note") else ""))
     return 0

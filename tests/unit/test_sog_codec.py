@@ -284,6 +284,28 @@ def test_target_psnr_arguments_are_checked(tmp_path: Path) -> None:
     assert plain["bytes"] == off["bytes"]
 
 
+def test_max_bytes_fits_the_limit_with_the_best_picture_found(tmp_path: Path) -> None:
+    ply = write_ply(make_cloud(1500, 2), tmp_path / "in.ply")
+    full = compress(ply, tmp_path / "full.sog", device="cpu")
+    limit = int(full["bytes"] * 0.6)
+    small = compress(ply, tmp_path / "small.sog", device="cpu", max_bytes=limit)
+    tg = small["target"]
+    assert (tmp_path / "small.sog").stat().st_size == small["bytes"] <= limit            # the written .sog, ZIP
+    assert small["bytes"] >= 0.7 * limit and tg["max_bytes"] == limit and tg["reached"]  # not needlessly small
+    assert tg["psnr"] == small["fidelity"]["psnr"] and tg["dropped"]["precision"]
+    roomier = compress(ply, tmp_path / "folder", device="cpu", max_bytes=int(full["bytes"] * 0.85))
+    assert roomier["bytes"] <= int(full["bytes"] * 0.85) and roomier["target"]["psnr"] >= tg["psnr"]
+    whole = compress(ply, tmp_path / "whole.sog", device="cpu", max_bytes=full["bytes"] + 4096)
+    assert whole["target"]["dropped"]["splats"] == 0 and not whole["target"]["dropped"]["precision"]
+    with pytest.raises(SogError, match="below the smallest file found"):
+        compress(ply, tmp_path / "tiny.sog", device="cpu", max_bytes=2048)
+    assert not (tmp_path / "tiny.sog").exists()
+    for kw, msg in [({"max_bytes": 10}, "at least 1024"), ({"max_bytes": 50_000, "target_psnr": 40}, "two different"),
+                    ({"max_bytes": 50_000, "format": "v1"}, "SOG v2 only")]:
+        with pytest.raises(SogError, match=msg):
+            compress(ply, tmp_path / "bad.sog", device="cpu", **kw)
+
+
 def test_quaternion_packing_round_trip_within_a_degree() -> None:
     rng = np.random.default_rng(2)
     q = rng.normal(size=(5000, 4)).astype(np.float32)

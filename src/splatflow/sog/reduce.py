@@ -55,6 +55,12 @@ POLISH_STEPS = 8
 are tried on the best setting while it is more than TOLERANCE_DB above the target."""
 TOLERANCE_DB = 0.3
 """The search stops at a setting this close above the target."""
+FIT_STEPS = 9
+"""Steps of the bisection that fits a byte limit (``compress --max-bytes``)."""
+FIT_TOLERANCE = 0.02
+"""The byte-limit search stops at a file this close under the limit (as a fraction of it)."""
+MIN_FIT_PSNR = 10.0
+"""The PSNR (dB) the byte-limit search starts from: the model's coarsest settings."""
 
 
 @dataclass(frozen=True)
@@ -197,6 +203,7 @@ class Judge:
         from splatflow.render import cloud_tensors, render_cloud, resolve_device
 
         self.device = str(resolve_device(device))
+        self.size = size
         tensors = cloud_tensors(source, self.device)
         self.refs = []
         cams = orbit_cameras(source, views=views, width=size, height=size)
@@ -328,8 +335,7 @@ class _Search:
 
         The model's squared error is additive and ~ 1/lam: start where it predicts the target, then secant steps
         on log lam against the measured PSNR."""
-        budget = max(10.0 ** (-target_psnr / 10.0) - full.mse, 1e-12)
-        log_lam = math.log(max(sum(b for _, b in model.rates.values()), 1.0) / (2.0 * budget))
+        log_lam = _log_lam_for(model, full, target_psnr)
         points: list[tuple[float, float]] = []          # (log lam, PSNR - target)
         best: tuple[int, Setting] | None = None
         for i in range(SEARCH_STEPS):
@@ -357,6 +363,32 @@ class _Search:
             log_lam = nxt
         return best
 
+    def fit(self, ks: list[Knob], model: _Model, base: Setting, full: _Attempt, max_bytes: int) -> Setting | None:
+        """The setting with the best render PSNR found whose files take at most ``max_bytes`` (at the default
+        WebP effort; the final write can only be smaller): a bisection over the PSNR the model predicts, from
+        MIN_FIT_PSNR (the coarsest settings) to full precision. None when even the coarsest does not fit."""
+        lo, hi = MIN_FIT_PSNR, full.psnr
+        best: tuple[float, Setting] | None = None
+        for i in range(FIT_STEPS):
+            aim = lo if i == 0 else 0.5 * (lo + hi)
+            st = model.setting(ks, math.exp(_log_lam_for(model, full, aim)), base)
+            if st in self.seen:
+                psnr, nbytes = self.seen[st], self.sizes[st]
+            else:
+                a = self.attempt(st, f"fit {i + 1}")
+                psnr, nbytes = a.psnr, a.nbytes
+            if nbytes <= max_bytes:
+                if best is None or psnr > best[0]:
+                    best = (psnr, st)
+                lo = aim
+                if nbytes >= (1.0 - FIT_TOLERANCE) * max_bytes:
+                    break
+            elif i == 0:
+                return None
+            else:
+                hi = aim
+        return None if best is None else best[1]
+
     def polish(self, ks: list[Knob], model: _Model, best: tuple[int, Setting], target_psnr: float) -> Setting:
         """One level coarser on single knobs, the cheapest per byte first, while more than TOLERANCE_DB above."""
         order = sorted(ks, key=lambda k: -model.rates[k.name][1] / max(model.rates[k.name][0], 1e-30))
@@ -380,6 +412,12 @@ class _Search:
         return chosen
 
 
+def _log_lam_for(model: _Model, full: _Attempt, psnr: float) -> float:
+    """The log price at which the model predicts ``psnr`` dB: its squared error is additive and ~ 1/lam."""
+    budget = max(10.0 ** (-psnr / 10.0) - full.mse, 1e-12)
+    return math.log(max(sum(b for _, b in model.rates.values()), 1.0) / (2.0 * budget))
+
+
 def _next_log_lam(points: list[tuple[float, float]], log_lam: float, gap: float) -> float:
     """The next log lam to try from the (log lam, PSNR - target) ``points`` so far (the last at ``log_lam``)."""
     above = [p for p in points if p[1] >= 0]
@@ -392,6 +430,27 @@ def _next_log_lam(points: list[tuple[float, float]], log_lam: float, gap: float)
         nxt = x2 - g2 * (x2 - x1) / (g2 - g1)
         return min(max(nxt, x2 - 4.0), x2 + 4.0)
     return log_lam - gap * math.log(10.0) / 10.0   # the model: ~10 log10(lam) dB, 4.34 dB per unit of log lam
+
+
+def _report(search: _Search, base: Setting, chosen: Setting, final: _Attempt, *, start: float,
+            **target: Any) -> dict[str, Any]:
+    """What a smaller-file search reports: its target, the PSNR reached, what was dropped (splats, unseen ones,
+    SH bands, coarser settings), the WebP efforts, every setting tried and the seconds it took."""
+    cloud = search.cloud
+    full_sh = search.encode_args["sh_bands"]
+    full_sh = cloud.sh_degree if full_sh is None else min(full_sh, cloud.sh_degree)
+    changed = {k: v for k, v in asdict(chosen.precision).items() if v != getattr(base.precision, k)}
+    n = len(cloud)
+    return {
+        **target, "psnr": final.psnr, "views": len(search.judge.refs), "size": search.judge.size,
+        "dropped": {"splats": n - len(final.keep), "splats_fraction": round((n - len(final.keep)) / n, 4),
+                    "unseen_splats": min(n - 1, int(math.floor(base.prune * n))),
+                    "sh_bands": cloud.sh_degree - full_sh, "precision": changed},
+        "precision": asdict(chosen.precision),
+        "webp": {"tried": [{"method": webp.DEFAULT_METHOD, "quality": webp.DEFAULT_QUALITY},
+                           {"method": BEST_WEBP[0], "quality": BEST_WEBP[1]}], "kept": "the smaller per file"},
+        "tried": search.tried, "seconds": round(time.perf_counter() - start, 3),
+    }
 
 
 def smallest_for_psnr(cloud: GaussianCloud, target_psnr: float, *, views: int = 4, size: int = 256,
@@ -423,20 +482,48 @@ def smallest_for_psnr(cloud: GaussianCloud, target_psnr: float, *, views: int = 
     final = search.attempt(chosen, "final", final=True)
     if full.psnr >= target_psnr and final.psnr < target_psnr:      # the effort never changes pixels; guard anyway
         chosen, final = base, search.attempt(base, "final", final=True)
-    changed = {k: v for k, v in asdict(chosen.precision).items() if v != getattr(base.precision, k)}
-    n = len(cloud)
-    report: dict[str, Any] = {
-        "target_psnr": target_psnr, "psnr": final.psnr, "reached": final.psnr >= target_psnr,
-        "views": len(judge.refs), "size": size,
-        "dropped": {"splats": n - len(final.keep), "splats_fraction": round((n - len(final.keep)) / n, 4),
-                    "unseen_splats": min(n - 1, int(math.floor(base.prune * n))),
-                    "sh_bands": cloud.sh_degree - full_sh, "precision": changed},
-        "precision": asdict(chosen.precision),
-        "webp": {"tried": [{"method": webp.DEFAULT_METHOD, "quality": webp.DEFAULT_QUALITY},
-                           {"method": BEST_WEBP[0], "quality": BEST_WEBP[1]}], "kept": "the smaller per file"},
-        "tried": search.tried, "seconds": round(time.perf_counter() - start, 3),
-    }
+    report = _report(search, base, chosen, final, target_psnr=target_psnr, start=start)
+    report["reached"] = final.psnr >= target_psnr
     if full.psnr < target_psnr:
         report["note"] = (f"full precision renders {full.psnr:.2f} dB, below the {target_psnr:g} dB asked for: "
                           "the default output was written")
+    return final.enc, final.keep, report
+
+
+def best_within_bytes(cloud: GaussianCloud, max_bytes: int, *, views: int = 4, size: int = 256,
+                      device: str = "auto", sort: str = "morton", seed: int = 0, sh_bands: int | None = None,
+                      overhead: int = 0) -> tuple[Encoded, np.ndarray, dict[str, Any]]:
+    """The SOG v2 with the best render PSNR found (against ``cloud``, over the orbit views) whose file set takes
+    at most ``max_bytes`` bytes, ``overhead`` of them taken by the container (a .sog bundle's ZIP headers):
+    full precision when it fits (unseen splats kept if that fits too), else the same
+    knobs and probes as :func:`smallest_for_psnr`, fitted to the limit by :meth:`_Search.fit`.
+
+    Returns (encoded file set, indices (M,) of the kept splats, a report as :func:`smallest_for_psnr`'s with
+    ``max_bytes``). SogError when even the coarsest setting is larger than ``max_bytes``, naming the smallest
+    size reached.
+    """
+    from splatflow.errors import SogError
+
+    start = time.perf_counter()
+    budget = max_bytes - overhead
+    judge = Judge(cloud, views=views, size=size, device=None if device == "auto" else device)
+    search = _Search(cloud, judge, sort=sort, seed=seed, device=device, sh_bands=sh_bands)
+    full_sh = cloud.sh_degree if sh_bands is None else min(sh_bands, cloud.sh_degree)
+    whole = Setting(precision=Precision(short_floats=True))
+    base = replace(whole, prune=search.unseen)
+    full = search.attempt(base, "full precision, unseen splats pruned" if base.prune else "full precision")
+    chosen: Setting | None = base
+    if full.nbytes <= budget:
+        if base.prune and search.attempt(whole, "full precision").nbytes <= budget:
+            chosen = base = whole
+    else:
+        ks = knobs(cloud, full_sh, base.prune)
+        chosen = search.fit(ks, search.probe(ks, base, full), base, full, budget)
+    if chosen is None:
+        smallest = min(t["bytes"] for t in search.tried) + overhead
+        raise SogError(f"--max-bytes {max_bytes:,} is below the smallest file found for this scene "
+                       f"({smallest:,} bytes)", hint=f"allow at least {smallest:,} bytes, or drop --max-bytes")
+    final = search.attempt(chosen, "final", final=True)
+    report = _report(search, base, chosen, final, max_bytes=max_bytes, start=start)
+    report["reached"] = final.nbytes + overhead <= max_bytes
     return final.enc, final.keep, report

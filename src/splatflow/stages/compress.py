@@ -17,7 +17,7 @@ from splatflow.io.ply import read_ply
 from splatflow.options import RUN_OPTIONS
 from splatflow.sog import meta as sogmeta
 from splatflow.sog import webp
-from splatflow.sog.bundle import write_files
+from splatflow.sog.bundle import write_files, zip_overhead
 from splatflow.sog.decode import decode_files
 from splatflow.sog.encode import FORMATS, SORTS, encode_cloud
 
@@ -53,8 +53,23 @@ def report_path(out: Path) -> Path:
     return out.with_name(out.name + ".report.json")
 
 
-def _check_arguments(format: str, sort: str, sh_bands: int | None, target_psnr: float | None) -> float | None:
-    """SogError for an unusable format, sort, SH band count or target PSNR; the target (None when off)."""
+MIN_MAX_BYTES = 1024
+"""The smallest byte limit ``--max-bytes`` takes (meta.json alone is a few hundred bytes)."""
+
+
+def _check_arguments(format: str, sort: str, sh_bands: int | None, target_psnr: float | None,
+                     max_bytes: int | None = None) -> float | None:
+    """SogError for an unusable format, sort, SH band count, target PSNR or byte limit; the target PSNR (None
+    when off)."""
+    if max_bytes is not None:
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < MIN_MAX_BYTES:
+            raise SogError(f"--max-bytes {max_bytes} is not a byte count of at least {MIN_MAX_BYTES}",
+                           hint="give the largest file size you accept in bytes, e.g. 500000")
+        if target_psnr:
+            raise SogError("--max-bytes and --target-psnr ask for two different things",
+                           hint="give one: a PSNR to keep (smallest file) or a size to fit (best picture)")
+        if format != "v2":
+            raise SogError("--max-bytes writes SOG v2 only", hint="drop --format v1")
     if format not in FORMATS:
         raise SogError(f"unknown format {format!r}", hint=f"use one of {', '.join(FORMATS)}")
     if sort not in SORTS:
@@ -70,6 +85,14 @@ def _check_arguments(format: str, sort: str, sh_bands: int | None, target_psnr: 
     if format != "v2":
         raise SogError("--target-psnr writes SOG v2 only", hint="drop --format v1")
     return float(target_psnr)
+
+
+def _container_overhead(out: Path) -> int:
+    """The bytes ``out`` adds to the SOG's files: a .sog bundle's ZIP headers (for every file a SOG v2 can
+    have); a folder adds none."""
+    if out.suffix.lower() != ".sog":
+        return 0
+    return zip_overhead(["meta.json", *sogmeta.V2_FILES, *sogmeta.SH_FILES])
 
 
 def _check_paths(ply: Path, out: Path, format: str, overwrite: bool) -> int:
@@ -88,7 +111,8 @@ def _check_paths(ply: Path, out: Path, format: str, overwrite: bool) -> int:
 def compress(ply: Path, out: Path, *, format: str = "v2", sort: str = "morton", sh_bands: int | None = None,
              device: str = "auto", overwrite: bool = False, drop_invalid: bool = False,
              webp_method: int | None = None, webp_quality: int | None = None, seed: int = 0,
-             fidelity_views: int = 0, target_psnr: float | None = None) -> dict[str, Any]:
+             fidelity_views: int = 0, target_psnr: float | None = None,
+             max_bytes: int | None = None) -> dict[str, Any]:
     """Compress ``ply`` to ``out`` (``name.sog`` = one ZIP, anything else = a folder of meta.json + WebP).
 
     The report's ``fidelity`` compares renders of the decoded SOG with renders of the source PLY over an orbit
@@ -102,24 +126,31 @@ def compress(ply: Path, out: Path, *, format: str = "v2", sort: str = "morton", 
     schedule reaches with a render PSNR of at least that much against the source over the report's orbit views
     (``fidelity_views``, at least 4): least visible splats pruned, smaller SH palette, coarser attributes, the
     largest WebP effort (:mod:`splatflow.sog.reduce`). The report's ``target`` says what was dropped, the
-    PSNR reached and the steps tried; ``errors`` then cover the kept splats.
+    PSNR reached and the steps tried; ``errors`` then cover the kept splats. ``max_bytes`` (v2 only, not with
+    ``target_psnr``) is the other way round: the best render PSNR found in at most that many bytes (SogError,
+    before anything is written, when the scene cannot be made that small).
     Checks the arguments, the output path and the texture-size limit before any work; writes atomically;
     returns (and writes beside ``out``) the report: splats, bytes, bytes_per_splat, ratio, seconds, errors,
     fidelity.
     """
     start = time.perf_counter()
     ply, out = Path(ply), Path(out)
-    target_psnr = _check_arguments(format, sort, sh_bands, target_psnr)
+    target_psnr = _check_arguments(format, sort, sh_bands, target_psnr, max_bytes)
     device = str(resolve_device(device))           # the one device check (unknown name: exit 2), before any work
     declared = _check_paths(ply, out, format, overwrite)
     cloud = read_ply(ply, on_invalid="drop" if drop_invalid else "error")
     target: dict[str, Any] | None = None
-    if target_psnr is not None:
-        from splatflow.sog.reduce import smallest_for_psnr
+    if target_psnr is not None or max_bytes is not None:
+        from splatflow.sog.reduce import best_within_bytes, smallest_for_psnr
 
         fidelity_views = max(fidelity_views, 4)
-        enc, keep, target = smallest_for_psnr(cloud, target_psnr, views=fidelity_views, device=device, sort=sort,
-                                              seed=seed, sh_bands=sh_bands)
+        opts: dict[str, Any] = {"views": fidelity_views, "device": device, "sort": sort, "seed": seed,
+                                "sh_bands": sh_bands}
+        if target_psnr is not None:
+            enc, keep, target = smallest_for_psnr(cloud, target_psnr, **opts)
+        else:
+            enc, keep, target = best_within_bytes(cloud, int(max_bytes or 0), overhead=_container_overhead(out),
+                                                  **opts)
         kept = cloud.subset(keep)
     else:
         enc = encode_cloud(cloud, format=format, sort=sort, sh_bands=sh_bands, device=device, seed=seed,
