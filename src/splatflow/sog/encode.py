@@ -207,19 +207,16 @@ def _sh_textures(shn: torch.Tensor, wts: torch.Tensor, format: str, bands: int, 
     at other precisions clusters them once."""
     w, h = size
     images: dict[str, np.ndarray] = {}
-    key = None
-    if cache is not None:
-        digest = hashlib.blake2b(shn.contiguous().cpu().numpy().tobytes(), digest_size=16)
-        digest.update(wts.contiguous().cpu().numpy().tobytes())
-        if merge_weights is not None:
-            digest.update(merge_weights.contiguous().cpu().numpy().tobytes())
-        key = (digest.hexdigest(), tuple(shn.shape), pr.palette, seed, str(shn.device))
-    if key is not None and cache is not None and key in cache:
-        cen, lab = cache[key]
-    else:
+    if cache is None:
         cen, lab = _palette(shn, wts, seed, pr.palette, merge_weights)
-        if key is not None and cache is not None:
-            cache[key] = (cen, lab)
+    else:
+        digest = hashlib.blake2b(digest_size=16)
+        for t in (shn, wts) if merge_weights is None else (shn, wts, merge_weights):
+            digest.update(t.contiguous().cpu().numpy().tobytes())
+        key = (digest.hexdigest(), tuple(shn.shape), pr.palette, seed, str(shn.device))
+        if key not in cache:
+            cache[key] = _palette(shn, wts, seed, pr.palette, merge_weights)
+        cen, lab = cache[key]
     lap("kmeans")
     lab_px = torch.stack([(lab & 0xFF), (lab >> 8)], 1).to(torch.uint8)
     images["shN_labels.webp"] = _rgba(lab_px, w, h)

@@ -22,6 +22,12 @@ def palette_size(n: int) -> int:
     return int(min(n, p))
 
 
+def is_palette(distinct: int, n: int) -> bool:
+    """True when ``n`` rows with ``distinct`` distinct values are a palette already (a scene decoded from a SOG):
+    they repeat, and there are no more of them than PlayCanvas's palette for ``n`` splats holds."""
+    return distinct < n and distinct <= palette_size(n)
+
+
 def _sq_dists(x: torch.Tensor, c: torch.Tensor, c_sq: torch.Tensor) -> torch.Tensor:
     """(n, k) squared distances up to the per-row constant |x|^2 (enough for argmin)."""
     return c_sq[None, :] - 2.0 * (x @ c.T)
@@ -118,11 +124,11 @@ def kmeans_palette(x: torch.Tensor, k: int, *, weights: torch.Tensor | None = No
     # few distinct rows (e.g. a scene that was decoded from a SOG): the palette is exact
     probe = x.double() @ torch.randn(d, dtype=torch.float64, generator=gen).to(x.device)
     distinct = torch.unique(probe).numel()
-    if distinct <= k or distinct <= min(n - 1, palette_size(n)):
+    if distinct <= k or is_palette(distinct, n):
         uniq, inverse = torch.unique(x, dim=0, return_inverse=True)
         if uniq.shape[0] <= k:
             return uniq, inverse
-        if uniq.shape[0] < n and uniq.shape[0] <= palette_size(n):
+        if is_palette(uniq.shape[0], n):
             # the rows are a palette already and a smaller one is asked for (compress --target-psnr): merge its
             # entries where it costs least rather than cluster the rows anew
             mw = merge_weights if merge_weights is not None else weights
@@ -178,8 +184,9 @@ def merge_palette(cen: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
     entries by moving the members of the entries that cost least to move (the entry's weight x squared distance
     to its nearest other entry) onto that entry. The surviving entries keep their values, so the palette's
     values stay on the codebook they came from (averaged entries would need a finer SH codebook: measured on
-    playbot_lod2, a larger centroid texture than the unmerged palette's). Returns (centroids (k', D), labels
-    (N,)), k' = k unless rounds of merging stall (then a little more)."""
+    playbot_lod2, a larger centroid texture than the unmerged palette's). A round moves disjoint entries onto
+    entries that keep their members; rounds repeat until ``k`` are left. Returns (centroids (k, D), labels
+    (N,))."""
     c = cen.clone()
     w = torch.zeros(c.shape[0], dtype=torch.float64, device=c.device).index_add_(0, labels,
                                                                                   weights.double().to(c.device))

@@ -36,7 +36,7 @@ import numpy as np
 from splatflow.gaussians import SH_COEFFS, GaussianCloud
 from splatflow.sog import webp
 from splatflow.sog.encode import Encoded, Precision, encode_cloud
-from splatflow.sog.kmeans import palette_size
+from splatflow.sog.kmeans import is_palette, palette_size
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def knobs(cloud: GaussianCloud, sh_degree: int, pruned: float = 0.0) -> list[Kno
     if sh_degree > 0:
         pal = palette_size(len(cloud))
         rows = np.unique(cloud.shN[:, :SH_COEFFS[sh_degree]].reshape(len(cloud), -1), axis=0).shape[0]
-        if rows < len(cloud) and rows <= pal:
+        if is_palette(rows, len(cloud)):
             # the SH rows are a palette already (a scene decoded from a SOG): its entries merge where they cost
             # least (sog.kmeans.merge_palette), so small steps pay; the error grows faster than the step
             # (playbot_lod2: 65,529 -> 58,000 entries 61.8 dB, -> 52,000 56.7 dB)
@@ -289,8 +289,10 @@ class _Search:
         """The fraction of splats that no contribution view draws (pruned in the base setting)."""
         self.encode_args: dict[str, Any] = {"sort": sort, "sh_bands": sh_bands, "device": device, "seed": seed}
         self.tried: list[dict[str, Any]] = []
-        self.seen: dict[Setting, float] = {}
-        self.sizes: dict[Setting, int] = {}
+        self.measured: dict[Setting, tuple[float, int]] = {}
+        """(render PSNR, bytes) of every setting tried."""
+        self.sh_degree = cloud.sh_degree if sh_bands is None else min(sh_bands, cloud.sh_degree)
+        """The SH degree the output keeps."""
         self.palettes: dict[Any, Any] = {}
 
     def attempt(self, st: Setting, label: str, final: bool = False) -> _Attempt:
@@ -310,10 +312,15 @@ class _Search:
         db, mse = self.judge.score(_decode(enc))
         nbytes = sum(len(b) for b in enc.files.values())
         self.tried.append({"step": label, "psnr": db, "bytes": nbytes, "splats": len(keep)})
-        self.seen[st] = db
-        self.sizes[st] = nbytes
+        self.measured[st] = (db, nbytes)
         log.info("target-psnr %s: %d splats, %d bytes, %.2f dB", label, len(keep), nbytes, db)
         return _Attempt(enc, keep, db, mse, nbytes)
+
+    def measure(self, st: Setting, label: str) -> tuple[float, int]:
+        """(render PSNR, bytes) of setting ``st``: encoded and scored the first time, remembered after."""
+        if st not in self.measured:
+            self.attempt(st, label)
+        return self.measured[st]
 
     def probe(self, ks: list[Knob], base: Setting, full: _Attempt) -> _Model:
         """Each knob alone at its probe levels: squared error added and bytes saved per unit of its model
@@ -340,17 +347,13 @@ class _Search:
         best: tuple[int, Setting] | None = None
         for i in range(SEARCH_STEPS):
             st = model.setting(ks, math.exp(log_lam), base)
-            if st in self.seen and points:      # tried before (interpolation stalls at one end): bisect instead
+            if st in self.measured and points:  # tried before (interpolation stalls at one end): bisect instead
                 above = [p for p in points if p[1] >= 0]
                 below = [p for p in points if p[1] < 0]
                 if above and below:             # the closest pair on either side of the target
                     log_lam = 0.5 * (min(above, key=lambda p: p[1])[0] + max(below, key=lambda p: p[1])[0])
                     st = model.setting(ks, math.exp(log_lam), base)
-            if st in self.seen:                 # measured before: no new encode, the search steps on
-                psnr, nbytes = self.seen[st], self.sizes[st]
-            else:
-                a = self.attempt(st, f"search {i + 1}")
-                psnr, nbytes = a.psnr, a.nbytes
+            psnr, nbytes = self.measure(st, f"search {i + 1}")  # a setting met before: the search steps on
             gap = psnr - target_psnr
             if gap >= 0 and (best is None or nbytes < best[0]):
                 best = (nbytes, st)
@@ -372,11 +375,7 @@ class _Search:
         for i in range(FIT_STEPS):
             aim = lo if i == 0 else 0.5 * (lo + hi)
             st = model.setting(ks, math.exp(_log_lam_for(model, full, aim)), base)
-            if st in self.seen:
-                psnr, nbytes = self.seen[st], self.sizes[st]
-            else:
-                a = self.attempt(st, f"fit {i + 1}")
-                psnr, nbytes = a.psnr, a.nbytes
+            psnr, nbytes = self.measure(st, f"fit {i + 1}")
             if nbytes <= max_bytes:
                 if best is None or psnr > best[0]:
                     best = (psnr, st)
@@ -394,7 +393,7 @@ class _Search:
         order = sorted(ks, key=lambda k: -model.rates[k.name][1] / max(model.rates[k.name][0], 1e-30))
         failed: set[str] = set()
         chosen = best[1]
-        gap = self.seen[chosen] - target_psnr
+        gap = self.measured[chosen][0] - target_psnr
         for _ in range(POLISH_STEPS):
             if gap <= TOLERANCE_DB:
                 break
@@ -437,15 +436,13 @@ def _report(search: _Search, base: Setting, chosen: Setting, final: _Attempt, *,
     """What a smaller-file search reports: its target, the PSNR reached, what was dropped (splats, unseen ones,
     SH bands, coarser settings), the WebP efforts, every setting tried and the seconds it took."""
     cloud = search.cloud
-    full_sh = search.encode_args["sh_bands"]
-    full_sh = cloud.sh_degree if full_sh is None else min(full_sh, cloud.sh_degree)
     changed = {k: v for k, v in asdict(chosen.precision).items() if v != getattr(base.precision, k)}
     n = len(cloud)
     return {
         **target, "psnr": final.psnr, "views": len(search.judge.refs), "size": search.judge.size,
         "dropped": {"splats": n - len(final.keep), "splats_fraction": round((n - len(final.keep)) / n, 4),
                     "unseen_splats": min(n - 1, int(math.floor(base.prune * n))),
-                    "sh_bands": cloud.sh_degree - full_sh, "precision": changed},
+                    "sh_bands": cloud.sh_degree - search.sh_degree, "precision": changed},
         "precision": asdict(chosen.precision),
         "webp": {"tried": [{"method": webp.DEFAULT_METHOD, "quality": webp.DEFAULT_QUALITY},
                            {"method": BEST_WEBP[0], "quality": BEST_WEBP[1]}], "kept": "the smaller per file"},
@@ -466,7 +463,6 @@ def smallest_for_psnr(cloud: GaussianCloud, target_psnr: float, *, views: int = 
     start = time.perf_counter()
     judge = Judge(cloud, views=views, size=size, device=None if device == "auto" else device)
     search = _Search(cloud, judge, sort=sort, seed=seed, device=device, sh_bands=sh_bands)
-    full_sh = cloud.sh_degree if sh_bands is None else min(sh_bands, cloud.sh_degree)
     base = Setting(prune=search.unseen, precision=Precision(short_floats=True))
     full = search.attempt(base, "full precision, unseen splats pruned" if base.prune else "full precision")
     if full.psnr < target_psnr and base.prune:         # a very high target: keep even the unseen splats
@@ -474,7 +470,7 @@ def smallest_for_psnr(cloud: GaussianCloud, target_psnr: float, *, views: int = 
         full = search.attempt(base, "full precision")
     chosen = base
     if full.psnr >= target_psnr:
-        ks = knobs(cloud, full_sh, base.prune)
+        ks = knobs(cloud, search.sh_degree, base.prune)
         model = search.probe(ks, base, full)
         best = search.price(ks, model, base, full, target_psnr)
         if best is not None:
@@ -508,7 +504,6 @@ def best_within_bytes(cloud: GaussianCloud, max_bytes: int, *, views: int = 4, s
     budget = max_bytes - overhead
     judge = Judge(cloud, views=views, size=size, device=None if device == "auto" else device)
     search = _Search(cloud, judge, sort=sort, seed=seed, device=device, sh_bands=sh_bands)
-    full_sh = cloud.sh_degree if sh_bands is None else min(sh_bands, cloud.sh_degree)
     whole = Setting(precision=Precision(short_floats=True))
     base = replace(whole, prune=search.unseen)
     full = search.attempt(base, "full precision, unseen splats pruned" if base.prune else "full precision")
@@ -517,7 +512,7 @@ def best_within_bytes(cloud: GaussianCloud, max_bytes: int, *, views: int = 4, s
         if base.prune and search.attempt(whole, "full precision").nbytes <= budget:
             chosen = base = whole
     else:
-        ks = knobs(cloud, full_sh, base.prune)
+        ks = knobs(cloud, search.sh_degree, base.prune)
         chosen = search.fit(ks, search.probe(ks, base, full), base, full, budget)
     if chosen is None:
         smallest = min(t["bytes"] for t in search.tried) + overhead

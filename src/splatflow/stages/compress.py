@@ -146,11 +146,11 @@ def compress(ply: Path, out: Path, *, format: str = "v2", sort: str = "morton", 
         fidelity_views = max(fidelity_views, 4)
         opts: dict[str, Any] = {"views": fidelity_views, "device": device, "sort": sort, "seed": seed,
                                 "sh_bands": sh_bands}
-        if target_psnr is not None:
-            enc, keep, target = smallest_for_psnr(cloud, target_psnr, **opts)
+        if max_bytes is not None:
+            enc, keep, target = best_within_bytes(cloud, max_bytes, overhead=_container_overhead(out), **opts)
         else:
-            enc, keep, target = best_within_bytes(cloud, int(max_bytes or 0), overhead=_container_overhead(out),
-                                                  **opts)
+            assert target_psnr is not None
+            enc, keep, target = smallest_for_psnr(cloud, target_psnr, **opts)
         kept = cloud.subset(keep)
     else:
         enc = encode_cloud(cloud, format=format, sort=sort, sh_bands=sh_bands, device=device, seed=seed,
