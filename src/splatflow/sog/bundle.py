@@ -1,7 +1,9 @@
 """The SOG file set as a folder (meta.json + images) or a single ``.sog`` ZIP, as the PlayCanvas engine reads it.
 
-The ZIP: entries STORED, meta.json first, no archive comment (the engine expects the end record exactly 22 bytes
-from the end), no zip64 (a SOG is far below 4 GiB).
+The ZIP: meta.json first and DEFLATEd where that makes it smaller (its codebooks are text; the engine, the
+supersplat viewer and splat-transform inflate such entries), the images STORED (WebP is compressed already), no
+archive comment (the engine expects the end record exactly 22 bytes from the end), no zip64 (a SOG is far below
+4 GiB).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +25,28 @@ def meta_bytes(meta: dict[str, Any]) -> bytes:
     return json.dumps(meta, separators=(",", ":"), allow_nan=False).encode()
 
 
+def _deflates(data: bytes) -> bool:
+    """True when raw DEFLATE (level 9) stores ``data`` in fewer bytes."""
+    co = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return len(co.compress(data) + co.flush()) < len(data)
+
+
 def write_zip(path: Path, files: dict[str, bytes]) -> None:
-    """Write ``files`` (name -> bytes, meta.json first) as a STORED ZIP at ``path`` (a temporary path)."""
+    """Write ``files`` (name -> bytes, meta.json first) as a ZIP at ``path`` (a temporary path): meta.json
+    DEFLATEd when that is smaller, everything else STORED."""
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=False) as zf:
         for name, data in files.items():
             info = zipfile.ZipInfo(name, date_time=(2025, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_STORED
+            info.compress_type = zipfile.ZIP_DEFLATED if name == "meta.json" and _deflates(data) else \
+                zipfile.ZIP_STORED
             info.external_attr = 0o644 << 16
-            zf.writestr(info, data)
+            zf.writestr(info, data, compresslevel=9)
 
 
 def zip_overhead(names: list[str]) -> int:
-    """The bytes a STORED ZIP of :func:`write_zip` adds to its members' data: a 30-byte local header and a
-    46-byte central-directory entry per member, each with the name, and the 22-byte end record."""
+    """The most bytes a ZIP of :func:`write_zip` adds to its members' data: a 30-byte local header and a
+    46-byte central-directory entry per member, each with the name, and the 22-byte end record (a DEFLATEd
+    meta.json only ever takes fewer bytes than its text)."""
     return 22 + sum(76 + 2 * len(name.encode()) for name in names)
 
 

@@ -8,6 +8,7 @@ results out as RGBA textures and encode them as lossless WebP in parallel thread
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import math
 import os
@@ -24,7 +25,7 @@ from splatflow.gaussians import SH_COEFFS, GaussianCloud
 from splatflow.sog import meta as sogmeta
 from splatflow.sog import webp
 from splatflow.sog.bundle import meta_bytes
-from splatflow.sog.codebook import footprint_weights, quantize_1d, scale_weights
+from splatflow.sog.codebook import bounded_weights, footprint_weights, quantize_1d, scale_weights
 from splatflow.sog.kmeans import clustered_palette_cap, kmeans_palette, palette_size
 from splatflow.sog.sort import grid_order, sort_features
 
@@ -40,12 +41,16 @@ class Precision:
     """How finely each attribute is stored (the defaults are SOG's full precision, today's output).
 
     Coarser settings give textures with fewer distinct values, which lossless WebP stores in fewer bytes: the
-    rounding step (in code units, >= 1, may be fractional) of the 16-bit positions (``position_step``), of the
+    rounding step (in code units, >= 1, may be fractional) of the 16-bit positions (``position_step``, on the
+    axis with the widest range; see :func:`position_steps`), of the
     8-bit smallest-three quaternion components (``quat_step``) and of the 8-bit alpha (``alpha_step``; 0 and 255
     stay exact); the number of distinct entries the 256-entry codebooks use for ``scale_entries``,
     ``color_entries`` and ``sh_entries``; the SH ``palette`` size (None: PlayCanvas's size for the splat count).
     ``short_floats`` writes the codebooks in meta.json as the shortest decimals of their float32 values (lossless:
-    the same decoded values).
+    the same decoded values). ``canonical_rotation`` stores each splat in the frame nearest the identity among
+    the 24 that describe the same Gaussian (:func:`canonical_frame`): its quaternion codes span a narrower range
+    and the largest component is always w, which saves about a fifth of the rotation texture; the picture only
+    changes by the rounding of the new codes.
     """
 
     position_step: float = 1.0
@@ -56,6 +61,7 @@ class Precision:
     sh_entries: int = 256
     palette: int | None = None
     short_floats: bool = False
+    canonical_rotation: bool = False
 
     def is_full(self) -> bool:
         """True for SOG's full precision (the default output)."""
@@ -72,6 +78,24 @@ def _round_step(q: torch.Tensor, step: float, top: int) -> torch.Tensor:
         return q
     out = (torch.round(q.double() / step) * step).round().clamp_(0, top).long()
     return torch.where(q >= top, q, out)
+
+
+MAX_POSITION_STEP = 256.0
+"""The coarsest rounding of a 16-bit position code: the high byte stays exact."""
+
+
+def position_steps(spans: torch.Tensor, pr: Precision) -> list[float]:
+    """The rounding step of each axis's 16-bit position codes, given the (3,) log-position ranges ``spans``.
+
+    ``pr.position_step`` applies to the axis with the widest range. The codes of each axis span its own range,
+    so a narrower axis has finer steps in scene units: there the step is scaled by the ratio of the ranges (to
+    the nearest power of two, at most MAX_POSITION_STEP), which evens out the precision in scene units. Full
+    precision (a step of 1) stays 1 on every axis."""
+    if pr.position_step <= 1.0:
+        return [1.0, 1.0, 1.0]
+    span = spans.double().clamp_min(1e-12)
+    ratio = torch.exp2(torch.round(torch.log2(span.max() / span)))
+    return [min(MAX_POSITION_STEP, pr.position_step * float(r)) for r in ratio]
 
 
 def _floats(cb: torch.Tensor, pr: Precision) -> list[float]:
@@ -162,13 +186,74 @@ def pack_quats(q: torch.Tensor, step: float = 1.0) -> torch.Tensor:
     return out
 
 
+def _cube_rotations() -> torch.Tensor:
+    """(24, 4) unit quaternions (w, x, y, z) of the rotations that map the coordinate axes onto themselves: the
+    identity, half turns about the axes, quarter turns about the axes, half turns about the face diagonals and
+    third turns about the body diagonals."""
+    h = math.sqrt(0.5)
+    rows: list[list[float]] = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
+    for i, j in itertools.combinations(range(4), 2):
+        for sign in (1.0, -1.0):
+            row = [0.0] * 4
+            row[i], row[j] = h, sign * h
+            rows.append(row)
+    rows += [[0.5, 0.5 * a, 0.5 * b, 0.5 * c] for a, b, c in itertools.product((1.0, -1.0), repeat=3)]
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+_CUBE = _cube_rotations()
+
+
+def _cube_axes() -> torch.Tensor:
+    """(24, 3) int64: for cube rotation c, the source axis that its frame's axis j lies along (|R_c[i, j]| = 1)."""
+    w, x, y, z = _CUBE.unbind(1)
+    rot = torch.stack([
+        torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
+        torch.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
+        torch.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1)], 1)
+    return rot.abs().argmax(1)
+
+
+_CUBE_AXES = _cube_axes()
+
+
+def _qmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Hamilton products (N, 4) of quaternions (w, x, y, z) ``a`` (N, 4) and ``b`` (N, 4)."""
+    aw, ax, ay, az = a.unbind(1)
+    bw, bx, by, bz = b.unbind(1)
+    return torch.stack([aw * bw - ax * bx - ay * by - az * bz, aw * bx + ax * bw + ay * bz - az * by,
+                        aw * by - ax * bz + ay * bw + az * bx, aw * bz + ax * by - ay * bx + az * bw], 1)
+
+
+def canonical_frame(quats: torch.Tensor, log_scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same Gaussians in the frame nearest the identity: (N, 4) unit quaternions (w, x, y, z, w >= 0) and
+    (N, 3) log-scales, from (N, 4) quaternions (any norm; zero: the identity) and (N, 3) log-scales.
+
+    A Gaussian's covariance R diag(e^2s) R^T is unchanged when its frame R turns by a rotation C that maps the
+    axes onto themselves (the cube's 24 rotations) and its scales follow the axes: R' = R C, s'_j = s_i where
+    C's axis j lies along axis i. Of the 24, the one with the largest |w| is kept: then |x|, |y|, |z| <= w tan(pi/8)
+    instead of up to 1/sqrt(2), and w is always the largest component.
+    """
+    q = quats.double()
+    norm = q.norm(dim=1, keepdim=True)
+    ident = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=q.dtype, device=q.device).expand_as(q)
+    q = torch.where(norm > 0, q / norm.clamp_min(1e-300), ident)
+    cube = _CUBE.to(q.device)
+    conj = cube * torch.tensor([1.0, -1.0, -1.0, -1.0], dtype=q.dtype, device=q.device)
+    best = (q @ conj.T).abs().argmax(1)                    # w of q * c is <q, conj(c)>
+    out = _qmul(q, cube[best])
+    out = torch.where(out[:, :1] < 0, -out, out)
+    scales = torch.gather(log_scales, 1, _CUBE_AXES.to(q.device)[best])
+    return out.to(quats.dtype), scales
+
+
 PaletteCache = dict[Any, tuple[torch.Tensor, torch.Tensor]]
 """SH palettes by content: (digest of the SH rows and weights, shape, palette size, seed, device) ->
 (centroids, labels)."""
 
 
-def _palette(shn: torch.Tensor, weights: torch.Tensor, seed: int, size: int | None = None,
-             merge_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _palette(shn: torch.Tensor, weights: torch.Tensor, seed: int,
+             size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """SH palette of (N, K, 3) coefficients (in texel order), k-means weighted by ``weights`` (N,): centroids
     (k, K, 3) and labels (N,) int64.
 
@@ -178,7 +263,7 @@ def _palette(shn: torch.Tensor, weights: torch.Tensor, seed: int, size: int | No
     n, k_coeffs, _ = shn.shape
     k_pal = palette_size(n) if size is None else max(1, min(size, palette_size(n)))
     cen, lab = kmeans_palette(shn.reshape(n, k_coeffs * 3), k_pal, weights=weights, seed=seed,
-                              cap=clustered_palette_cap(n), merge_weights=merge_weights)
+                              cap=clustered_palette_cap(n))
     k = cen.shape[0]
     first = torch.full((k,), n, dtype=torch.int64, device=lab.device)
     first.scatter_reduce_(0, lab, torch.arange(n, device=lab.device), reduce="amin")
@@ -199,23 +284,22 @@ def _centroid_image(idx: torch.Tensor) -> np.ndarray:
 
 
 def _sh_textures(shn: torch.Tensor, wts: torch.Tensor, format: str, bands: int, pr: Precision, seed: int,
-                 size: tuple[int, int], lap: Callable[[str], None], cache: PaletteCache | None = None,
-                 merge_weights: torch.Tensor | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+                 size: tuple[int, int], lap: Callable[[str], None],
+                 cache: PaletteCache | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The higher-SH textures (labels, centroids) and meta.json's ``shN`` entry for (N, K, 3) ``shn`` in texel
-    order, the palette's k-means weighted by the splats' on-screen ``wts`` (N,) (a palette merge by
-    ``merge_weights`` (N,) when given); ``cache`` keeps palettes by content, so a caller encoding the same splats
-    at other precisions clusters them once."""
+    order, the palette's k-means (or merge) weighted by the splats' on-screen ``wts`` (N,); ``cache`` keeps
+    palettes by content, so a caller encoding the same splats at other precisions clusters them once."""
     w, h = size
     images: dict[str, np.ndarray] = {}
     if cache is None:
-        cen, lab = _palette(shn, wts, seed, pr.palette, merge_weights)
+        cen, lab = _palette(shn, wts, seed, pr.palette)
     else:
         digest = hashlib.blake2b(digest_size=16)
-        for t in (shn, wts) if merge_weights is None else (shn, wts, merge_weights):
+        for t in (shn, wts):
             digest.update(t.contiguous().cpu().numpy().tobytes())
         key = (digest.hexdigest(), tuple(shn.shape), pr.palette, seed, str(shn.device))
         if key not in cache:
-            cache[key] = _palette(shn, wts, seed, pr.palette, merge_weights)
+            cache[key] = _palette(shn, wts, seed, pr.palette)
         cen, lab = cache[key]
     lap("kmeans")
     lab_px = torch.stack([(lab & 0xFF), (lab >> 8)], 1).to(torch.uint8)
@@ -272,15 +356,16 @@ def encode_cloud(cloud: GaussianCloud, *, format: str = "v2", sort: str = "morto
                  device: str = "auto", webp_method: int = webp.DEFAULT_METHOD,
                  webp_quality: int = webp.DEFAULT_QUALITY, seed: int = 0, threads: int | None = None,
                  precision: Precision = FULL, palette_cache: PaletteCache | None = None,
-                 palette_weights: np.ndarray | None = None) -> Encoded:
+                 screen_weights: np.ndarray | None = None) -> Encoded:
     """Encode a cloud as a SOG file set; see the module docstring.
 
     The cloud must hold valid splats only (:meth:`GaussianCloud.invalid_mask`): opacity +-inf is alpha 255 / 0,
     a log-scale of -inf (flat) gets a codebook entry of its own (v2), a zero quaternion is the identity.
     ``precision`` (v2) stores the attributes more coarsely for smaller files (default: full precision).
     ``palette_cache`` (any dict, kept by the caller) reuses the SH palette of splats encoded before.
-    ``palette_weights`` (N,), in the cloud's order: what each splat weighs when a palette that is one already (a
-    scene decoded from a SOG) is merged to a smaller ``precision.palette`` (default: the on-screen weights).
+    ``screen_weights`` (N,), in the cloud's order: what each splat weighs on screen, measured (e.g.
+    :func:`splatflow.sog.reduce.contribution`), in place of the alpha x area estimate for the colour codebook, the
+    SH palette (its k-means, or the merge of a palette that is one already) and the SH codebook.
     """
     pr = precision
     if format not in FORMATS:
@@ -312,25 +397,30 @@ def encode_cloud(cloud: GaussianCloud, *, format: str = "v2", sort: str = "morto
     means = t["means"][order].double()
     scales, sh0, opac = t["scales"][order], t["sh0"][order], t["opacities"][order]
     quats = t["quats"][order]
+    if pr.canonical_rotation:
+        quats, scales = canonical_frame(quats, scales)
     kc = SH_COEFFS[bands]
     shn = t["shN"][order][:, :kc] if kc else None
 
     images: dict[str, np.ndarray] = {}
     lm = log_transform(means)
     mins, maxs = lm.min(0).values, lm.max(0).values
-    qm = _round_step(_lin_quant(lm, mins, maxs, 65535), pr.position_step, 65535)
+    qm = _lin_quant(lm, mins, maxs, 65535)
+    qm = torch.stack([_round_step(qm[:, a], st, 65535) for a, st in enumerate(position_steps(maxs - mins, pr))], 1)
     images["means_l.webp"] = _rgba((qm & 0xFF).to(torch.uint8), w, h)
     images["means_u.webp"] = _rgba((qm >> 8).to(torch.uint8), w, h)
     images["quats.webp"] = _rgba(pack_quats(quats, pr.quat_step), w, h)
     lap("pack")
 
-    wts = footprint_weights(scales, opac)  # (N,): how much of the picture each splat's colour reaches
+    # (N,): how much of the picture each splat's colour reaches
+    if screen_weights is None:
+        wts = footprint_weights(scales, opac)
+    else:
+        wts = bounded_weights(torch.log(torch.as_tensor(screen_weights, dtype=torch.float64, device=dev)[order]))
     sh_info: dict[str, Any] | None = None
     if kc:
         assert shn is not None
-        mw = None if palette_weights is None else torch.as_tensor(palette_weights, dtype=torch.float64,
-                                                                   device=dev)[order]
-        sh_images, sh_info = _sh_textures(shn, wts, format, bands, pr, seed, (w, h), lap, palette_cache, mw)
+        sh_images, sh_info = _sh_textures(shn, wts, format, bands, pr, seed, (w, h), lap, palette_cache)
         images.update(sh_images)
     attr_images, meta = _scale_colour_textures(scales, sh0, opac, wts, format, pr, (w, h), (mins, maxs), sh_info)
     images.update(attr_images)

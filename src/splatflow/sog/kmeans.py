@@ -104,8 +104,7 @@ def clustered_palette_cap(n: int) -> int:
 
 def kmeans_palette(x: torch.Tensor, k: int, *, weights: torch.Tensor | None = None, iters: int = 10,
                    seed: int = 0, sample_per_centroid: int = 32, batch: int = 16,
-                   leaf: int = 256, cap: int | None = None, merge_weights: torch.Tensor | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+                   leaf: int = 256, cap: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Cluster the rows of ``x`` (N, D) float32 into at most ``k`` centroids, minimising the squared error
     weighted by ``weights`` (N,) (None: all rows count the same).
 
@@ -113,8 +112,8 @@ def kmeans_palette(x: torch.Tensor, k: int, *, weights: torch.Tensor | None = No
     a random subsample of at most ``sample_per_centroid`` points per centroid; every point is then assigned to
     the nearest centroid of its coarse cluster. Rows with at most ``k`` distinct values (a scene decoded from a
     SOG) get an exact palette; rows that are a palette already (at most PlayCanvas's palette size of distinct
-    rows, fewer than N) shrink to a smaller ``k`` by :func:`merge_palette`, weighted by ``merge_weights`` (N,)
-    (default ``weights``); otherwise ``cap`` (if given) limits the centroids clustered.
+    rows, fewer than N) shrink to a smaller ``k`` by :func:`merge_palette`, weighted by ``weights``; otherwise
+    ``cap`` (if given) limits the centroids clustered.
     """
     n, d = x.shape
     k = min(k, n)
@@ -131,8 +130,7 @@ def kmeans_palette(x: torch.Tensor, k: int, *, weights: torch.Tensor | None = No
         if is_palette(uniq.shape[0], n):
             # the rows are a palette already and a smaller one is asked for (compress --target-psnr): merge its
             # entries where it costs least rather than cluster the rows anew
-            mw = merge_weights if merge_weights is not None else weights
-            return merge_palette(uniq, inverse, torch.ones(n, device=x.device) if mw is None else mw, k)
+            return merge_palette(uniq, inverse, torch.ones(n, device=x.device) if weights is None else weights, k)
     if cap is not None:
         k = min(k, cap)
     w = torch.ones(n, dtype=x.dtype, device=x.device) if weights is None else weights.to(x.device, x.dtype)
