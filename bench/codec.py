@@ -274,7 +274,8 @@ def markdown(result: dict[str, Any]) -> str:
     if targets:
         lines += ["Smaller-file mode (`compress --target-psnr`, target = splat-transform's render PSNR on the same "
                   "views, rounded up to 0.01 dB; the search and the final write together):", "",
-                  "| input | target dB | reached dB | bytes | vs splat-transform | splats dropped | coarser | wall s |",
+                  "| input | target dB | reached dB | bytes | vs splat-transform | splats dropped | settings changed "
+                  "| wall s |",
                   "|---|---|---|---|---|---|---|---|"]
         for row in targets:
             t = row["splatflow_target"]
