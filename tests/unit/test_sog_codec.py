@@ -258,6 +258,73 @@ def test_contribution_is_what_the_views_draw_of_each_splat() -> None:
     assert alone_rms[0] == pytest.approx(float(np.sqrt(np.mean(drawn ** 2))), rel=1e-3)
 
 
+def test_measured_screen_weights_steer_the_colour_codebook() -> None:
+    from splatflow.sog.decode import decode_files
+    from splatflow.sog.encode import Precision, encode_cloud
+
+    cloud = make_cloud(3000, 0)
+    cloud.sh0[:1500] += 2.0                      # two colour ranges: only one of them can get fine steps
+    heavy = np.zeros(len(cloud))
+    heavy[:1500] = 1.0                           # the views draw only the first half
+
+    def colour_error(weights: np.ndarray) -> np.ndarray:
+        enc = encode_cloud(cloud, device="cpu", precision=Precision(color_entries=16), screen_weights=weights)
+        dec = decode_files(json.loads(enc.files["meta.json"]), {k: v for k, v in enc.files.items()
+                                                                 if k != "meta.json"})[0]
+        err = np.zeros(len(cloud))
+        err[enc.order] = np.abs(dec.sh0 - cloud.sh0[enc.order]).mean(1)
+        return err
+
+    first, second = colour_error(heavy), colour_error(1.0 - heavy)
+    assert first[:1500].mean() < 0.5 * second[:1500].mean()
+    assert second[1500:].mean() < 0.5 * first[1500:].mean()
+
+
+def test_ascend_steps_up_from_just_below_the_target() -> None:
+    from dataclasses import replace
+
+    from splatflow.sog.encode import Precision
+    from splatflow.sog.reduce import Knob, Setting, _Model, _Search
+
+    def knob(name: str) -> Knob:
+        return Knob(name, (0.0, 1.0, 2.0, 3.0), (1.0,),
+                    lambda s, v: replace(s, precision=replace(s.precision, **{name: 1.0 + v})),
+                    lambda v: v, lambda v: v)
+
+    def at(p: int, a: int) -> Setting:
+        return Setting(precision=Precision(position_step=1.0 + p, alpha_step=1.0 + a))
+
+    def truth(st: Setting) -> tuple[float, int]:      # (PSNR, bytes) of a setting, as an encode would measure them
+        p, a = st.precision.position_step - 1.0, st.precision.alpha_step - 1.0
+        return 60.0 - p - 3.0 * a, int(1000 - 100 * (p + a))
+
+    ks = [knob("position_step"), knob("alpha_step")]
+    model = _Model({"position_step": (1.0, 100.0), "alpha_step": (3.0, 100.0)})   # alpha: 3x the error per byte
+
+    class Fake:
+        def __init__(self) -> None:
+            self.measured = {st: truth(st) for st in (at(0, 0), at(1, 2), at(2, 2), at(3, 3))}
+            self.tried: list[str] = []
+
+        def measure(self, st: Setting, label: str) -> tuple[float, int]:
+            self.tried.append(label)
+            self.measured[st] = truth(st)
+            return self.measured[st]
+
+    far = (1000, at(0, 0))                            # 60 dB
+    # (2, 2) renders 52 dB, just below 52.5: one level finer on alpha (most error removed per byte) reaches it
+    fake = Fake()
+    assert _Search.ascend(fake, ks, model, far, 52.5) == (700, at(2, 1))
+    assert fake.tried == ["ascend alpha_step=1"]
+    # the best is already within the tolerance above the target: nothing is tried
+    fake = Fake()
+    close = (700, at(1, 2))                            # 53 dB
+    assert _Search.ascend(fake, ks, model, close, 52.8) == close and fake.tried == []
+    # nothing within 1 dB below the target (the nearest, 53 dB, is 2.5 dB below 55.5): nothing is tried
+    fake = Fake()
+    assert _Search.ascend(fake, ks, model, far, 55.5) == far and fake.tried == []
+
+
 def test_target_psnr_prunes_what_no_view_draws_first(tmp_path: Path) -> None:
     from splatflow.sog.reduce import smallest_for_psnr
 
