@@ -388,18 +388,8 @@ def test_quaternion_packing_round_trip_within_a_degree() -> None:
     assert set(np.unique(packed[:, 3])) <= {252, 253, 254, 255}
 
 
-def _covariances(q: np.ndarray, log_scales: np.ndarray) -> np.ndarray:
-    """(N, 3, 3) R diag(exp(2 s)) R^T of (N, 4) quaternions (w, x, y, z; zero: identity) and (N, 3) log-scales."""
-    norm = np.linalg.norm(q, axis=1, keepdims=True)
-    q = np.where(norm > 0, q / np.maximum(norm, 1e-30), [1.0, 0.0, 0.0, 0.0])
-    w, x, y, z = q.T
-    rot = np.stack([np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
-                    np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
-                    np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1)], 1)
-    return rot @ (np.exp(2 * log_scales)[:, :, None] * rot.transpose(0, 2, 1))
-
-
 def test_canonical_frame_keeps_every_gaussian_and_narrows_the_codes() -> None:
+    from splatflow.render import covariance_3d
     from splatflow.sog.encode import canonical_frame
 
     rng = np.random.default_rng(3)
@@ -409,7 +399,9 @@ def test_canonical_frame_keeps_every_gaussian_and_narrows_the_codes() -> None:
     s[1, 2] = -np.inf                       # a flat axis moves with its axis
     q2, s2 = (t.numpy() for t in canonical_frame(torch.from_numpy(q), torch.from_numpy(s)))
     fin = np.isfinite(s).all(1)
-    np.testing.assert_allclose(_covariances(q2[fin], s2[fin]), _covariances(q[fin], s[fin]), atol=1e-9)
+    np.testing.assert_allclose(covariance_3d(torch.from_numpy(q2[fin]), torch.from_numpy(np.exp(s2[fin]))).numpy(),
+                               covariance_3d(torch.from_numpy(q[fin]), torch.from_numpy(np.exp(s[fin]))).numpy(),
+                               atol=1e-9)
     assert sorted(s2[1].tolist()) == sorted(s[1].tolist())
     np.testing.assert_array_equal(q2[0], [1, 0, 0, 0])
     np.testing.assert_allclose(np.linalg.norm(q2, axis=1), 1.0, atol=1e-12)

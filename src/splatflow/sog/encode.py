@@ -206,12 +206,9 @@ _CUBE = _cube_rotations()
 
 def _cube_axes() -> torch.Tensor:
     """(24, 3) int64: for cube rotation c, the source axis that its frame's axis j lies along (|R_c[i, j]| = 1)."""
-    w, x, y, z = _CUBE.unbind(1)
-    rot = torch.stack([
-        torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
-        torch.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
-        torch.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1)], 1)
-    return rot.abs().argmax(1)
+    from splatflow.render import quat_to_rotmat
+
+    return quat_to_rotmat(_CUBE).abs().argmax(1)
 
 
 _CUBE_AXES = _cube_axes()
