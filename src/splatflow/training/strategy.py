@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from splatflow.options import DEFAULT_MAX_SPLATS
+from splatflow.render import quat_to_rotmat
 
 __all__ = ["CpuDefaultStrategy", "CpuMCMCStrategy", "Optimizers", "Params", "append", "quat_to_rotmat",
            "relocation_values", "reset_moments", "select"]
@@ -69,16 +70,6 @@ def reset_moments(params: Params, optimizers: Optimizers, index: torch.Tensor) -
             for key in ("exp_avg", "exp_avg_sq"):
                 if key in state:
                     state[key][index] = 0
-
-
-def quat_to_rotmat(q: torch.Tensor) -> torch.Tensor:
-    """(N, 4) quaternions (w, x, y, z), any norm -> (N, 3, 3) rotation matrices."""
-    w, x, y, z = torch.nn.functional.normalize(q, dim=-1).unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], dim=-1).reshape(-1, 3, 3)
 
 
 def _logit(p: torch.Tensor) -> torch.Tensor:
