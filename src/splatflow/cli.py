@@ -479,11 +479,9 @@ def _run_compress(args: argparse.Namespace) -> int:
             drop = tg["dropped"]
             aim = (f"target {tg['target_psnr']:g} dB: reached {tg['psnr']:.2f} dB" if tg.get("target_psnr")
                    else f"limit {tg['max_bytes']:,} bytes: {r['bytes']:,} bytes at {tg['psnr']:.2f} dB")
-            coarser = [k for k in drop["precision"] if k != "canonical_rotation"]
             print(f"  {aim}; dropped {drop['splats']:,} "
-                  f"splats ({drop['splats_fraction']:.1%}), coarser {', '.join(coarser) or 'nothing'}"
-                  + ("; rotations in the frame nearest the identity" if "canonical_rotation" in drop["precision"]
-                     else "") + (f"; note: {tg['note']}" if tg.get("note") else ""))
+                  f"splats ({drop['splats_fraction']:.1%}), coarser {', '.join(drop['precision']) or 'nothing'}"
+                  + (f"; note: {tg['note']}" if tg.get("note") else ""))
     return 0
 
 

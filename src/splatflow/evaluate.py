@@ -20,10 +20,12 @@ import time
 from typing import Any
 
 import numpy as np
+import torch
 
 from splatflow.cameras import Camera, load_cameras
 from splatflow.devices import resolve_device
 from splatflow.errors import DependencyMissing, InputError
+from splatflow.frames import nearest_frame, unit_quats
 from splatflow.fsutil import atomic_path
 from splatflow.gaussians import GaussianCloud
 from splatflow.info import load_any
@@ -112,18 +114,23 @@ def attribute_errors(source: GaussianCloud, candidate: GaussianCloud,
 
     Rows: ``position`` (distance, scene units), ``log_scale`` (natural log, per axis), ``color`` (base colour
     0.5 + C0 * sh0 in 8-bit levels, per channel), ``opacity`` (alpha in 8-bit levels), ``rotation`` (angle between
-    the quaternions in degrees), ``sh_rest`` (higher-order coefficients over the bands both have, if any).
+    the frames in degrees, the candidate's taken nearest the source's among the 24 that describe its Gaussian;
+    ``log_scale`` follows that frame's axes), ``sh_rest`` (higher-order coefficients over the bands both have, if any).
     """
     src = source if index is None else source.subset(index)
     if len(src) != len(candidate):
         raise InputError(f"cannot compare {len(candidate)} splats with {len(src)}")
-    qa, qb = src.normalized_quats().astype(np.float64), candidate.normalized_quats().astype(np.float64)
-    qb = qb * np.where((qa * qb).sum(1, keepdims=True) < 0, -1.0, 1.0)    # q and -q are the same rotation
+    # the candidate's frame nearest the source's (q and -q, and the 24 cube turns with their relabelled scales,
+    # are the same Gaussian: an encoder may store any of them, see splatflow.frames)
+    qa_t = unit_quats(torch.from_numpy(src.quats))
+    qb_t, sb_t = nearest_frame(torch.from_numpy(candidate.quats.astype(np.float64)),
+                               torch.from_numpy(candidate.scales.astype(np.float64)), qa_t)
+    qa, qb, sb = qa_t.numpy(), qb_t.numpy(), sb_t.numpy()
     angle = 4.0 * np.arctan2(np.linalg.norm(qa - qb, axis=1), np.linalg.norm(qa + qb, axis=1))  # stable near 0
     # a log-scale of -inf (a flat axis) is compared by being flat or not: the candidate is flat where it is -inf
     # too or at least 10 log units below the source's smallest finite one (SOG stores it 20 below); the row
     # covers the finite pairs and counts the flat axes that a side lost or gained (``flat_mismatch``)
-    sa, sb = src.scales.astype(np.float64), candidate.scales.astype(np.float64)
+    sa = src.scales.astype(np.float64)
     both = np.isfinite(sa) & np.isfinite(sb)
     log_scale = _stats((sb - sa)[both], "log units")
     if not both.all():

@@ -8,6 +8,7 @@ archive comment (the engine expects the end record exactly 22 bytes from the end
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import zipfile
@@ -31,8 +32,8 @@ def _deflates(data: bytes) -> bool:
     return len(co.compress(data) + co.flush()) < len(data)
 
 
-def write_zip(path: Path, files: dict[str, bytes]) -> None:
-    """Write ``files`` (name -> bytes, meta.json first) as a ZIP at ``path`` (a temporary path): meta.json
+def write_zip(path: Path | io.BytesIO, files: dict[str, bytes]) -> None:
+    """Write ``files`` (name -> bytes, meta.json first) as a ZIP at ``path`` (a temporary path, or a buffer): meta.json
     DEFLATEd when that is smaller, everything else STORED."""
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=False) as zf:
         for name, data in files.items():
@@ -41,6 +42,13 @@ def write_zip(path: Path, files: dict[str, bytes]) -> None:
                 zipfile.ZIP_STORED
             info.external_attr = 0o644 << 16
             zf.writestr(info, data, compresslevel=9)
+
+
+def zip_size(files: dict[str, bytes]) -> int:
+    """The exact bytes of the ZIP :func:`write_zip` writes for ``files``."""
+    buf = io.BytesIO()
+    write_zip(buf, files)
+    return buf.getbuffer().nbytes
 
 
 def zip_overhead(names: list[str]) -> int:

@@ -8,7 +8,6 @@ results out as RGBA textures and encode them as lossless WebP in parallel thread
 from __future__ import annotations
 
 import hashlib
-import itertools
 import logging
 import math
 import os
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from splatflow.devices import resolve_device
+from splatflow.frames import nearest_frame
 from splatflow.gaussians import SH_COEFFS, GaussianCloud
 from splatflow.sog import meta as sogmeta
 from splatflow.sog import webp
@@ -38,7 +38,7 @@ _QUAT_OTHERS = torch.tensor([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]], dtype=
 
 @dataclass(frozen=True)
 class Precision:
-    """How finely each attribute is stored (the defaults are SOG's full precision, today's output).
+    """How finely each attribute is stored (the defaults are SOG's full precision: the default output).
 
     Coarser settings give textures with fewer distinct values, which lossless WebP stores in fewer bytes: the
     rounding step (in code units, >= 1, may be fractional) of the 16-bit positions (``position_step``, on the
@@ -46,12 +46,14 @@ class Precision:
     8-bit smallest-three quaternion components (``quat_step``) and of the 8-bit alpha (``alpha_step``; 0 and 255
     stay exact); the number of distinct entries the 256-entry codebooks use for ``scale_entries``,
     ``color_entries`` and ``sh_entries``; the SH ``palette`` size (None: PlayCanvas's size for the splat count).
-    ``short_floats`` writes the codebooks in meta.json as the shortest decimals of their float32 values (lossless:
-    the same decoded values). ``canonical_rotation`` stores each splat in the frame nearest the identity among
-    the 24 that describe the same Gaussian (:func:`canonical_frame`): its quaternion codes span a narrower range
-    and the largest component is always w, which saves about a fifth of the rotation texture; the picture only
-    changes by the rounding of the new codes.
-    """
+    ``short_floats`` (on by default) writes the codebooks in meta.json as the shortest decimals of their float32
+    values (lossless: the same decoded values, about half the meta.json). ``canonical_rotation`` (on by default)
+    stores each splat in the frame nearest the identity among the 24 that describe the same Gaussian
+    (:func:`splatflow.frames.nearest_frame`): its quaternion codes span a narrower range and the largest component
+    is always w, which saves about a fifth of the rotation texture at the same rounding error (the same picture);
+    off, the source's frames are kept. With ``keep_exact_rotations``, a rotation that the codes store exactly
+    already (a scene decoded from a SOG) keeps its frame, since turning it would round it again (the smaller-file
+    search may give that up)."""
 
     position_step: float = 1.0
     quat_step: float = 1.0
@@ -60,8 +62,9 @@ class Precision:
     color_entries: int = 256
     sh_entries: int = 256
     palette: int | None = None
-    short_floats: bool = False
-    canonical_rotation: bool = False
+    short_floats: bool = True
+    canonical_rotation: bool = True
+    keep_exact_rotations: bool = True
 
     def is_full(self) -> bool:
         """True for SOG's full precision (the default output)."""
@@ -169,79 +172,52 @@ def log_transform(v: torch.Tensor) -> torch.Tensor:
     return torch.sign(v) * torch.log1p(v.abs())
 
 
-def pack_quats(q: torch.Tensor, step: float = 1.0) -> torch.Tensor:
-    """(N, 4) quaternions (w, x, y, z) -> (N, 4) uint8 smallest-three packing (A = 252 + largest index), each
-    component's 8-bit code rounded to a multiple of ``step``."""
+def _smallest_three(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(N, 4) quaternions (w, x, y, z; zero: the identity) -> the component left out (N,) int64, the unrounded
+    8-bit codes (0..255) of the other three (N, 3), the left-out one made positive, and whether the codes store
+    the rotation exactly (N,) bool.
+
+    The left-out component is the largest, unless leaving out another one gives codes within 1e-3 of integers in
+    0..255: a rotation decoded from a SOG (the decoder computes the left-out component from the other three, which
+    can make it smaller than one of them) is then stored with the same codes again. A float rotation from
+    training lands on such codes with odds of about 1e-8."""
     norm = q.norm(dim=1, keepdim=True)
     ident = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=q.dtype, device=q.device).expand_as(q)
     qn = torch.where(norm > 0, q / norm.clamp_min(1e-30), ident)
-    m = qn.abs().argmax(1)
-    sign = torch.where(qn.gather(1, m[:, None]) < 0, -1.0, 1.0)
-    qn = qn * sign
-    others = qn.gather(1, _QUAT_OTHERS.to(q.device)[m])
+    others = _QUAT_OTHERS.to(q.device)
+    sign = torch.where(qn < 0, -1.0, 1.0)                                       # (N, 4): per left-out index
+    codes = ((qn[:, others] * sign[:, :, None]) * math.sqrt(2) * 0.5 + 0.5) * 255   # (N, 4, 3)
+    exact = (((codes - codes.round()).abs() < 1e-3) & (codes > -1e-3) & (codes < 255 + 1e-3)).all(2)
+    m = torch.where(exact.any(1), exact.long().argmax(1), qn.abs().argmax(1))
+    return m, codes[torch.arange(q.shape[0], device=q.device), m], exact.any(1)
+
+
+def pack_quats(q: torch.Tensor, step: float = 1.0) -> torch.Tensor:
+    """(N, 4) quaternions (w, x, y, z) -> (N, 4) uint8 smallest-three packing (A = 252 + left-out index), each
+    component's 8-bit code rounded to a multiple of ``step`` (see :func:`_smallest_three`)."""
+    m, codes, _ = _smallest_three(q)
     out = torch.empty((q.shape[0], 4), dtype=torch.uint8, device=q.device)
-    code = ((others * math.sqrt(2) * 0.5 + 0.5) * 255).round().clamp_(0, 255).long()
-    out[:, :3] = _round_step(code, step, 255).to(torch.uint8)
+    out[:, :3] = _round_step(codes.round().clamp_(0, 255).long(), step, 255).to(torch.uint8)
     out[:, 3] = (252 + m).to(torch.uint8)
     return out
 
 
-def _cube_rotations() -> torch.Tensor:
-    """(24, 4) unit quaternions (w, x, y, z) of the rotations that map the coordinate axes onto themselves: the
-    identity, half turns about the axes, quarter turns about the axes, half turns about the face diagonals and
-    third turns about the body diagonals."""
-    h = math.sqrt(0.5)
-    rows: list[list[float]] = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
-    for i, j in itertools.combinations(range(4), 2):
-        for sign in (1.0, -1.0):
-            row = [0.0] * 4
-            row[i], row[j] = h, sign * h
-            rows.append(row)
-    rows += [[0.5, 0.5 * a, 0.5 * b, 0.5 * c] for a, b, c in itertools.product((1.0, -1.0), repeat=3)]
-    return torch.tensor(rows, dtype=torch.float64)
+def stored_exactly(q: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: the (N, 4) rotations that SOG's 8-bit codes store exactly, as in a scene decoded from a SOG."""
+    return _smallest_three(q.double())[2]
 
 
-_CUBE = _cube_rotations()
-
-
-def _cube_axes() -> torch.Tensor:
-    """(24, 3) int64: for cube rotation c, the source axis that its frame's axis j lies along (|R_c[i, j]| = 1)."""
-    from splatflow.render import quat_to_rotmat
-
-    return quat_to_rotmat(_CUBE).abs().argmax(1)
-
-
-_CUBE_AXES = _cube_axes()
-
-
-def _qmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Hamilton products (N, 4) of quaternions (w, x, y, z) ``a`` (N, 4) and ``b`` (N, 4)."""
-    aw, ax, ay, az = a.unbind(1)
-    bw, bx, by, bz = b.unbind(1)
-    return torch.stack([aw * bw - ax * bx - ay * by - az * bz, aw * bx + ax * bw + ay * bz - az * by,
-                        aw * by - ax * bz + ay * bw + az * bx, aw * bz + ax * by - ay * bx + az * bw], 1)
-
-
-def canonical_frame(quats: torch.Tensor, log_scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same Gaussians in the frame nearest the identity: (N, 4) unit quaternions (w, x, y, z, w >= 0) and
-    (N, 3) log-scales, from (N, 4) quaternions (any norm; zero: the identity) and (N, 3) log-scales.
-
-    A Gaussian's covariance R diag(e^2s) R^T is unchanged when its frame R turns by a rotation C that maps the
-    axes onto themselves (the cube's 24 rotations) and its scales follow the axes: R' = R C, s'_j = s_i where
-    C's axis j lies along axis i. Of the 24, the one with the largest |w| is kept: then |x|, |y|, |z| <= w tan(pi/8)
-    instead of up to 1/sqrt(2), and w is always the largest component.
-    """
-    q = quats.double()
-    norm = q.norm(dim=1, keepdim=True)
-    ident = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=q.dtype, device=q.device).expand_as(q)
-    q = torch.where(norm > 0, q / norm.clamp_min(1e-300), ident)
-    cube = _CUBE.to(q.device)
-    conj = cube * torch.tensor([1.0, -1.0, -1.0, -1.0], dtype=q.dtype, device=q.device)
-    best = (q @ conj.T).abs().argmax(1)                    # w of q * c is <q, conj(c)>
-    out = _qmul(q, cube[best])
-    out = torch.where(out[:, :1] < 0, -out, out)
-    scales = torch.gather(log_scales, 1, _CUBE_AXES.to(q.device)[best])
-    return out.to(quats.dtype), scales
+def rotation_frames(quats: torch.Tensor, log_scales: torch.Tensor,
+                    pr: Precision) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frames the encoder stores: (N, 4) quaternions and (N, 3) log-scales from the source's (N, 4) and
+    (N, 3), per ``pr.canonical_rotation`` and ``pr.keep_exact_rotations``."""
+    if not pr.canonical_rotation:
+        return quats, log_scales
+    q, s = nearest_frame(quats, log_scales)
+    if not pr.keep_exact_rotations:
+        return q, s
+    keep = stored_exactly(quats)[:, None]
+    return torch.where(keep, quats, q), torch.where(keep, log_scales, s)
 
 
 PaletteCache = dict[Any, tuple[torch.Tensor, torch.Tensor]]
@@ -394,8 +370,7 @@ def encode_cloud(cloud: GaussianCloud, *, format: str = "v2", sort: str = "morto
     means = t["means"][order].double()
     scales, sh0, opac = t["scales"][order], t["sh0"][order], t["opacities"][order]
     quats = t["quats"][order]
-    if pr.canonical_rotation:
-        quats, scales = canonical_frame(quats, scales)
+    quats, scales = rotation_frames(quats, scales, pr)
     kc = SH_COEFFS[bands]
     shn = t["shN"][order][:, :kc] if kc else None
 

@@ -33,10 +33,13 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import torch
 
 from splatflow.gaussians import SH_COEFFS, GaussianCloud
+from splatflow.sog import meta as sogmeta
 from splatflow.sog import webp
-from splatflow.sog.encode import Encoded, Precision, encode_cloud
+from splatflow.sog.bundle import zip_overhead, zip_size
+from splatflow.sog.encode import Encoded, Precision, encode_cloud, stored_exactly
 from splatflow.sog.kmeans import is_palette, palette_size
 
 log = logging.getLogger(__name__)
@@ -126,9 +129,6 @@ def knobs(cloud: GaussianCloud, sh_degree: int, pruned: float = 0.0) -> list[Kno
         # larger file than 16)
         _quantizer("position_step", "position_step", tuple(2.0 ** i for i in range(9)), 8.0, power=1.0),
         _quantizer("quat_step", "quat_step", (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0), 1.5),
-        # the same Gaussians in the frame nearest the identity (encode.canonical_frame): the rotations' codes
-        # span a narrower range (playbot_lod2: -21% rotation texture); the error is the re-rounding of the codes
-        Knob("canonical_rotation", (0.0, 1.0), (1.0,), _prec(canonical_rotation=bool), lambda v: v, lambda v: v),
         _quantizer("alpha_step", "alpha_step", steps, 4.0),
         codebook("scale_entries", "scale_entries", 96),
         codebook("color_entries", "color_entries", 64),
@@ -138,6 +138,12 @@ def knobs(cloud: GaussianCloud, sh_degree: int, pruned: float = 0.0) -> list[Kno
              or prune_levels[-1:], lambda s, f: replace(s, prune=f), lambda f: (f - pruned) ** 2,
              lambda f: f - pruned),
     ]
+    if bool(stored_exactly(torch.from_numpy(cloud.quats)).any()):
+        # rotations the codes store exactly (a scene decoded from a SOG) keep their frame by default; turning
+        # them to the frame nearest the identity too rounds them again but narrows the codes (playbot_lod2:
+        # -21% rotation texture)
+        out.append(Knob("turn_exact_rotations", (0.0, 1.0), (1.0,), _prec(keep_exact_rotations=lambda v: v < 0.5),
+                        lambda v: v, lambda v: v))
     if sh_degree > 0:
         pal = palette_size(len(cloud))
         rows = np.unique(cloud.shN[:, :SH_COEFFS[sh_degree]].reshape(len(cloud), -1), axis=0).shape[0]
@@ -186,7 +192,6 @@ def contribution(cloud: GaussianCloud, *, views_per_ring: int = 8, size: int = 2
     per-splat grey colour of one. Returns (N,) the most any one view draws (0: the splat shows in none of them)
     and (N,) the root mean square over the views (what an error in the splat's colour costs the views on
     average, up to a constant: the codebook and palette weights)."""
-    import torch
 
     from splatflow.cameras import orbit_cameras
     from splatflow.render import cloud_tensors, rasterize
@@ -316,14 +321,15 @@ class _Search:
         """The SH degree the output keeps."""
         self.palettes: dict[Any, Any] = {}
 
-    def attempt(self, st: Setting, label: str, final: bool = False) -> _Attempt:
+    def attempt(self, st: Setting, label: str, final: bool = False, weighted: bool = True) -> _Attempt:
         """Encode, decode and score setting ``st``; ``final`` also writes each texture at the largest WebP effort
-        and keeps the smaller file (the pixels are the same)."""
+        and keeps the smaller file (the pixels are the same); ``weighted`` False encodes as the default output
+        does (codebooks weighted by alpha x footprint rather than by the measured screen weights)."""
         n = len(self.cloud)
         drop = min(n - 1, int(math.floor(st.prune * n)))
         keep = np.sort(self.rank[drop:])
         sub = self.cloud.subset(keep)
-        weights = self.weights[keep]
+        weights = self.weights[keep] if weighted else None
         enc = encode_cloud(sub, precision=st.precision, palette_cache=self.palettes, screen_weights=weights,
                            **self.encode_args)
         if final:
@@ -518,10 +524,10 @@ def smallest_for_psnr(cloud: GaussianCloud, target_psnr: float, *, views: int = 
     start = time.perf_counter()
     judge = Judge(cloud, views=views, size=size, device=None if device == "auto" else device)
     search = _Search(cloud, judge, sort=sort, seed=seed, device=device, sh_bands=sh_bands)
-    base = Setting(prune=search.unseen, precision=Precision(short_floats=True))
+    base = Setting(prune=search.unseen, precision=Precision())
     full = search.attempt(base, "full precision, unseen splats pruned" if base.prune else "full precision")
     if full.psnr < target_psnr and base.prune:         # a very high target: keep even the unseen splats
-        base = Setting(precision=Precision(short_floats=True))
+        base = Setting(precision=Precision())
         full = search.attempt(base, "full precision")
     chosen = base
     if full.psnr >= target_psnr:
@@ -543,10 +549,11 @@ def smallest_for_psnr(cloud: GaussianCloud, target_psnr: float, *, views: int = 
 
 def best_within_bytes(cloud: GaussianCloud, max_bytes: int, *, views: int = 4, size: int = 256,
                       device: str = "auto", sort: str = "morton", seed: int = 0, sh_bands: int | None = None,
-                      overhead: int = 0) -> tuple[Encoded, np.ndarray, dict[str, Any]]:
+                      bundled: bool = False) -> tuple[Encoded, np.ndarray, dict[str, Any]]:
     """The SOG v2 with the best render PSNR found (against ``cloud``, over the orbit views) whose file set takes
-    at most ``max_bytes`` bytes, ``overhead`` of them taken by the container (a .sog bundle's ZIP headers):
-    full precision when it fits (unseen splats kept if that fits too), else the same
+    at most ``max_bytes`` bytes as written (``bundled``: one .sog ZIP, whose headers the search reserves room
+    for; else a folder of files):
+    the default output when it fits, else full precision (unseen splats kept if that fits too), else the same
     knobs and probes as :func:`smallest_for_psnr`, fitted to the limit by :meth:`_Search.fit`.
 
     Returns (encoded file set, indices (M,) of the kept splats, a report as :func:`smallest_for_psnr`'s with
@@ -556,10 +563,21 @@ def best_within_bytes(cloud: GaussianCloud, max_bytes: int, *, views: int = 4, s
     from splatflow.errors import SogError
 
     start = time.perf_counter()
+    overhead = zip_overhead(["meta.json", *sogmeta.V2_FILES, *sogmeta.SH_FILES]) if bundled else 0
     budget = max_bytes - overhead
+
+    def written(files: dict[str, bytes]) -> int:
+        return zip_size(files) if bundled else sum(len(b) for b in files.values())
+
     judge = Judge(cloud, views=views, size=size, device=None if device == "auto" else device)
     search = _Search(cloud, judge, sort=sort, seed=seed, device=device, sh_bands=sh_bands)
-    whole = Setting(precision=Precision(short_floats=True))
+    whole = Setting(precision=Precision())
+    plain = encode_cloud(cloud, palette_cache=search.palettes, **search.encode_args)
+    if written(plain.files) <= max_bytes:                     # the default output fits: it is the answer
+        default = search.attempt(whole, "the default output", weighted=False)
+        report = _report(search, whole, whole, default, max_bytes=max_bytes, start=start)
+        report["reached"] = True
+        return default.enc, default.keep, report
     base = replace(whole, prune=search.unseen)
     full = search.attempt(base, "full precision, unseen splats pruned" if base.prune else "full precision")
     chosen: Setting | None = base
@@ -575,5 +593,5 @@ def best_within_bytes(cloud: GaussianCloud, max_bytes: int, *, views: int = 4, s
                        f"({smallest:,} bytes)", hint=f"allow at least {smallest:,} bytes, or drop --max-bytes")
     final = search.attempt(chosen, "final", final=True)
     report = _report(search, base, chosen, final, max_bytes=max_bytes, start=start)
-    report["reached"] = final.nbytes + overhead <= max_bytes
+    report["reached"] = written(final.enc.files) <= max_bytes
     return final.enc, final.keep, report

@@ -17,7 +17,7 @@ from splatflow.io.ply import read_ply
 from splatflow.options import RUN_OPTIONS
 from splatflow.sog import meta as sogmeta
 from splatflow.sog import webp
-from splatflow.sog.bundle import write_files, zip_overhead
+from splatflow.sog.bundle import write_files
 from splatflow.sog.decode import decode_files
 from splatflow.sog.encode import FORMATS, SORTS, encode_cloud
 
@@ -87,14 +87,6 @@ def _check_arguments(format: str, sort: str, sh_bands: int | None, target_psnr: 
     return float(target_psnr)
 
 
-def _container_overhead(out: Path) -> int:
-    """The bytes ``out`` adds to the SOG's files: a .sog bundle's ZIP headers (for every file a SOG v2 can
-    have); a folder adds none."""
-    if out.suffix.lower() != ".sog":
-        return 0
-    return zip_overhead(["meta.json", *sogmeta.V2_FILES, *sogmeta.SH_FILES])
-
-
 def _check_paths(ply: Path, out: Path, format: str, overwrite: bool) -> int:
     """The output path free (or ``overwrite``), not the input, and the input a PLY whose declared splat count
     fits the format's textures; returns that count. Reads the header only."""
@@ -147,7 +139,7 @@ def compress(ply: Path, out: Path, *, format: str = "v2", sort: str = "morton", 
         opts: dict[str, Any] = {"views": fidelity_views, "device": device, "sort": sort, "seed": seed,
                                 "sh_bands": sh_bands}
         if max_bytes is not None:
-            enc, keep, target = best_within_bytes(cloud, max_bytes, overhead=_container_overhead(out), **opts)
+            enc, keep, target = best_within_bytes(cloud, max_bytes, bundled=out.suffix.lower() == ".sog", **opts)
         else:
             assert target_psnr is not None
             enc, keep, target = smallest_for_psnr(cloud, target_psnr, **opts)
