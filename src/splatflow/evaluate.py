@@ -122,7 +122,7 @@ def attribute_errors(source: GaussianCloud, candidate: GaussianCloud,
         raise InputError(f"cannot compare {len(candidate)} splats with {len(src)}")
     # the candidate's frame nearest the source's (q and -q, and the 24 cube turns with their relabelled scales,
     # are the same Gaussian: an encoder may store any of them, see splatflow.frames)
-    qa_t = unit_quats(torch.from_numpy(src.quats))
+    qa_t = unit_quats(torch.from_numpy(src.quats.astype(np.float64)))
     qb_t, sb_t = nearest_frame(torch.from_numpy(candidate.quats.astype(np.float64)),
                                torch.from_numpy(candidate.scales.astype(np.float64)), qa_t)
     qa, qb, sb = qa_t.numpy(), qb_t.numpy(), sb_t.numpy()

@@ -53,8 +53,9 @@ def qmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def unit_quats(q: torch.Tensor) -> torch.Tensor:
-    """(N, 4) float64 unit quaternions; a zero quaternion stands for the identity (as everywhere in splatflow)."""
-    q = q.double()
+    """(N, 4) unit quaternions (float64, or float32 for float32 input); a zero quaternion stands for the identity
+    (as everywhere in splatflow)."""
+    q = q if q.dtype == torch.float32 else q.double()
     norm = q.norm(dim=1, keepdim=True)
     ident = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=q.dtype, device=q.device).expand_as(q)
     return torch.where(norm > 0, q / norm.clamp_min(1e-300), ident)
@@ -72,9 +73,9 @@ def nearest_frame(quats: torch.Tensor, log_scales: torch.Tensor,
     """
     q = unit_quats(quats)
     conj = q * torch.tensor([1.0, -1.0, -1.0, -1.0], dtype=q.dtype, device=q.device)
-    ref = None if reference is None else unit_quats(reference).to(q.device)
+    ref = None if reference is None else unit_quats(reference).to(device=q.device, dtype=q.dtype)
     rel = conj if ref is None else qmul(conj, ref)                # conj(q) r
-    cube = CUBE.to(q.device)
+    cube = CUBE.to(device=q.device, dtype=q.dtype)
     best = (rel @ cube.T).abs().argmax(1)
     out = qmul(q, cube[best])
     side = out[:, :1] if ref is None else (out * ref).sum(1, keepdim=True)

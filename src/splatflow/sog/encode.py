@@ -184,12 +184,17 @@ def _smallest_three(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     norm = q.norm(dim=1, keepdim=True)
     ident = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=q.dtype, device=q.device).expand_as(q)
     qn = torch.where(norm > 0, q / norm.clamp_min(1e-30), ident)
-    others = _QUAT_OTHERS.to(q.device)
-    sign = torch.where(qn < 0, -1.0, 1.0)                                       # (N, 4): per left-out index
-    codes = ((qn[:, others] * sign[:, :, None]) * math.sqrt(2) * 0.5 + 0.5) * 255   # (N, 4, 3)
-    exact = (((codes - codes.round()).abs() < 1e-3) & (codes > -1e-3) & (codes < 255 + 1e-3)).all(2)
-    m = torch.where(exact.any(1), exact.long().argmax(1), qn.abs().argmax(1))
-    return m, codes[torch.arange(q.shape[0], device=q.device), m], exact.any(1)
+    # a component's code (+-v sqrt(1/2) + 1/2) 255 is an integer when v 255 sqrt(1/2) is one plus a half,
+    # whatever the sign: on the grid per component, then exact for m when the other three are
+    half = qn.abs() * (255 * math.sqrt(0.5))
+    grid = ((half - half.floor() - 0.5).abs() < 1e-3) & (half < 127.5 + 1e-3)
+    count = grid.sum(1, keepdim=True)
+    exact_m = (count - grid.long()) == 3
+    exact = exact_m.any(1)
+    m = torch.where(exact, exact_m.long().argmax(1), qn.abs().argmax(1))
+    sign = torch.where(qn.gather(1, m[:, None]) < 0, -1.0, 1.0)
+    others = (qn * sign).gather(1, _QUAT_OTHERS.to(q.device)[m])
+    return m, (others * math.sqrt(2) * 0.5 + 0.5) * 255, exact
 
 
 def pack_quats(q: torch.Tensor, step: float = 1.0) -> torch.Tensor:
@@ -204,7 +209,7 @@ def pack_quats(q: torch.Tensor, step: float = 1.0) -> torch.Tensor:
 
 def stored_exactly(q: torch.Tensor) -> torch.Tensor:
     """(N,) bool: the (N, 4) rotations that SOG's 8-bit codes store exactly, as in a scene decoded from a SOG."""
-    return _smallest_three(q.double())[2]
+    return _smallest_three(q)[2]
 
 
 def rotation_frames(quats: torch.Tensor, log_scales: torch.Tensor,
