@@ -264,12 +264,13 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{g('color')} | {g('opacity')} | {g('rotation')} | {g('sh_rest')} | "
                 f"{r.get('psnr_db', '-')} | {r.get('ssim', '-')} |")
     lines += ["", "Errors: mean over splats of |decoded - source| (position: Euclidean distance; rotation: angle "
-              "between the quaternions), both outputs decoded by splatflow's decoder and matched to the source by "
-              "nearest position. splatflow's codebooks weigh each value by what it shows on screen (log-scales by "
-              "alpha x extent^2, colours and SH by alpha x area), so tiny or transparent splats may carry larger "
-              "log-scale errors than with equal weights while the picture is closer: PSNR/SSIM compare renders of "
-              "the decoded splats with renders of the source (4 orbit views around the dense region, 256x256, "
-              "splatflow's torch renderer on the CPU; '-': not measured).", ""]
+              "between the frames, the candidate's taken nearest the source's among the 24 that give the same "
+              "Gaussian; log-scale in that frame), both outputs decoded by splatflow's decoder and matched to the "
+              "source by nearest position. splatflow's codebooks weigh each value by what it shows on screen (log-"
+              "scales by alpha x extent^2, colours and SH by alpha x area), so tiny or transparent splats may carry"
+              " larger log-scale errors than with equal weights while the picture is closer: PSNR/SSIM compare "
+              "renders of the decoded splats with renders of the source (4 orbit views around the dense region, "
+              "256x256, splatflow's torch renderer on the CPU; '-': not measured).", ""]
     targets = [row for row in result["rows"] if "bytes" in row.get("splatflow_target", {})]
     if targets:
         lines += ["Smaller-file mode (`compress --target-psnr`, target = splat-transform's render PSNR on the same "
