@@ -356,7 +356,10 @@ def test_target_psnr_arguments_are_checked(tmp_path: Path) -> None:
     assert plain["bytes"] == off["bytes"]
 
 
-def test_max_bytes_fits_the_limit_with_the_best_picture_found(tmp_path: Path) -> None:
+def test_max_bytes_fits_the_limit_with_the_best_picture_found(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from splatflow.sog import reduce
+
     ply = write_ply(make_cloud(1500, 2), tmp_path / "in.ply")
     full = compress(ply, tmp_path / "full.sog", device="cpu")
     limit = int(full["bytes"] * 0.6)
@@ -367,9 +370,12 @@ def test_max_bytes_fits_the_limit_with_the_best_picture_found(tmp_path: Path) ->
     assert tg["psnr"] == small["fidelity"]["psnr"] and tg["dropped"]["precision"]
     roomier = compress(ply, tmp_path / "folder", device="cpu", max_bytes=int(full["bytes"] * 0.85))
     assert roomier["bytes"] <= int(full["bytes"] * 0.85) and roomier["target"]["psnr"] >= tg["psnr"]
+    # a limit the default output fits: that output, byte for byte, without measuring what the views draw
+    monkeypatch.setattr(reduce, "contribution", lambda *a, **k: pytest.fail("contributions measured"))
     whole = compress(ply, tmp_path / "whole.sog", device="cpu", max_bytes=full["bytes"])
     assert whole["target"]["dropped"]["splats"] == 0 and not whole["target"]["dropped"]["precision"]
-    assert (tmp_path / "whole.sog").read_bytes() == (tmp_path / "full.sog").read_bytes()   # the default output
+    assert (tmp_path / "whole.sog").read_bytes() == (tmp_path / "full.sog").read_bytes()
+    monkeypatch.undo()
     with pytest.raises(SogError, match="below the smallest file found"):
         compress(ply, tmp_path / "tiny.sog", device="cpu", max_bytes=2048)
     assert not (tmp_path / "tiny.sog").exists()

@@ -24,6 +24,7 @@ fewer bytes. The default output is never affected.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -192,7 +193,6 @@ def contribution(cloud: GaussianCloud, *, views_per_ring: int = 8, size: int = 2
     per-splat grey colour of one. Returns (N,) the most any one view draws (0: the splat shows in none of them)
     and (N,) the root mean square over the views (what an error in the splat's colour costs the views on
     average, up to a constant: the codebook and palette weights)."""
-
     from splatflow.cameras import orbit_cameras
     from splatflow.render import cloud_tensors, rasterize
 
@@ -304,15 +304,6 @@ class _Search:
     def __init__(self, cloud: GaussianCloud, judge: Judge, *, sort: str, seed: int, device: str,
                  sh_bands: int | None) -> None:
         self.cloud, self.judge = cloud, judge
-        # least visible first: by what the contribution orbits draw of each splat, then by alpha x footprint
-        drawn, weights = contribution(cloud, device=judge.device)
-        self.drawn = drawn
-        """(N,) the most any contribution view draws of each splat (:func:`contribution`)."""
-        self.weights = weights
-        """(N,) the root mean square over those views: the weights of the codebooks and the SH palette."""
-        self.rank = np.lexsort((importance(cloud, judge.pixels_per_unit), drawn))
-        self.unseen = min(float(np.mean(drawn <= UNSEEN)), MAX_UNSEEN)
-        """The fraction of splats that no contribution view draws (pruned in the base setting)."""
         self.encode_args: dict[str, Any] = {"sort": sort, "sh_bands": sh_bands, "device": device, "seed": seed}
         self.tried: list[dict[str, Any]] = []
         self.measured: dict[Setting, tuple[float, int]] = {}
@@ -321,13 +312,34 @@ class _Search:
         """The SH degree the output keeps."""
         self.palettes: dict[Any, Any] = {}
 
+    @functools.cached_property
+    def _contribution(self) -> tuple[np.ndarray, np.ndarray]:
+        """(N,) the most any contribution view draws of each splat and (N,) the root mean square over those views
+        (:func:`contribution`; 24 renders and their gradients, made when first needed)."""
+        return contribution(self.cloud, device=self.judge.device)
+
+    @property
+    def weights(self) -> np.ndarray:
+        """(N,) what the contribution views draw of each splat (RMS): the weights of the codebooks and palette."""
+        return self._contribution[1]
+
+    @functools.cached_property
+    def rank(self) -> np.ndarray:
+        """(N,) splat indices, least visible first: by what the contribution views draw, then alpha x footprint."""
+        return np.lexsort((importance(self.cloud, self.judge.pixels_per_unit), self._contribution[0]))
+
+    @functools.cached_property
+    def unseen(self) -> float:
+        """The fraction of splats that no contribution view draws (pruned in the base setting)."""
+        return min(float(np.mean(self._contribution[0] <= UNSEEN)), MAX_UNSEEN)
+
     def attempt(self, st: Setting, label: str, final: bool = False, weighted: bool = True) -> _Attempt:
         """Encode, decode and score setting ``st``; ``final`` also writes each texture at the largest WebP effort
         and keeps the smaller file (the pixels are the same); ``weighted`` False encodes as the default output
         does (codebooks weighted by alpha x footprint rather than by the measured screen weights)."""
         n = len(self.cloud)
         drop = min(n - 1, int(math.floor(st.prune * n)))
-        keep = np.sort(self.rank[drop:])
+        keep = np.sort(self.rank[drop:]) if drop else np.arange(n)
         sub = self.cloud.subset(keep)
         weights = self.weights[keep] if weighted else None
         enc = encode_cloud(sub, precision=st.precision, palette_cache=self.palettes, screen_weights=weights,
