@@ -6,6 +6,7 @@ the objects' Content-Types must let a browser run the page)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import io
@@ -62,10 +63,10 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture()
-def served(published: Path) -> Iterator[str]:
-    """The run folder on a loopback HTTP server; yields its base URL."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(published)))
+@contextlib.contextmanager
+def _serving(folder: Path) -> Iterator[str]:
+    """``folder`` on a loopback HTTP server; yields its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(folder)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -73,6 +74,13 @@ def served(published: Path) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture()
+def served(published: Path) -> Iterator[str]:
+    """The run folder on a loopback HTTP server; yields its base URL."""
+    with _serving(published) as url:
+        yield url
 
 
 def _render(browser: Any, url: str) -> tuple[np.ndarray, list[str], list[str]]:
@@ -147,3 +155,34 @@ def test_viewer_page_from_the_bucket(browser: Any, s3_server: dict[str, str], sa
     assert not failed, failed
     assert any(u.endswith("/browser/guitar/r/guitar.sog") for u in requests)
     _check_picture(pixels)
+
+
+def test_the_engine_draws_turned_frames_as_the_source_frames(browser: Any, tmp_path: Path) -> None:
+    """The default output stores each splat in the frame nearest the identity (scales permuted with the axes):
+    PlayCanvas's engine draws it as the same scene as an output that keeps the source's frames, while turning
+    the frames without permuting the scales (a different scene) shows."""
+    from dataclasses import replace
+
+    import torch
+
+    from splatflow.frames import CUBE, qmul
+    from splatflow.io.ply import read_ply
+    from splatflow.metrics import psnr
+    from splatflow.sog.bundle import write_files
+    from splatflow.sog.encode import Precision, encode_cloud
+
+    cloud = read_ply(ROOT / "data" / "splats" / "guitar.ply")
+    quarter = CUBE[[9]].expand(len(cloud), 4)               # a quarter turn about z
+    wrong = replace(cloud, quats=qmul(torch.from_numpy(cloud.quats.astype(np.float64)), quarter).numpy()
+                    .astype(np.float32))
+    cases = {"turned": (cloud, Precision()), "source": (cloud, Precision(canonical_rotation=False)),
+             "wrong": (wrong, Precision(canonical_rotation=False))}
+    pixels = {}
+    for name, (c, pr) in cases.items():
+        sog = write_files(tmp_path / f"{name}.sog", encode_cloud(c, device="cpu", precision=pr).files)
+        publish(str(tmp_path / name), scene="guitar", run_id="r", files={"sog": sog}, reports={})
+        with _serving(tmp_path / name / "guitar" / "r") as url:
+            pixels[name] = _render(browser, f"{url}/index.html?webgl&noui&noanim")[0].astype(np.float32) / 255
+    _check_picture((pixels["turned"] * 255).astype(np.uint8))
+    same, other = psnr(pixels["turned"], pixels["source"]), psnr(pixels["wrong"], pixels["source"])
+    assert same > 55.0 and other < 45.0, (same, other)
