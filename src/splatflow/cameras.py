@@ -100,6 +100,34 @@ def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray) -> np.ndarray:
     return m.astype(np.float32)
 
 
+UPRIGHT_MIN_AGREEMENT = 0.5
+"""The cameras' mean down axis must be at least this long (1: all agree) for :func:`upright_rotation` to turn the
+world; below it (a capture that looks up and down alike) the world is left as it is."""
+
+
+def upright_rotation(cam_from_world: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """The rotation (3, 3) new-from-old world that turns the photos' mean down axis onto the world's +y, and the
+    angle it turns (degrees), from (N, 3, 3) world-to-camera rotations (OpenCV cameras: +y points down the image).
+
+    COLMAP's world has no up; the PLY convention that viewers expect (and PlayCanvas's viewer assumes) is y down,
+    like the cameras that took the photos, which people hold level. None when the cameras' down axes disagree
+    (their mean is shorter than UPRIGHT_MIN_AGREEMENT): then there is no one down to turn to."""
+    down = np.asarray(cam_from_world, dtype=np.float64)[:, 1, :].mean(0)      # camera +y in world coordinates
+    length = float(np.linalg.norm(down))
+    if length < UPRIGHT_MIN_AGREEMENT:
+        return None
+    d = down / length
+    y = np.array([0.0, 1.0, 0.0])
+    axis, cos = np.cross(d, y), float(np.clip(d @ y, -1.0, 1.0))
+    sin = float(np.linalg.norm(axis))
+    if sin < 1e-12:                      # already +y, or exactly -y: a half turn about x
+        return (np.eye(3), 0.0) if cos > 0 else (np.diag([1.0, -1.0, -1.0]), 180.0)
+    k = axis / sin
+    kx = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
+    rot = np.eye(3) + sin * kx + (1.0 - cos) * (kx @ kx)                    # Rodrigues: d -> y, shortest turn
+    return rot, math.degrees(math.atan2(sin, cos))
+
+
 def dense_region(cloud: GaussianCloud, *, quantile: float = 0.8, min_alpha: float = 0.1) -> tuple[np.ndarray, float]:
     """Centre (3,) and radius of the region where most of a cloud's visible splats are.
 

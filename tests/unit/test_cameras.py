@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from splatflow.cameras import colmap_cameras, colmap_model_dir
@@ -63,3 +64,44 @@ def _refused_alike(path: Path, match: str) -> None:
             read(path)
         messages.append(str(exc.value))
     assert messages[0] == messages[1]
+
+
+def _rot(axis: str, degrees: float) -> np.ndarray:
+    """(3, 3) rotation about the x, y or z axis."""
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    i, j = {"x": (1, 2), "y": (2, 0), "z": (0, 1)}[axis]
+    m = np.eye(3)
+    m[i, i], m[i, j], m[j, i], m[j, j] = c, -s, s, c
+    return m
+
+
+def _random_rotations(n: int, seed: int) -> np.ndarray:
+    """(n, 3, 3) uniformly random rotations (normalised Gaussian quaternions)."""
+    import torch
+
+    from splatflow.render import quat_to_rotmat
+
+    q = np.random.default_rng(seed).normal(size=(n, 4))
+    return quat_to_rotmat(torch.from_numpy(q)).numpy()
+
+
+def test_upright_rotation_turns_the_mean_down_axis_onto_y() -> None:
+    from splatflow.cameras import upright_rotation
+
+    rng = np.random.default_rng(1)
+    world = _random_rotations(1, 2)[0]                                 # COLMAP's arbitrary world
+    # level-ish cameras (small tilts, any heading about the true up), seen from that world
+    cams = [_rot("y", rng.uniform(0, 360)) @ _rot("x", rng.normal(0, 8)) @ _rot("z", rng.normal(0, 8))
+            for _ in range(40)]
+    cam_from_world = np.stack([c.T @ world.T for c in cams])           # world -> true world -> camera
+    rot, degrees = upright_rotation(cam_from_world)
+    np.testing.assert_allclose(rot @ rot.T, np.eye(3), atol=1e-12)
+    assert abs(np.linalg.det(rot) - 1.0) < 1e-12 and 0.0 < degrees <= 180.0
+    turned = cam_from_world @ rot.T                                    # cameras in the new world
+    down = turned[:, 1, :].mean(0)
+    np.testing.assert_allclose(down / np.linalg.norm(down), [0, 1, 0], atol=1e-9)
+    assert upright_rotation(turned)[1] < 1e-6                          # upright already: no turn
+    flipped = turned @ np.diag([1.0, -1.0, -1.0])                      # upside down: a half turn
+    assert abs(upright_rotation(flipped)[1] - 180.0) < 1e-6
+    # cameras that look every which way agree on no down: the world stays as it is
+    assert upright_rotation(_random_rotations(200, 3)) is None

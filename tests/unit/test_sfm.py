@@ -132,6 +132,11 @@ def test_points_reproject_into_the_undistorted_images(lund_sfm: tuple[Path, dict
             errors.append(np.linalg.norm(proj - im["xy"][idx]))
     mean = float(np.mean(errors))
     assert mean < 1.5 and abs(mean - report["mean_reprojection_error"]) < 0.35 * report["mean_reprojection_error"]
+    # the world is turned upright: the photos' mean down axis (camera +y) is the world's +y, so a viewer that
+    # assumes y down shows the street level (it was ~60 degrees off in COLMAP's own frame on these photos)
+    down = np.mean([rotation(im["q"])[1] for im in images.values()], axis=0)
+    np.testing.assert_allclose(down / np.linalg.norm(down), [0.0, 1.0, 0.0], atol=1e-6)
+    assert report["upright_degrees"] is not None and 0.0 <= report["upright_degrees"] <= 180.0
     # the photos walk down a street: camera centres move steadily away from the first one
     centres = {im["name"]: -rotation(im["q"]).T @ im["t"] for im in images.values()}
     names = sorted(centres)

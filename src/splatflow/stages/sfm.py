@@ -3,12 +3,14 @@
 Steps: check the images (unreadable ones are skipped and reported), SIFT extraction, matching (exhaustive for
 small sets, sequential for video frames and large sets), incremental mapping, then a fallback ladder when too few
 images register (a relaxed mapper for forward motion and small baselines, exhaustive matching after sequential,
-guided re-matching after exhaustive), and undistortion to the PINHOLE model. Output, in the layout 3DGS trainers
+guided re-matching after exhaustive), undistortion to the PINHOLE model, and the world turned upright (the
+photos' mean down axis onto +y, as viewers expect). Output, in the layout 3DGS trainers
 read (written atomically: nothing at ``out_dir``, nor the parent folders it created, unless the stage succeeds)::
 
     out_dir/images/<name>                  undistorted images (registered ones only)
     out_dir/sparse/0/cameras.bin images.bin points3D.bin
-    out_dir/sfm-report.json                registered/total, points, errors, track length, timings, unregistered
+    out_dir/sfm-report.json                registered/total, points, errors, track length, timings, unregistered,
+                                           the angle the world was turned upright (upright_degrees)
 
 Fails with SfmError (carrying the report as ``.report``) when fewer than ``min_registered`` of the images register.
 """
@@ -26,9 +28,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from splatflow import imaging
+from splatflow.cameras import upright_rotation
 from splatflow.errors import DependencyMissing, ImageError, InputError, SfmError
 from splatflow.fsutil import atomic_path, cleans_up_on_sigterm, made_parents, reclaim_sigterm
 from splatflow.options import STAGE_OPTIONS, check_options
@@ -110,7 +114,8 @@ def sfm(images_dir: Path, out_dir: Path, *, matcher: str = _O["matcher"].default
         with atomic_path(out_dir, directory=True) as tmp:
             with _timed(timings, "undistort"):
                 step(f"sfm: undistorting {report['registered']} images to the pinhole model")
-                _undistort(pycolmap, best, folder, work, tmp, max_side=max_side, num_threads=num_threads)
+                report["upright_degrees"] = _undistort(pycolmap, best, folder, work, tmp, max_side=max_side,
+                                                       num_threads=num_threads)
             timings["total"] = round(time.monotonic() - start, 3)
             (tmp / "sfm-report.json").write_text(json.dumps(report, indent=2))
     step(f"sfm: registered {report['registered']}/{report['total']} images, {report['points']} points -> {out_dir}")
@@ -330,9 +335,22 @@ def _fill_report(report: dict[str, Any], model: Any, names: list[str]) -> None:
     })
 
 
+def _upright(pycolmap: Any, model: Any) -> float | None:
+    """Turn ``model``'s world so that the photos' mean down axis is +y (:func:`splatflow.cameras.upright_rotation`);
+    the angle turned in degrees, or None when the photos agree on no down."""
+    rotations = np.stack([im.cam_from_world().rotation.matrix() for im in model.images.values()])
+    found = upright_rotation(rotations)
+    if found is None:
+        return None
+    rot, degrees = found
+    model.transform(pycolmap.Sim3d(1.0, pycolmap.Rotation3d(rot), np.zeros(3)))
+    return round(degrees, 3)
+
+
 def _undistort(pycolmap: Any, model: Any, folder: Path, work: Path, dest: Path, *, max_side: int,
-               num_threads: int) -> None:
-    """Undistort the registered images to PINHOLE cameras into ``dest/images`` + ``dest/sparse/0``."""
+               num_threads: int) -> float | None:
+    """Undistort the registered images to PINHOLE cameras into ``dest/images`` + ``dest/sparse/0``, the world
+    turned upright (:func:`_upright`); returns the angle turned."""
     model_dir = work / "model"
     model_dir.mkdir()
     model.write_binary(str(model_dir))
@@ -345,6 +363,7 @@ def _undistort(pycolmap: Any, model: Any, folder: Path, work: Path, dest: Path, 
     sparse = dest / "sparse" / "0"
     sparse.mkdir(parents=True)
     result = pycolmap.Reconstruction(str(undist / "sparse"))
+    turned = _upright(pycolmap, result)
     result.write_binary(str(sparse))
     models = {cam.model.name for cam in result.cameras.values()}
     if models != {"PINHOLE"}:
@@ -354,3 +373,4 @@ def _undistort(pycolmap: Any, model: Any, folder: Path, work: Path, dest: Path, 
     if len(written) != result.num_reg_images():
         raise SfmError(f"undistortion wrote {len(written)} images for {result.num_reg_images()} registered ones",
                        hint="check free disk space and that the input images are readable")
+    return turned
