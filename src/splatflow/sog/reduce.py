@@ -333,21 +333,25 @@ class _Search:
         """The fraction of splats that no contribution view draws (pruned in the base setting)."""
         return min(float(np.mean(self._contribution[0] <= UNSEEN)), MAX_UNSEEN)
 
-    def attempt(self, st: Setting, label: str, final: bool = False, weighted: bool = True) -> _Attempt:
+    def attempt(self, st: Setting, label: str, final: bool = False) -> _Attempt:
         """Encode, decode and score setting ``st``; ``final`` also writes each texture at the largest WebP effort
-        and keeps the smaller file (the pixels are the same); ``weighted`` False encodes as the default output
-        does (codebooks weighted by alpha x footprint rather than by the measured screen weights)."""
+        and keeps the smaller file (the pixels are the same)."""
         n = len(self.cloud)
         drop = min(n - 1, int(math.floor(st.prune * n)))
         keep = np.sort(self.rank[drop:]) if drop else np.arange(n)
         sub = self.cloud.subset(keep)
-        weights = self.weights[keep] if weighted else None
+        weights = self.weights[keep]
         enc = encode_cloud(sub, precision=st.precision, palette_cache=self.palettes, screen_weights=weights,
                            **self.encode_args)
         if final:
             best = encode_cloud(sub, precision=st.precision, palette_cache=self.palettes, screen_weights=weights,
                                 webp_method=BEST_WEBP[0], webp_quality=BEST_WEBP[1], **self.encode_args)
             enc.files = {k: min(v, best.files[k], key=len) if k != "meta.json" else v for k, v in enc.files.items()}
+        return self.score(enc, keep, st, label)
+
+    def score(self, enc: Encoded, keep: np.ndarray, st: Setting, label: str) -> _Attempt:
+        """Decode and score ``enc``, the splats ``keep`` (M,) of the cloud encoded at setting ``st``; recorded as
+        tried under ``label``."""
         db, mse = self.judge.score(_decode(enc))
         nbytes = sum(len(b) for b in enc.files.values())
         self.tried.append({"step": label, "psnr": db, "bytes": nbytes, "splats": len(keep)})
@@ -586,7 +590,7 @@ def best_within_bytes(cloud: GaussianCloud, max_bytes: int, *, views: int = 4, s
     whole = Setting(precision=Precision())
     plain = encode_cloud(cloud, palette_cache=search.palettes, **search.encode_args)
     if written(plain.files) <= max_bytes:                     # the default output fits: it is the answer
-        default = search.attempt(whole, "the default output", weighted=False)
+        default = search.score(plain, np.arange(len(cloud)), whole, "the default output")
         report = _report(search, whole, whole, default, max_bytes=max_bytes, start=start)
         report["reached"] = True
         return default.enc, default.keep, report
