@@ -23,6 +23,7 @@ from splatflow.sog.decode import read_sog, unpack_quats
 from splatflow.sog.encode import pack_quats
 from splatflow.sog.kmeans import kmeans_palette, palette_size
 from splatflow.sog.meta import texture_size
+from splatflow.sog.reduce import _decode
 from splatflow.sog.sort import grid_order, morton_order, plas
 from splatflow.stages.compress import compress
 
@@ -88,12 +89,10 @@ def test_codebook_weights_follow_the_visible_size() -> None:
 
 def _encode_decode(cloud: GaussianCloud, fmt: str = "v2") -> tuple[GaussianCloud, GaussianCloud, np.ndarray]:
     """(source in texel order, decoded, order) of an in-memory encode: texel i holds source splat order[i]."""
-    from splatflow.sog.decode import decode_files
     from splatflow.sog.encode import encode_cloud
 
     enc = encode_cloud(cloud, format=fmt, device="cpu")
-    dec, _ = decode_files(json.loads(enc.files["meta.json"]), {k: v for k, v in enc.files.items() if k != "meta.json"})
-    return cloud.subset(enc.order), dec, enc.order
+    return cloud.subset(enc.order), _decode(enc), enc.order
 
 
 def _plain_scene(n: int = 20_000) -> GaussianCloud:
@@ -193,19 +192,13 @@ def test_precision_knobs_shrink_their_textures_and_full_precision_is_the_default
         meta = json.loads(enc.files["meta.json"])
         assert all(len(meta[k]["codebook"]) == 256 for k in ("scales", "sh0", "shN"))
     # each knob does what it says on the decoded values
-    from splatflow.sog.decode import decode_files
-
-    def decoded(enc: Any) -> GaussianCloud:
-        return decode_files(json.loads(enc.files["meta.json"]), {k: v for k, v in enc.files.items()
-                                                                 if k != "meta.json"})[0]
-
     # shortest float32 decimals in meta.json (the default): the same decoded values as the long ones
     long = encode_cloud(cloud, device="cpu", precision=Precision(short_floats=False))
     assert len(default.files["meta.json"]) < 0.7 * len(long.files["meta.json"])
     assert {k: v for k, v in long.files.items() if k != "meta.json"} == \
         {k: v for k, v in default.files.items() if k != "meta.json"}
-    for name, arr in decoded(long).core_arrays.items():
-        np.testing.assert_array_equal(arr, getattr(decoded(default), name), err_msg=name)
+    for name, arr in _decode(long).core_arrays.items():
+        np.testing.assert_array_equal(arr, getattr(_decode(default), name), err_msg=name)
 
     for prec, check in [
         (Precision(scale_entries=32), lambda d: len(np.unique(d.scales)) <= 32),
@@ -213,7 +206,7 @@ def test_precision_knobs_shrink_their_textures_and_full_precision_is_the_default
         (Precision(palette=128), lambda d: len(np.unique(d.shN.reshape(len(d), -1), axis=0)) <= 128),
         (Precision(alpha_step=8), lambda d: len(np.unique(np.round(d.alphas() * 255))) <= 34),
     ]:
-        assert check(decoded(encode_cloud(cloud, device="cpu", precision=prec))), prec
+        assert check(_decode(encode_cloud(cloud, device="cpu", precision=prec))), prec
 
 
 def test_palette_cache_clusters_once_and_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -262,7 +255,6 @@ def test_contribution_is_what_the_views_draw_of_each_splat() -> None:
 
 
 def test_measured_screen_weights_steer_the_colour_codebook() -> None:
-    from splatflow.sog.decode import decode_files
     from splatflow.sog.encode import Precision, encode_cloud
 
     cloud = make_cloud(3000, 0)
@@ -272,8 +264,7 @@ def test_measured_screen_weights_steer_the_colour_codebook() -> None:
 
     def colour_error(weights: np.ndarray) -> np.ndarray:
         enc = encode_cloud(cloud, device="cpu", precision=Precision(color_entries=16), screen_weights=weights)
-        dec = decode_files(json.loads(enc.files["meta.json"]), {k: v for k, v in enc.files.items()
-                                                                 if k != "meta.json"})[0]
+        dec = _decode(enc)
         err = np.zeros(len(cloud))
         err[enc.order] = np.abs(dec.sh0 - cloud.sh0[enc.order]).mean(1)
         return err
@@ -422,10 +413,7 @@ def test_decoded_rotations_are_stored_again_with_the_same_codes(data_dir: Path) 
 
     cloud = read_sog(data_dir / "sog-reference" / "playbot-lod3-v2" / "meta.json")[0]
     enc = encode_cloud(cloud, device="cpu")
-    meta = json.loads(enc.files["meta.json"])
-    from splatflow.sog.decode import decode_files
-
-    back = decode_files(meta, {k: v for k, v in enc.files.items() if k != "meta.json"})[0]
+    back = _decode(enc)
     np.testing.assert_array_equal(pack_quats(torch.from_numpy(back.quats)).numpy(),
                                   pack_quats(torch.from_numpy(cloud.quats[enc.order])).numpy())
     names = {k.name for k in knobs(cloud, 2)}
@@ -493,10 +481,7 @@ def test_position_steps_even_out_the_precision_in_scene_units() -> None:
     cloud = make_cloud(4000, 0)
     cloud.means[:, 2] *= 0.2
     enc = encode_cloud(cloud, device="cpu", precision=Precision(position_step=4))
-    meta = json.loads(enc.files["meta.json"])
-    from splatflow.sog.decode import decode_files
-
-    dec = decode_files(meta, {k: v for k, v in enc.files.items() if k != "meta.json"})[0]
+    dec = _decode(enc)
     src = cloud.means[enc.order].astype(np.float64)
 
     def log_t(v: np.ndarray) -> np.ndarray:      # SOG's position transform
@@ -509,7 +494,7 @@ def test_position_steps_even_out_the_precision_in_scene_units() -> None:
 def test_canonical_rotation_renders_the_same_scene_in_fewer_bytes(data_dir: Path) -> None:
     from splatflow.io.ply import read_ply
     from splatflow.sog.encode import Precision, encode_cloud
-    from splatflow.sog.reduce import Judge, _decode
+    from splatflow.sog.reduce import Judge
 
     cloud = read_ply(data_dir / "splats" / "guitar.ply")
     plain = encode_cloud(cloud, device="cpu", precision=Precision(canonical_rotation=False))
